@@ -1,0 +1,107 @@
+"""The evaluator interface, its registry, and the one greedy-generation helper every evaluator shares."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from gridrun.errors import GridrunError
+
+__all__ = ["EVALUATORS", "Evaluator", "GenerationSettings", "build_evaluator", "generate", "register_evaluator"]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How completions are produced; comes from the spec's ``evaluate`` section, never from an evaluator."""
+
+    max_new_tokens: int = 64
+    batch_size: int = 32
+    greedy: bool = True
+
+
+class Evaluator(ABC):
+    """Scores a model on examples (dicts with at least ``prompt``, already rendered, and ``answer``).
+
+    Subclasses declare ``metrics`` (the keys ``evaluate`` returns, without the ``task/`` prefix) and accept
+    their options as keyword arguments. ``evaluate`` is deterministic and never raises on model garbage.
+    """
+
+    name: ClassVar[str] = ""
+    metrics: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, generation: GenerationSettings | None = None, **options: Any) -> None:
+        if options:
+            raise GridrunError(
+                f"evaluate.options.{self.name}: unknown option '{next(iter(options))}' for evaluator {self.name}"
+            )
+        self.generation = generation or GenerationSettings()
+
+    @abstractmethod
+    def evaluate(self, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> dict[str, float]:
+        """Return ``{metric: value}`` for every name in ``metrics``."""
+
+
+EVALUATORS: dict[str, type[Evaluator]] = {}
+
+
+def register_evaluator(name: str) -> Any:
+    """Class decorator adding an evaluator to the registry under ``name`` (duplicates are rejected)."""
+
+    def deco(cls: type[Evaluator]) -> type[Evaluator]:
+        if name in EVALUATORS:
+            raise ValueError(f"evaluator {name!r} is already registered by {EVALUATORS[name].__name__}")
+        cls.name = name
+        EVALUATORS[name] = cls
+        return cls
+
+    return deco
+
+
+def check_evaluator_names(names: list[str]) -> None:
+    for n in names:
+        if n not in EVALUATORS:
+            raise GridrunError(f"evaluate.evaluators: unknown evaluator '{n}'; known: {', '.join(sorted(EVALUATORS))}")
+
+
+def build_evaluator(name: str, generation: GenerationSettings, options: dict[str, Any] | None = None) -> Evaluator:
+    check_evaluator_names([name])
+    return EVALUATORS[name](generation, **(options or {}))
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
+    """Greedy completions for rendered prompts, batched with left padding; special tokens stripped.
+
+    Prompts are tokenized without added special tokens, exactly as in training.
+    """
+    import torch
+
+    if not prompts:
+        return []
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(p.device for p in model.parameters())
+    out: list[str] = []
+    try:
+        for i in range(0, len(prompts), settings.batch_size):
+            enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[i : i + settings.batch_size]]
+            width = max(len(e) for e in enc)
+            ids = torch.full((len(enc), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(enc), width), dtype=torch.long)
+            for j, e in enumerate(enc):
+                ids[j, width - len(e) :] = torch.tensor(e)
+                mask[j, width - len(e) :] = 1
+            with torch.no_grad():
+                gen = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=settings.max_new_tokens,
+                    do_sample=not settings.greedy,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=pad,
+                )
+            out.extend(tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return out

@@ -1,0 +1,99 @@
+"""The base model's probe loss, computed once per (model, quantization, probe data, seq_len) and cached.
+
+Every trial and every later experiment reuses the cached value; trials never recompute it. The cache is one
+JSON file in the user cache folder, guarded by a file lock, keyed by a hash of everything that changes the
+number (including a fingerprint of local model folders and probe files, so editing them invalidates it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gridrun.builtin import builtin_name
+from gridrun.builtin.tiny_model import RECIPE, cache_root, recipe_hash
+
+__all__ = ["baseline_key", "cached_baseline", "compute_baseline"]
+
+_VERSION = 1
+
+
+def _fingerprint(source: str) -> str:
+    """What identifies a model or probe source's content without reading model weights."""
+    short = builtin_name(source)
+    if short == "tiny-general":
+        return f"builtin:{short}:{recipe_hash(RECIPE)}"
+    if short is not None:
+        return source
+    p = Path(source).expanduser()
+    if p.is_file():
+        return "file:" + hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    if p.is_dir():
+        parts = []
+        for f in sorted(p.iterdir()):
+            if f.is_file():
+                st = f.stat()
+                parts.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
+        return "dir:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return source  # a hub id: its revision is part of the key
+
+
+def baseline_key(spec: dict[str, Any]) -> str:
+    m, f = spec["model"], spec["forgetting"]
+    parts = {
+        "v": _VERSION,
+        "model": _fingerprint(m["name"]),
+        "revision": m.get("revision"),
+        "quantization": m["quantization"],
+        "compute_dtype": m["compute_dtype"],
+        "probe": _fingerprint(f["probe"]),
+        "probe_field": f["probe_field"],
+        "samples": f["samples"],
+        "seq_len": f["seq_len"],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _cache_file() -> Path:
+    return cache_root() / "baselines.json"
+
+
+def cached_baseline(spec: dict[str, Any], compute: Callable[[dict[str, Any]], float]) -> tuple[float, bool]:
+    """``(probe_loss, was_cached)``; ``compute(spec)`` runs only on a cache miss."""
+    from filelock import FileLock
+
+    key = baseline_key(spec)
+    path = _cache_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        table = json.loads(path.read_text()) if path.is_file() else {}
+        if key in table:
+            return float(table[key]["probe_loss"]), True
+    value = float(compute(spec))  # outside the lock: may take minutes on a real model
+    with FileLock(str(path) + ".lock"):
+        table = json.loads(path.read_text()) if path.is_file() else {}
+        table[key] = {"probe_loss": value, "model": spec["model"]["name"], "probe": spec["forgetting"]["probe"],
+                      "seq_len": spec["forgetting"]["seq_len"], "quantization": spec["model"]["quantization"]}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table, indent=2))
+        tmp.replace(path)
+    return value, False
+
+
+def compute_baseline(spec: dict[str, Any]) -> float:
+    """Load the base model exactly as trials do and score the probe (runs where the trials run)."""
+    import torch
+
+    from evaluators.probe import probe_loss
+    from trainables.data import load_probe_texts, probe_blocks
+    from trainables.model import load_base, pick_device, quiet_hf
+
+    quiet_hf()
+    torch.set_num_threads(max(1, int(spec["resources"]["cpu"])))
+    model, tok = load_base(spec["model"], pick_device(spec["resources"]["gpu"]))
+    f = spec["forgetting"]
+    blocks = probe_blocks(tok, load_probe_texts(f["probe"], f["probe_field"]), f["seq_len"], f["samples"])
+    return probe_loss(model, blocks)

@@ -1,0 +1,115 @@
+"""``gridrun`` command line: thin — parse arguments, call one function, turn user errors into one line + exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gridrun.errors import GridrunError
+
+__all__ = ["main"]
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="experiment YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one spec value, e.g. --set train.lr=1e-4 (repeatable; merges deeply)")
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from gridrun.spec import load_spec
+
+    overrides = list(args.overrides)
+    if getattr(args, "address", None):
+        overrides.append(f"resources.address={args.address}")
+    if getattr(args, "tracking_uri", None):
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    return load_spec(args.spec, overrides)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    if args.deep:
+        from gridrun.launch import preflight
+
+        preflight(spec)
+    n = len(spec.search.space)
+    print(f"ok: {spec.name} — {n} searched value{'s' * (n != 1)}, {spec.search.num_trials} trials, "
+          f"objective {spec.objective.mode} on {spec.objective.metric}")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    import logging
+
+    from gridrun.launch import launch
+
+    logging.basicConfig(level=logging.WARNING, format="gridrun: %(message)s")
+    spec = _load(args)
+    text = Path(args.spec).read_text()
+    if args.overrides:
+        text += "\n# overrides: " + " ".join(args.overrides) + "\n"
+    launch(spec, spec_yaml=text)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gridrun.report import format_summary, load_summary
+
+    print(format_summary(load_summary(args.experiment)))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    cmd = [exe, "ui", "--backend-store-uri", args.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
+    os.execv(exe, cmd)
+    return 0  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gridrun", description="Forgetting-aware QLoRA hyperparameter search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("launch", help="run an experiment (Ray Tune + Optuna + ASHA, recorded in MLflow)")
+    _spec_args(p)
+    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, sqlite:///mlruns.db)")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("validate", help="check an experiment file without running anything")
+    _spec_args(p)
+    p.add_argument("--deep", action="store_true",
+                   help="also check data files, builtin names, MLflow and Ray reachability, GPUs")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("report", help="print the summary of a finished experiment folder")
+    p.add_argument("experiment", help="experiment folder (printed at the end of launch)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1")
+    p.add_argument("--tracking-uri", default="sqlite:///mlruns.db", help="MLflow backend store")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GridrunError as e:
+        print(f"gridrun: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("gridrun: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

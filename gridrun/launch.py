@@ -1,0 +1,267 @@
+"""ExperimentSpec → Ray Tune Tuner (OptunaSearch + ASHA + stoppers + MLflow) → results.
+
+Order matters: everything that can be checked without starting anything is checked first (``preflight``),
+so a bad spec, a missing file, an unreachable MLflow or Ray address, or GPUs that are not there give one line
+and exit code 2 before Ray starts or an MLflow run exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from gridrun.builtin import builtin_name, check_names
+from gridrun.errors import GridrunError
+from gridrun.spec import ExperimentSpec
+from gridrun.tracking import check_tracking_uri
+
+__all__ = ["launch", "preflight"]
+
+log = logging.getLogger("gridrun")
+
+
+def _check_address(address: str) -> None:
+    if address == "auto":
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise GridrunError(f"resources.address: expected host:port or ray://host:port, got {address!r}")
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            pass
+    except OSError as e:
+        raise GridrunError(f"resources.address: Ray cluster at {address} is unreachable ({e.strerror or e})") from None
+
+
+def _local_gpus() -> int:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def preflight(spec: ExperimentSpec) -> None:
+    """Checks that start nothing: names, evaluators, data files, probe, tracking store, cluster address, GPUs."""
+    from evaluators import EVALUATORS, check_evaluator_names
+
+    check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval)
+    check_evaluator_names(spec.evaluate.evaluators)
+    unknown_opts = set(spec.evaluate.options) - set(spec.evaluate.evaluators)
+    if unknown_opts:
+        raise GridrunError(f"evaluate.options: '{sorted(unknown_opts)[0]}' is not one of the evaluators run "
+                           f"({', '.join(spec.evaluate.evaluators)})")
+    reported = {f"task/{m}" for n in spec.evaluate.evaluators for m in EVALUATORS[n].metrics}
+    if spec.objective.metric not in reported:
+        raise GridrunError(f"objective.metric: {spec.objective.metric} is not reported by evaluators "
+                           f"{', '.join(spec.evaluate.evaluators)}; they report: {', '.join(sorted(reported))}")
+    for field, source in (("data.task", spec.data.task), ("data.eval", spec.data.eval),
+                          ("forgetting.probe", spec.forgetting.probe)):
+        if source and builtin_name(source) is None:
+            p = Path(source).expanduser()
+            looks_local = p.suffix in (".jsonl", ".json", ".parquet", ".txt") or source.startswith((".", "/", "~"))
+            if looks_local and not p.is_file():
+                raise GridrunError(f"{field}: data file not found: {p}")
+            if p.is_file() and field != "forgetting.probe":
+                from trainables.data import load_task_data
+
+                load_task_data(spec.data.model_dump(), spec.train.seed)  # fields, emptiness, JSON syntax
+    if builtin_name(spec.model.name) is None:
+        p = Path(spec.model.name).expanduser()
+        if spec.model.name.startswith((".", "/", "~")) and not p.is_dir():
+            raise GridrunError(f"model.name: model folder not found: {p}")
+    if spec.model.quantization != "none" and spec.resources.gpu == 0 and spec.model.compute_dtype == "float16":
+        raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU; use float32 on CPU")
+    check_tracking_uri(spec.tracking.uri)
+    if spec.resources.address:
+        _check_address(spec.resources.address)
+    elif spec.resources.gpu > 0:
+        have = _local_gpus()
+        if have == 0:
+            raise GridrunError(f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but this machine "
+                               "has no CUDA GPU (set resources.gpu: 0, or pass --address of a GPU cluster)")
+        if spec.resources.gpu > have:
+            raise GridrunError(f"resources.gpu: {spec.resources.gpu} GPUs per trial requested, this machine has {have}")
+
+
+def _start_ray(spec: ExperimentSpec) -> dict[str, float]:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record; no CSV/TB noise
+    if spec.resources.address:
+        ray.init(address=spec.resources.address, log_to_driver=True, logging_level=logging.WARNING)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, logging_level=logging.WARNING,
+                 configure_logging=True)
+    total = ray.cluster_resources()
+    gpus = float(total.get("GPU", 0))
+    if spec.resources.gpu > 0 and gpus < spec.resources.gpu:
+        ray.shutdown()
+        raise GridrunError(f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but the Ray cluster "
+                           f"has {gpus:g} GPUs (trials would stay pending forever)")
+    if float(total.get("CPU", 0)) < spec.resources.cpu:
+        ray.shutdown()
+        raise GridrunError(f"resources.cpu: {spec.resources.cpu} CPUs per trial requested, but the Ray cluster "
+                           f"has {total.get('CPU', 0):g}")
+    return total
+
+
+def _concurrency(spec: ExperimentSpec, total: dict[str, float]) -> int:
+    if spec.search.max_concurrent:
+        return spec.search.max_concurrent
+    slots = math.floor(float(total.get("CPU", 1)) / spec.resources.cpu)
+    if spec.resources.gpu > 0:
+        slots = min(slots, math.floor(float(total.get("GPU", 0)) / spec.resources.gpu + 1e-9))
+    return max(1, min(slots, spec.search.num_trials))
+
+
+def _baseline(spec: ExperimentSpec, trial_spec: dict[str, Any]) -> tuple[float, bool]:
+    """Cached base probe loss; on a miss it is computed once, as a Ray task with one trial's resources."""
+    import ray
+
+    from gridrun.baseline import cached_baseline, compute_baseline
+
+    def compute(s: dict[str, Any]) -> float:
+        task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)(compute_baseline)
+        return float(ray.get(task.remote(s)))
+
+    return cached_baseline(trial_spec, compute)
+
+
+def _searcher(spec: ExperimentSpec, searched: dict[str, Any]) -> Any:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = spec.search
+    if s.sampler == "random":
+        sampler: Any = optuna.samplers.RandomSampler(seed=s.seed)
+    elif s.sampler == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=s.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
+                                             multivariate=True, constant_liar=True)
+    if spec.objective.mode == "pareto":
+        return OptunaSearch(space=searched, metric=[spec.objective.metric, "forget/delta"],
+                            mode=[spec.objective.direction, "min"], sampler=sampler)
+    return OptunaSearch(space=searched, metric="objective", mode="max", sampler=sampler)
+
+
+def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Run the experiment; returns the summary (also written as ``gridrun_summary.json`` in the experiment dir)."""
+    preflight(spec)
+
+    import ray
+    from ray import tune
+    from ray.tune.stopper import CombinedStopper
+
+    from gridrun.builtin import resolve_model
+    from gridrun.report import format_summary, summarize
+    from gridrun.space import to_optuna
+    from gridrun.stopping import ForgettingBudget, NonFiniteLoss, RecordingASHA
+    from gridrun.tracking import MLflowTracker, start_parent_run
+    from trainables.qlora_sft import merge_params, qlora_sft
+
+    searched, fixed = to_optuna(spec.search.space)
+    trial_spec = merge_params(spec.trial_dict(), fixed)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    exp_name = f"{spec.name}-{stamp}"
+    storage = Path(spec.tracking.storage).expanduser().resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+
+    total = _start_ray(spec)
+    try:
+        if builtin_name(spec.model.name):
+            resolve_model(spec.model.name)  # build once here, before trials race to do it
+        base_loss, cached = _baseline(spec, trial_spec)
+        log.warning("base probe loss %.4f (%s)", base_loss, "cached" if cached else "computed once, now cached")
+
+        exp_id, parent = start_parent_run(
+            spec.tracking.uri, spec.tracking.experiment or spec.name, exp_name,
+            spec_yaml or yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+            {"gridrun.experiment_dir": str(storage / exp_name), "gridrun.objective": spec.objective.metric,
+             "mlflow.note.content": spec.description},
+        )
+        reasons: dict[str, str] = {}
+        stoppers: list[Any] = [NonFiniteLoss(reasons)]
+        if spec.forgetting.budget is not None:
+            stoppers.append(ForgettingBudget(spec.forgetting.budget, spec.forgetting.patience, reasons))
+        scheduler = None
+        max_t = max(1, round(spec.train.epochs * _train_size_upper(spec)))
+        if spec.scheduler.type == "asha":
+            scheduler = RecordingASHA(
+                reasons, time_attr="samples_seen", metric="objective", mode="max", max_t=max_t,
+                grace_period=min(spec.scheduler.grace_period, max_t), reduction_factor=spec.scheduler.reduction_factor,
+                brackets=spec.scheduler.brackets,
+            )
+        tracker = MLflowTracker(spec.tracking.uri, exp_id, parent, trial_spec, sorted(searched), reasons,
+                                spec.tracking.log_adapters)
+        trainable = tune.with_resources(
+            tune.with_parameters(qlora_sft, spec=trial_spec, baseline=base_loss),
+            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(spec, searched),
+                scheduler=scheduler,
+                num_samples=spec.search.num_trials,
+                max_concurrent_trials=_concurrency(spec, total),
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=exp_name,
+                storage_path=str(storage),
+                stop=CombinedStopper(*stoppers),
+                callbacks=[tracker],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoint.num_to_keep),
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=0 if quiet else 1,
+            ),
+        )
+        t0 = time.time()
+        grid = tuner.fit()
+        summary = summarize(spec, grid, reasons, tracker.runs, base_loss)
+        summary.update({"experiment": exp_name, "experiment_dir": str(storage / exp_name),
+                        "mlflow": {"uri": spec.tracking.uri, "experiment_id": exp_id, "parent_run_id": parent},
+                        "wall_s": round(time.time() - t0, 1)})
+        _finish_parent(spec, parent, summary)
+        (storage / exp_name / "gridrun_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if not quiet:
+            print(format_summary(summary))
+        return summary
+    finally:
+        ray.shutdown()
+
+
+def _train_size_upper(spec: ExperimentSpec) -> int:
+    """Training-set size before sample_ratio (the upper end of samples a trial can see per epoch)."""
+    if builtin_name(spec.data.task):
+        return spec.data.train_size
+    from trainables.data import load_task_data
+
+    train, _ = load_task_data(spec.data.model_dump(), spec.train.seed)
+    return len(train)
+
+
+def _finish_parent(spec: ExperimentSpec, parent: str, summary: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(spec.tracking.uri)
+    best = summary.get("best") or {}
+    for k, v in (best.get("metrics") or {}).items():
+        if isinstance(v, int | float):
+            client.log_metric(parent, f"best/{k}", float(v))
+    client.log_text(parent, json.dumps(summary, indent=2, default=str), "summary.json")
+    client.set_tag(parent, "gridrun.best_trial", str(best.get("trial_id")))
+    client.set_terminated(parent, "FINISHED")

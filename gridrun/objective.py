@@ -1,0 +1,44 @@
+"""The forgetting-penalized objective and Pareto helpers (pure functions, no heavy imports)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["forget_delta", "pareto_front", "penalized"]
+
+
+def forget_delta(probe_loss: float, base_loss: float) -> float:
+    """Relative rise of the probe loss over the base model's: 0.1 means 10% worse, negative means better."""
+    if base_loss <= 0 or not math.isfinite(base_loss):
+        raise ValueError(f"base probe loss must be a positive number, got {base_loss}")
+    return (probe_loss - base_loss) / base_loss
+
+
+def penalized(task: float, delta: float, penalty: float, direction: str = "max") -> float:
+    """``task - penalty * max(0, delta)``; a lower-is-better task metric is negated first.
+
+    Improving on the base model's probe (delta < 0) earns nothing: the objective rewards the task, and only
+    charges for forgetting.
+    """
+    if direction not in ("max", "min"):
+        raise ValueError(f"direction must be 'max' or 'min', got {direction!r}")
+    score = task if direction == "max" else -task
+    return score - penalty * max(0.0, delta)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (task ↑, forgetting ↓) that no other point dominates, in input order.
+
+    Points with a non-finite coordinate are never on the front.
+    """
+    ok = [i for i, (t, f) in enumerate(points) if math.isfinite(t) and math.isfinite(f)]
+    front = []
+    for i in ok:
+        ti, fi = points[i]
+        dominated = any(
+            (points[j][0] >= ti and points[j][1] <= fi) and (points[j][0] > ti or points[j][1] < fi) for j in ok
+        )
+        if not dominated:
+            front.append(i)
+    return front

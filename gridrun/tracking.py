@@ -1,0 +1,176 @@
+"""MLflow as the system of record: a parent run per experiment, a child run per trial, driver-side only.
+
+``MLflowTracker`` is a Ray Tune callback; it runs in the driver, so there is exactly one writer (no SQLite
+locks) whatever the cluster size. Child runs get every param of the trial's spec, metric curves on the
+``samples_seen`` axis (the compute axis ASHA compares trials on, identical across trials whatever their
+batch size), the final adapter as an artifact, and status / stop-reason tags.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ray.tune import Callback
+
+from gridrun.errors import GridrunError
+
+__all__ = ["MLflowTracker", "check_tracking_uri", "flatten", "start_parent_run"]
+
+#: Result keys logged as metrics (numeric values under these prefixes, plus the bare names).
+METRIC_PREFIXES = ("train/", "task/", "forget/", "perf/", "data/")
+METRIC_NAMES = ("objective", "samples_seen", "step", "epoch", "progress")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast (one line) when the tracking store cannot be reached or created."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:  # noqa: S310
+                if r.status != 200:
+                    raise GridrunError(f"tracking.uri: MLflow server at {uri} answered HTTP {r.status}")
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise GridrunError(f"tracking.uri: MLflow server at {uri} is unreachable ({reason})") from None
+        return
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+        if not path:
+            raise GridrunError(f"tracking.uri: expected sqlite:///path/to/file.db, got {uri!r}")
+        parent = Path(path).expanduser().resolve().parent
+    elif parsed.scheme in ("", "file"):
+        parent = Path(parsed.path if parsed.scheme else uri).expanduser().resolve()
+        parent = parent if parent.exists() else parent.parent
+    else:
+        return  # databricks, etc.: left to MLflow
+    if not parent.is_dir():
+        raise GridrunError(f"tracking.uri: folder {parent} does not exist (from {uri})")
+    if not (parent.stat().st_mode & 0o222):
+        raise GridrunError(f"tracking.uri: folder {parent} is not writable (from {uri})")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def start_parent_run(uri: str, experiment: str, run_name: str, spec_yaml: str, tags: dict[str, str]) -> tuple[str, str]:
+    """Create (or reuse) the MLflow experiment and open its parent run; returns (experiment_id, run_id)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=run_name, tags={"gridrun.kind": "experiment", **tags})
+    client.log_text(run.info.run_id, spec_yaml, "spec.yaml")
+    return exp_id, run.info.run_id
+
+
+class MLflowTracker(Callback):
+    """Driver-side Tune callback writing one child run per trial under the experiment's parent run."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, spec: dict[str, Any],
+                 searched: list[str], reasons: dict[str, str], log_adapters: bool = True) -> None:
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.spec = spec
+        self.searched = searched
+        self.reasons = reasons
+        self.log_adapters = log_adapters
+        self.runs: dict[str, str] = {}  # trial_id -> MLflow run id
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _client(self.uri)
+        return self._client
+
+    # Tune keeps callback state in its experiment checkpoint: a resumed experiment continues the same runs.
+    def get_state(self) -> dict[str, Any] | None:
+        return {"runs": dict(self.runs), "parent_run_id": self.parent_run_id}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.runs.update(state.get("runs", {}))
+
+    def _run_for(self, trial: Any) -> str:
+        if trial.trial_id not in self.runs:
+            from trainables.qlora_sft import merge_params
+
+            params = flatten(merge_params(self.spec, trial.config))
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"trial-{trial.trial_id}",
+                tags={"mlflow.parentRunId": self.parent_run_id, "gridrun.trial_id": trial.trial_id,
+                      "gridrun.kind": "trial", "gridrun.searched": ",".join(self.searched),
+                      "gridrun.status": "RUNNING"},
+            )
+            self.runs[trial.trial_id] = run.info.run_id
+            self._log_params(run.info.run_id, params)
+        return self.runs[trial.trial_id]
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's per-batch limit
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._run_for(trial)
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
+                        **info: Any) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self._run_for(trial)
+        step = int(result.get("samples_seen", result.get("training_iteration", 0)))
+        ts = int(time.time() * 1000)
+        metrics = [
+            Metric(k, float(v), ts, step)
+            for k, v in result.items()
+            if (k.startswith(METRIC_PREFIXES) or k in METRIC_NAMES)
+            and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def _finish(self, trial: Any, status: str, mlflow_status: str, reason: str) -> None:
+        run_id = self._run_for(trial)
+        self.client.set_tag(run_id, "gridrun.status", status)
+        self.client.set_tag(run_id, "gridrun.stop_reason", reason)
+        ckpt = trial.checkpoint
+        if self.log_adapters and ckpt is not None:
+            try:
+                with ckpt.as_directory() as d:
+                    self.client.log_artifacts(run_id, str(Path(d) / "adapter"), "adapter")
+                    self.client.log_artifact(run_id, str(Path(d) / "gridrun_card.json"), "adapter")
+                self.client.set_tag(run_id, "gridrun.checkpoint", str(ckpt.path))
+            except (OSError, FileNotFoundError) as e:  # never lose the run's record over an artifact
+                self.client.set_tag(run_id, "gridrun.artifact_error", str(e)[:500])
+        self.client.set_terminated(run_id, mlflow_status)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        reason = self.reasons.get(trial.trial_id) or ("completed" if last.get("progress", 0) >= 1 else "stopped")
+        self._finish(trial, "TERMINATED", "FINISHED", reason)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._finish(trial, "ERROR", "FAILED", "error")

@@ -1,0 +1,218 @@
+"""Task data → prompt/answer records → token ids with the prompt masked.
+
+Sources: ``builtin:<task>`` generators, local ``.jsonl``/``.json``/``.parquet`` files, or a hub dataset id
+(``datasets.load_dataset``). One template renders the prompt for both training and evaluation, so the model
+is tested on exactly the format it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from gridrun.builtin import builtin_name, probe_source, task_generator
+from gridrun.errors import GridrunError
+
+__all__ = [
+    "IGNORE_INDEX",
+    "collate",
+    "encode_example",
+    "load_probe_texts",
+    "load_records",
+    "load_task_data",
+    "probe_blocks",
+    "render_prompt",
+    "subsample",
+]
+
+IGNORE_INDEX = -100
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _read_file(path: Path, field: str) -> list[dict[str, Any]]:
+    try:
+        if path.suffix == ".jsonl":
+            rows = []
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise GridrunError(f"{field}: {path} line {i} is not valid JSON ({e.msg})") from None
+            return rows
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and isinstance(data.get("data"), list):
+                data = data["data"]
+            if not isinstance(data, list):
+                raise GridrunError(f"{field}: {path} must hold a list of records (or {{'data': [...]}})")
+            return data
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()  # type: ignore[no-any-return]
+    except json.JSONDecodeError as e:
+        raise GridrunError(f"{field}: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except OSError as e:
+        raise GridrunError(f"{field}: cannot read {path}: {e.strerror or e}") from None
+    raise GridrunError(f"{field}: unsupported file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
+
+
+def load_records(source: str, *, field: str, split: str = "train", size: int = 512, seed: int = 0,
+                 options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Raw records from a builtin generator, a local file or a hub dataset."""
+    short = builtin_name(source)
+    if short is not None:
+        gen = task_generator(short, field)
+        try:
+            return gen(size, seed, split=split, **(options or {}))
+        except TypeError as e:
+            raise GridrunError(f"data.options: {e}") from None
+        except ValueError as e:
+            raise GridrunError(f"data.options: {e}") from None
+    path = Path(source).expanduser()
+    if path.suffix in FILE_SUFFIXES or path.exists():
+        if not path.is_file():
+            raise GridrunError(f"{field}: data file not found: {path}")
+        return _read_file(path, field)
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:  # hub unreachable, unknown id, bad split: all user-facing
+        raise GridrunError(f"{field}: cannot load dataset {source!r} (split {split!r}): {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    return list(ds)
+
+
+def _check_fields(rows: list[dict[str, Any]], fields: tuple[str, ...], source: str, field: str) -> None:
+    if not rows:
+        raise GridrunError(f"{field}: {source} holds no records")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise GridrunError(f"{field}: record {i} of {source} is a {type(row).__name__}, not an object")
+        for f in fields:
+            if f not in row:
+                raise GridrunError(f"{field}: record {i} of {source} has no field '{f}' (fields: {', '.join(row)})")
+            if not isinstance(row[f], str):
+                raise GridrunError(f"{field}: record {i} of {source}: field '{f}' must be text, got "
+                                   f"{type(row[f]).__name__}")
+
+
+def load_task_data(data: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and eval records with ``prompt``/``answer`` keys (plus whatever metadata the source carries).
+
+    A file or hub source without a separate ``data.eval`` is split: the last ``eval_size`` records become the
+    evaluation set, never trained on.
+    """
+    pf, af = data["prompt_field"], data["answer_field"]
+    opts = data.get("options") or {}
+    train = load_records(data["task"], field="data.task", split="train" if builtin_name(data["task"]) else data["split"],
+                         size=data["train_size"], seed=seed, options=opts)
+    _check_fields(train, (pf, af), data["task"], "data.task")
+    if data.get("eval"):
+        ev = load_records(data["eval"], field="data.eval", split="eval" if builtin_name(data["eval"])
+                          else data["eval_split"], size=data["eval_size"], seed=seed, options=opts)
+        _check_fields(ev, (pf, af), data["eval"], "data.eval")
+    elif builtin_name(data["task"]):
+        ev = load_records(data["task"], field="data.task", split="eval", size=data["eval_size"], seed=seed,
+                          options=opts)
+    else:
+        if len(train) < 2:
+            raise GridrunError(f"data.task: {data['task']} has {len(train)} record; need at least 2 to hold "
+                               "some out for evaluation (or set data.eval)")
+        k = min(data["eval_size"], len(train) // 5 or 1)
+        train, ev = train[:-k], train[-k:]
+    rename = lambda r: {**r, "prompt": r[pf], "answer": r[af]}  # noqa: E731
+    return [rename(r) for r in train], [rename(r) for r in ev[: data["eval_size"]]]
+
+
+def render_prompt(tokenizer: Any, prompt: str, template: str) -> str:
+    """The text the model sees before its answer; the only place a prompt is formatted."""
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise GridrunError("data.template: 'chat' needs a tokenizer with a chat template; give a format "
+                               "string with {prompt} instead")
+        return tokenizer.apply_chat_template(  # type: ignore[no-any-return]
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return template.format(prompt=prompt)
+
+
+def encode_example(tokenizer: Any, prompt_text: str, answer: str, max_len: int) -> dict[str, list[int]]:
+    """Token ids for prompt + answer + EOS, with labels -100 on every prompt position.
+
+    Prompt and answer are tokenized separately and concatenated, so the mask boundary is exact and the prompt
+    tokens match what generation sees at evaluation. Over-long examples lose prompt tokens from the left
+    first (the answer is what is learned), then answer tokens from the right.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise GridrunError("model tokenizer has no EOS token; cannot teach the model to stop")
+    p = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos]
+    if len(a) > max_len - 1:
+        a = a[: max_len - 1]
+    p = p[-(max_len - len(a)) :] if len(p) + len(a) > max_len else p
+    return {"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a}
+
+
+def subsample(n: int, ratio: float, seed: int) -> list[int]:
+    """A seeded subset of ``round(n * ratio)`` indices (at least one), in their original order."""
+    if not 0 < ratio <= 1:
+        raise GridrunError(f"data.sample_ratio: must be in (0, 1], got {ratio}")
+    k = max(1, round(n * ratio))
+    if k >= n:
+        return list(range(n))
+    return sorted(random.Random(f"sample_ratio/{seed}").sample(range(n), k))
+
+
+def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
+    """Right-pad a list of encoded examples into tensors (labels padded with -100)."""
+    import torch
+
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        ids[i, :n] = torch.tensor(b["input_ids"])
+        labels[i, :n] = torch.tensor(b["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def load_probe_texts(probe: str, text_field: str = "text") -> list[str]:
+    """General text for the forgetting probe: a builtin probe, a JSON/JSONL file of records, or a text file."""
+    short = builtin_name(probe)
+    if short is not None:
+        return probe_source(short)()
+    path = Path(probe).expanduser()
+    if not path.is_file():
+        raise GridrunError(f"forgetting.probe: file not found: {path}")
+    if path.suffix in (".json", ".jsonl", ".parquet"):
+        rows = _read_file(path, "forgetting.probe")
+        _check_fields(rows, (text_field,), probe, "forgetting.probe")
+        return [r[text_field] for r in rows]
+    texts = [t for t in path.read_text().split("\n\n") if t.strip()]
+    if not texts:
+        raise GridrunError(f"forgetting.probe: {path} holds no text")
+    return texts
+
+
+def probe_blocks(tokenizer: Any, texts: list[str], seq_len: int, samples: int) -> list[list[int]]:
+    """Pack probe documents (EOS-separated) into ``samples`` blocks of ``seq_len`` tokens."""
+    sep = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(sep)
+        if len(ids) >= seq_len * samples:
+            break
+    blocks = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)][:samples]
+    if not blocks:
+        raise GridrunError(f"forgetting.probe: text too short for one block of {seq_len} tokens")
+    return blocks

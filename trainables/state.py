@@ -1,0 +1,123 @@
+"""Trial state that makes a restored trial continue exactly: adapter, optimizer, scheduler, RNG, data position.
+
+Checkpoint folder layout (what ``tune.report`` persists and MLflow receives as the adapter artifact)::
+
+    adapter/              peft ``save_pretrained``: adapter_model.safetensors + adapter_config.json
+    trainer_state.pt      optimizer, scheduler, RNG states, position
+    gridrun_card.json     base model id/revision, quantization, LoRA config, trial params, metrics
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Position", "SampleStream", "load", "save", "seed_all"]
+
+
+@dataclass
+class Position:
+    """Where training is: optimizer steps taken and samples consumed from the stream."""
+
+    step: int
+    samples_seen: int
+
+
+class SampleStream:
+    """An endless, seeded stream of example indices: epoch ``e`` is a fresh permutation of ``range(n)``.
+
+    Position ``p`` of the stream depends only on (n, seed, p), so the data position is one integer.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            order = list(range(self.n))
+            random.Random(f"order/{self.seed}/{epoch}").shuffle(order)
+            self._perms = {epoch: order}  # one epoch at a time is all a sequential reader needs
+        return self._perms[epoch]
+
+    def take(self, start: int, count: int) -> list[int]:
+        return [self._perm(p // self.n)[p % self.n] for p in range(start, start + count)]
+
+
+def seed_all(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    s: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def card(spec: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """What someone needs to use the adapter: base model, quantization, LoRA shape, the trial's values."""
+    return {
+        "base_model": spec["model"]["name"],
+        "base_model_revision": spec["model"].get("revision"),
+        "quantization": spec["model"]["quantization"],
+        "compute_dtype": spec["model"]["compute_dtype"],
+        "lora": spec["lora"],
+        "template": spec["data"]["template"],
+        "train": spec["train"],
+        "sample_ratio": spec["data"]["sample_ratio"],
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+    }
+
+
+def save(d: Path, model: Any, opt: Any, sched: Any, pos: Position, spec: dict[str, Any],
+         metrics: dict[str, Any]) -> None:
+    import torch
+
+    model.save_pretrained(str(d / "adapter"))
+    torch.save(
+        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
+         "position": asdict(pos)},
+        d / "trainer_state.pt",
+    )
+    (d / "gridrun_card.json").write_text(json.dumps(card(spec, metrics), indent=2, default=str))
+
+
+def load(d: Path, model: Any, opt: Any, sched: Any) -> Position:
+    """Restore adapter weights, optimizer, scheduler and RNG from ``d``; return the data position."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(d / "adapter" / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise RuntimeError(f"checkpoint {d} does not match this adapter: unexpected keys {unexpected[:3]}")
+    st = torch.load(d / "trainer_state.pt", weights_only=False)
+    opt.load_state_dict(st["optimizer"])
+    sched.load_state_dict(st["scheduler"])
+    _set_rng_state(st["rng"])
+    return Position(**st["position"])
