@@ -65,8 +65,19 @@ def check_evaluator_names(names: list[str]) -> None:
 
 
 def build_evaluator(name: str, generation: GenerationSettings, options: dict[str, Any] | None = None) -> Evaluator:
+    """Instantiate a registered evaluator; unknown names, unknown options and bad values raise one line."""
+    import inspect
+
     check_evaluator_names([name])
-    return EVALUATORS[name](generation, **(options or {}))
+    cls = EVALUATORS[name]
+    known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "generation")]
+    for key in options or {}:
+        if key not in known:
+            raise GridrunError(f"evaluate.options.{name}: unknown option '{key}'; known: {', '.join(known) or 'none'}")
+    try:
+        return cls(generation, **(options or {}))
+    except ValueError as e:
+        raise GridrunError(str(e)) from None
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:

@@ -98,7 +98,8 @@ def _start_ray(spec: ExperimentSpec) -> dict[str, float]:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record; no CSV/TB noise
+    # Forced snapshots are expected with num_to_keep; Tune's warning about them is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if spec.resources.address:
         ray.init(address=spec.resources.address, log_to_driver=True, logging_level=logging.WARNING)
     else:
@@ -166,7 +167,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     from ray.tune.stopper import CombinedStopper
 
     from gridrun.builtin import resolve_model
-    from gridrun.report import format_summary, summarize
+    from gridrun.report import ProgressPrinter, format_summary, summarize
     from gridrun.space import to_optuna
     from gridrun.stopping import ForgettingBudget, NonFiniteLoss, RecordingASHA
     from gridrun.tracking import MLflowTracker, start_parent_run
@@ -223,10 +224,10 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
                 name=exp_name,
                 storage_path=str(storage),
                 stop=CombinedStopper(*stoppers),
-                callbacks=[tracker],
+                callbacks=[tracker] if quiet else [tracker, ProgressPrinter(spec.objective.metric, reasons)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoint.num_to_keep),
                 failure_config=tune.FailureConfig(max_failures=0),
-                verbose=0 if quiet else 1,
+                verbose=0,
             ),
         )
         t0 = time.time()

@@ -9,7 +9,37 @@ from typing import Any
 
 from gridrun.objective import pareto_front
 
-__all__ = ["format_summary", "load_summary", "summarize"]
+__all__ = ["ProgressPrinter", "format_summary", "load_summary", "summarize"]
+
+
+class ProgressPrinter:
+    """One line per trial start and end (Tune's own tables are switched off: too much for a terminal)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        from ray.tune import Callback
+
+        class _Printer(Callback):
+            def __init__(self, metric: str, reasons: dict[str, str]) -> None:
+                self.metric, self.reasons, self.done = metric, reasons, 0
+
+            def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+                params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
+                print(f"[gridrun] trial {trial.trial_id} started: {params}", flush=True)
+
+            def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+                self.done += 1
+                m = trial.last_result or {}
+                why = self.reasons.get(trial.trial_id) or ("completed" if m.get("progress", 0) >= 1 else "stopped")
+                print(f"[gridrun] trial {trial.trial_id} done ({self.done}/{len(trials)}): "
+                      f"{self.metric} {_fmt(_num(m.get(self.metric)))}, forget/delta "
+                      f"{_fmt(_num(m.get('forget/delta')))}, objective {_fmt(_num(m.get('objective')))} "
+                      f"at {m.get('samples_seen')} samples — {why}", flush=True)
+
+            def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+                self.done += 1
+                print(f"[gridrun] trial {trial.trial_id} failed; see {trial.path}/error.txt", flush=True)
+
+        return _Printer(*args, **kwargs)
 
 
 def _num(v: Any) -> float:

@@ -9,6 +9,7 @@ YAML → deep-merged overrides → unknown-key check → typed validation → se
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -262,6 +263,21 @@ class ExperimentSpec(_Section):
 # ----------------------------------------------------------------------------------------------------- loading
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 insists on ``1.0e-4``; people write ``1e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
     """Read a YAML experiment, apply ``a.b=c`` overrides and validate it.
 
@@ -272,7 +288,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Experimen
     if not p.is_file():
         raise SpecError(f"spec file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = _yaml(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -295,7 +311,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key.strip():
             raise SpecError(f"override {item!r}: expected dotted.key=value")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = _yaml(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
         parts = key.strip().split(".")

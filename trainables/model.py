@@ -60,6 +60,12 @@ def load_base(model: dict[str, Any], device: str) -> tuple[Any, Any]:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     base.config.use_cache = True
+    for module in base.modules():
+        # bitsandbytes repacks 4-bit weights for a bf16 CPU inference kernel the first time a module runs in
+        # eval mode, and leaves them packed: training after an eval round would then run on other numerics
+        # than training before it, and a restored trial would not continue exactly. One kernel throughout.
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
     for p in base.parameters():
         p.requires_grad_(False)
     return base, tok

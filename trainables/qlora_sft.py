@@ -27,7 +27,7 @@ from trainables.data import collate, encode_example, load_probe_texts, load_task
     render_prompt, subsample
 from trainables.model import add_lora, load_base, pick_device, quiet_hf
 
-__all__ = ["Reporter", "merge_params", "qlora_sft", "run"]
+__all__ = ["Reporter", "evaluate_adapter", "merge_params", "qlora_sft", "run"]
 
 #: report(metrics, checkpoint_dir or None)
 Reporter = Callable[[dict[str, Any], "Path | None"], None]
@@ -187,9 +187,13 @@ def run(spec: dict[str, Any], baseline: float, report: Reporter, restore: Path |
 
 def qlora_sft(config: dict[str, Any], spec: dict[str, Any], baseline: float) -> None:
     """Ray Tune function trainable: ``config`` holds this trial's sampled dotted-path params."""
+    import logging
+
     import torch
     from ray import tune
 
+    for name in ("ray.train", "ray.tune"):  # "checkpoint created" lines from every report drown the terminal
+        logging.getLogger(name).setLevel(logging.WARNING)
     threads = max(1, int(spec["resources"]["cpu"]))
     torch.set_num_threads(threads)
     trial_spec = merge_params(spec, config)
@@ -204,3 +208,30 @@ def qlora_sft(config: dict[str, Any], spec: dict[str, Any], baseline: float) -> 
     else:
         random.seed(int(trial_spec["train"]["seed"]))
         run(trial_spec, baseline, report)
+
+
+def evaluate_adapter(spec: dict[str, Any], adapter_dir: str | Path) -> dict[str, float]:
+    """Load the base model as the spec says, put a saved adapter on it with peft, run the task evaluators.
+
+    The same data, template and generation settings as the trial, so a logged adapter reproduces the task
+    metrics its trial reported.
+    """
+    import torch
+    from peft import PeftModel
+
+    from evaluators import GenerationSettings, build_evaluator
+
+    quiet_hf()
+    torch.manual_seed(int(spec["train"]["seed"]))
+    base, tok = load_base(spec["model"], pick_device(spec["resources"]["gpu"]))
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model.eval()
+    data, ev_cfg = spec["data"], spec["evaluate"]
+    _, eval_rows = load_task_data(data, int(spec["train"]["seed"]))
+    examples = [{**r, "prompt": render_prompt(tok, r["prompt"], data["template"])} for r in eval_rows]
+    gen = GenerationSettings(max_new_tokens=ev_cfg["max_new_tokens"], batch_size=ev_cfg["batch_size"])
+    out: dict[str, float] = {}
+    for name in ev_cfg["evaluators"]:
+        ev = build_evaluator(name, gen, ev_cfg["options"].get(name))
+        out.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, examples).items()})
+    return out

@@ -1,0 +1,81 @@
+"""Bad inputs through the real CLI: one line on stderr, exit code 2, nothing started or recorded."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FORGETTING, run_cli
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_validate_ok() -> None:
+    r = run_cli("validate", str(FORGETTING))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok: forgetting-tiny")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["train.lrr=1"], "unknown key 'train.lrr' in train; known keys:"),
+        (["train.lr=fast"], "train.lr: Input should be a valid number"),
+        (["search.space.train.lr.low=0.5"], "search.space.train.lr: low (0.5) > high (0.02)"),
+        (["data.sample_ratio=1.2"], "data.sample_ratio: Input should be less than or equal to 1"),
+        (["search.space.data.sample_ratio.high=2"], "search.space.data.sample_ratio.high: 2.0 is not a valid"),
+        (["data.task=/nonexistent/train.jsonl"], "data.task: data file not found: /nonexistent/train.jsonl"),
+        (["data.task=builtin:nope"], "data.task: unknown builtin task 'builtin:nope'; known: builtin:json-format"),
+        (["model.name=builtin:huge"], "model.name: unknown builtin model 'builtin:huge'; known: builtin:tiny-general"),
+        (["evaluate.evaluators=[json_fromat]"], "evaluate.evaluators: unknown evaluator 'json_fromat'"),
+        (["objective.metric=task/f1"], "objective.metric: task/f1 is not reported by evaluators json_format"),
+        (["resources.gpu=1"], "resources.gpu: 1.0 GPU per trial requested, but this machine has no CUDA GPU"),
+    ],
+)
+def test_launch_rejects_bad_input_before_starting_anything(tmp_path: Path, overrides: list[str], expected: str) -> None:
+    args = ["launch", str(FORGETTING)] + [a for o in overrides for a in ("--set", o)]
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert expected in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no mlruns.db, no results folder: nothing was started
+
+
+def test_unreachable_mlflow_server(tmp_path: Path) -> None:
+    r = run_cli("launch", str(FORGETTING), "--tracking-uri", f"http://127.0.0.1:{_free_port()}", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "tracking.uri: MLflow server at http://127.0.0.1:" in r.stderr and "unreachable" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_tracking_folder(tmp_path: Path) -> None:
+    r = run_cli("launch", str(FORGETTING), "--tracking-uri", "sqlite:////nonexistent/dir/mlruns.db", cwd=tmp_path)
+    assert r.returncode == 2 and "tracking.uri: folder /nonexistent/dir does not exist" in r.stderr
+
+
+def test_unreachable_ray_address(tmp_path: Path) -> None:
+    r = run_cli("launch", str(FORGETTING), "--address", f"127.0.0.1:{_free_port()}", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "resources.address: Ray cluster at 127.0.0.1:" in r.stderr and "unreachable" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_spec_file_and_bad_yaml(tmp_path: Path) -> None:
+    r = run_cli("validate", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "spec file not found" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain: {lr: [1,\n")
+    r = run_cli("validate", str(bad))
+    assert r.returncode == 2 and "not valid YAML (line" in r.stderr
+
+
+def test_report_of_a_folder_that_is_no_experiment(tmp_path: Path) -> None:
+    r = run_cli("report", str(tmp_path))
+    assert r.returncode == 2 and "no gridrun summary" in r.stderr

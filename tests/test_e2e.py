@@ -1,0 +1,93 @@
+"""A real `gridrun launch`: Ray Tune + Optuna + ASHA over the tiny model, recorded in MLflow; adapters reload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FORGETTING, TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, tiny_model_path) -> dict:
+    work = tmp_path_factory.mktemp("e2e")
+    overrides = [*TINY, "search.num_trials=4", "search.n_startup_trials=2", "scheduler.grace_period=16",
+                 "search.space.train.lr.high=0.03", "forgetting.budget=1.0", "forgetting.patience=1"]
+    args = ["launch", str(FORGETTING)] + [a for o in overrides for a in ("--set", o)]
+    r = run_cli(*args, cwd=work, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    exp_dirs = list((work / "gridrun_results").iterdir())
+    assert len(exp_dirs) == 1
+    summary = json.loads((exp_dirs[0] / "gridrun_summary.json").read_text())
+    return {"work": work, "summary": summary, "stdout": r.stdout}
+
+
+def test_launch_runs_every_trial_and_prints_the_summary(experiment) -> None:
+    s = experiment["summary"]
+    assert len(s["trials"]) == 4
+    assert all(t["status"] == "TERMINATED" for t in s["trials"])
+    assert s["best"] is not None and s["best"]["adapter"]
+    out = experiment["stdout"]
+    assert "best trial" in out and "best config" in out and "gridrun ui --tracking-uri sqlite:///mlruns.db" in out
+    for t in s["trials"]:
+        assert t["trial_id"] in out and t["stop_reason"]
+        assert set(t["params"]) == {"train.lr", "lora.r", "data.sample_ratio"}
+
+
+def test_mlflow_holds_parent_children_curves_and_adapters(experiment) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{experiment['work']}/mlruns.db"
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    parents = runs[runs["tags.gridrun.kind"] == "experiment"]
+    children = runs[runs["tags.gridrun.kind"] == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    parent_id = parents.run_id.iloc[0]
+    assert set(children["tags.mlflow.parentRunId"]) == {parent_id}
+    assert set(runs["status"]) == {"FINISHED"}
+    assert "spec.yaml" in [a.path for a in client.list_artifacts(parent_id)]
+    for run_id in children.run_id:
+        run = client.get_run(run_id)
+        assert float(run.data.params["train.lr"]) > 0 and "lora.r" in run.data.params
+        assert run.data.tags["gridrun.stop_reason"]
+        hist = client.get_metric_history(run_id, "forget/delta")
+        steps = [m.step for m in hist]
+        assert steps and steps == sorted(set(steps))  # one point per eval round, on the samples axis
+        for key in ("task/format_success", "objective", "train/loss", "forget/probe_loss_base"):
+            assert client.get_metric_history(run_id, key), key
+        names = {a.path for a in client.list_artifacts(run_id, "adapter")}
+        assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/gridrun_card.json"} <= names
+
+
+def test_logged_adapter_reproduces_its_trial_metric(experiment, tmp_path: Path) -> None:
+    """Download a child's adapter from MLflow, load it with peft onto the base model, re-evaluate."""
+    from mlflow.tracking import MlflowClient
+
+    from gridrun.spec import load_spec
+    from trainables.qlora_sft import evaluate_adapter, merge_params
+
+    s = experiment["summary"]
+    client = MlflowClient(f"sqlite:///{experiment['work']}/mlruns.db")
+    best = s["best"]
+    local = client.download_artifacts(best["mlflow_run_id"], "adapter", str(tmp_path))
+    card = json.loads((Path(local) / "gridrun_card.json").read_text())
+    assert card["base_model"] == "builtin:tiny-general" and card["quantization"] == "nf4"
+    spec = load_spec(FORGETTING, TINY)
+    metrics = evaluate_adapter(merge_params(spec.trial_dict(), best["params"]), local)
+    reported = client.get_run(best["mlflow_run_id"]).data.metrics
+    for key in ("task/format_success", "task/schema_match", "task/duplicate_json_rate"):
+        assert metrics[key] == pytest.approx(reported[key], abs=1e-9), key
+
+
+def test_report_command_prints_the_same_table(experiment) -> None:
+    exp_dir = experiment["summary"]["experiment_dir"]
+    r = run_cli("report", exp_dir)
+    assert r.returncode == 0
+    assert experiment["summary"]["best"]["trial_id"] in r.stdout
