@@ -8,7 +8,14 @@ from typing import Any, ClassVar
 
 from gridrun.errors import GridrunError
 
-__all__ = ["EVALUATORS", "Evaluator", "GenerationSettings", "build_evaluator", "generate", "register_evaluator"]
+__all__ = [
+    "EVALUATORS",
+    "Evaluator",
+    "GenerationSettings",
+    "build_evaluator",
+    "generate",
+    "register_evaluator",
+]
 
 
 @dataclass(frozen=True)

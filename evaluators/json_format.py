@@ -64,8 +64,14 @@ def classify(completion: str, strictness: str = "strict") -> tuple[str, Any]:
 @register_evaluator("json_format")
 class JsonFormatEvaluator(Evaluator):
     metrics: ClassVar[tuple[str, ...]] = (
-        "format_success", "duplicate_json_rate", "schema_match", "exact_match",
-        "fail_empty", "fail_extra_text", "fail_invalid_json", "fail_not_object",
+        "format_success",
+        "duplicate_json_rate",
+        "schema_match",
+        "exact_match",
+        "fail_empty",
+        "fail_extra_text",
+        "fail_invalid_json",
+        "fail_not_object",
     )
 
     def __init__(self, generation: GenerationSettings | None = None, strictness: str = "strict") -> None:

@@ -75,8 +75,13 @@ def cached_baseline(spec: dict[str, Any], compute: Callable[[dict[str, Any]], fl
     value = float(compute(spec))  # outside the lock: may take minutes on a real model
     with FileLock(str(path) + ".lock"):
         table = json.loads(path.read_text()) if path.is_file() else {}
-        table[key] = {"probe_loss": value, "model": spec["model"]["name"], "probe": spec["forgetting"]["probe"],
-                      "seq_len": spec["forgetting"]["seq_len"], "quantization": spec["model"]["quantization"]}
+        table[key] = {
+            "probe_loss": value,
+            "model": spec["model"]["name"],
+            "probe": spec["forgetting"]["probe"],
+            "seq_len": spec["forgetting"]["seq_len"],
+            "quantization": spec["model"]["quantization"],
+        }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(table, indent=2))
         tmp.replace(path)

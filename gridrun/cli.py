@@ -13,11 +13,17 @@ __all__ = ["main"]
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="experiment YAML file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one spec value, e.g. --set train.lr=1e-4 (repeatable; merges deeply)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one spec value, e.g. --set train.lr=1e-4 (repeatable; merges deeply)",
+    )
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace):
     from gridrun.spec import load_spec
 
     overrides = list(args.overrides)
@@ -35,8 +41,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         preflight(spec)
     n = len(spec.search.space)
-    print(f"ok: {spec.name} — {n} searched value{'s' * (n != 1)}, {spec.search.num_trials} trials, "
-          f"objective {spec.objective.mode} on {spec.objective.metric}")
+    print(
+        f"ok: {spec.name} — {n} searched value{'s' * (n != 1)}, {spec.search.num_trials} trials, "
+        f"objective {spec.objective.mode} on {spec.objective.metric}"
+    )
     return 0
 
 
@@ -66,7 +74,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import shutil
 
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
-    cmd = [exe, "ui", "--backend-store-uri", args.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    cmd = [
+        exe,
+        "ui",
+        "--backend-store-uri",
+        args.tracking_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
     os.execv(exe, cmd)
     return 0  # pragma: no cover
@@ -84,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check an experiment file without running anything")
     _spec_args(p)
-    p.add_argument("--deep", action="store_true",
-                   help="also check data files, builtin names, MLflow and Ray reachability, GPUs")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="also check data files, builtin names, MLflow and Ray reachability, GPUs",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("report", help="print the summary of a finished experiment folder")

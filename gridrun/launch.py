@@ -59,14 +59,21 @@ def preflight(spec: ExperimentSpec) -> None:
     check_evaluator_names(spec.evaluate.evaluators)
     unknown_opts = set(spec.evaluate.options) - set(spec.evaluate.evaluators)
     if unknown_opts:
-        raise GridrunError(f"evaluate.options: '{sorted(unknown_opts)[0]}' is not one of the evaluators run "
-                           f"({', '.join(spec.evaluate.evaluators)})")
+        raise GridrunError(
+            f"evaluate.options: '{sorted(unknown_opts)[0]}' is not one of the evaluators run "
+            f"({', '.join(spec.evaluate.evaluators)})"
+        )
     reported = {f"task/{m}" for n in spec.evaluate.evaluators for m in EVALUATORS[n].metrics}
     if spec.objective.metric not in reported:
-        raise GridrunError(f"objective.metric: {spec.objective.metric} is not reported by evaluators "
-                           f"{', '.join(spec.evaluate.evaluators)}; they report: {', '.join(sorted(reported))}")
-    for field, source in (("data.task", spec.data.task), ("data.eval", spec.data.eval),
-                          ("forgetting.probe", spec.forgetting.probe)):
+        raise GridrunError(
+            f"objective.metric: {spec.objective.metric} is not reported by evaluators "
+            f"{', '.join(spec.evaluate.evaluators)}; they report: {', '.join(sorted(reported))}"
+        )
+    for field, source in (
+        ("data.task", spec.data.task),
+        ("data.eval", spec.data.eval),
+        ("forgetting.probe", spec.forgetting.probe),
+    ):
         if source and builtin_name(source) is None:
             p = Path(source).expanduser()
             looks_local = p.suffix in (".jsonl", ".json", ".parquet", ".txt") or source.startswith((".", "/", "~"))
@@ -88,8 +95,10 @@ def preflight(spec: ExperimentSpec) -> None:
     elif spec.resources.gpu > 0:
         have = _local_gpus()
         if have == 0:
-            raise GridrunError(f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but this machine "
-                               "has no CUDA GPU (set resources.gpu: 0, or pass --address of a GPU cluster)")
+            raise GridrunError(
+                f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but this machine "
+                "has no CUDA GPU (set resources.gpu: 0, or pass --address of a GPU cluster)"
+            )
         if spec.resources.gpu > have:
             raise GridrunError(f"resources.gpu: {spec.resources.gpu} GPUs per trial requested, this machine has {have}")
 
@@ -103,18 +112,26 @@ def _start_ray(spec: ExperimentSpec) -> dict[str, float]:
     if spec.resources.address:
         ray.init(address=spec.resources.address, log_to_driver=True, logging_level=logging.WARNING)
     else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, logging_level=logging.WARNING,
-                 configure_logging=True)
+        ray.init(
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
     total = ray.cluster_resources()
     gpus = float(total.get("GPU", 0))
     if spec.resources.gpu > 0 and gpus < spec.resources.gpu:
         ray.shutdown()
-        raise GridrunError(f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but the Ray cluster "
-                           f"has {gpus:g} GPUs (trials would stay pending forever)")
+        raise GridrunError(
+            f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but the Ray cluster "
+            f"has {gpus:g} GPUs (trials would stay pending forever)"
+        )
     if float(total.get("CPU", 0)) < spec.resources.cpu:
         ray.shutdown()
-        raise GridrunError(f"resources.cpu: {spec.resources.cpu} CPUs per trial requested, but the Ray cluster "
-                           f"has {total.get('CPU', 0):g}")
+        raise GridrunError(
+            f"resources.cpu: {spec.resources.cpu} CPUs per trial requested, but the Ray cluster "
+            f"has {total.get('CPU', 0):g}"
+        )
     return total
 
 
@@ -145,16 +162,23 @@ def _searcher(spec: ExperimentSpec, searched: dict[str, Any]) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     s = spec.search
+    if not searched:
+        return None  # nothing to search: every trial runs the fixed config (repeats differ only if seeds do)
     if s.sampler == "random":
         sampler: Any = optuna.samplers.RandomSampler(seed=s.seed)
     elif s.sampler == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=s.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
-                                             multivariate=True, constant_liar=True)
+        sampler = optuna.samplers.TPESampler(
+            seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True, constant_liar=True
+        )
     if spec.objective.mode == "pareto":
-        return OptunaSearch(space=searched, metric=[spec.objective.metric, "forget/delta"],
-                            mode=[spec.objective.direction, "min"], sampler=sampler)
+        return OptunaSearch(
+            space=searched,
+            metric=[spec.objective.metric, "forget/delta"],
+            mode=[spec.objective.direction, "min"],
+            sampler=sampler,
+        )
     return OptunaSearch(space=searched, metric="objective", mode="max", sampler=sampler)
 
 
@@ -188,10 +212,15 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         log.warning("base probe loss %.4f (%s)", base_loss, "cached" if cached else "computed once, now cached")
 
         exp_id, parent = start_parent_run(
-            spec.tracking.uri, spec.tracking.experiment or spec.name, exp_name,
+            spec.tracking.uri,
+            spec.tracking.experiment or spec.name,
+            exp_name,
             spec_yaml or yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
-            {"gridrun.experiment_dir": str(storage / exp_name), "gridrun.objective": spec.objective.metric,
-             "mlflow.note.content": spec.description},
+            {
+                "gridrun.experiment_dir": str(storage / exp_name),
+                "gridrun.objective": spec.objective.metric,
+                "mlflow.note.content": spec.description,
+            },
         )
         reasons: dict[str, str] = {}
         stoppers: list[Any] = [NonFiniteLoss(reasons)]
@@ -201,12 +230,24 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         max_t = max(1, round(spec.train.epochs * _train_size_upper(spec)))
         if spec.scheduler.type == "asha":
             scheduler = RecordingASHA(
-                reasons, time_attr="samples_seen", metric="objective", mode="max", max_t=max_t,
-                grace_period=min(spec.scheduler.grace_period, max_t), reduction_factor=spec.scheduler.reduction_factor,
+                reasons,
+                time_attr="samples_seen",
+                metric="objective",
+                mode="max",
+                max_t=max_t,
+                grace_period=min(spec.scheduler.grace_period, max_t),
+                reduction_factor=spec.scheduler.reduction_factor,
                 brackets=spec.scheduler.brackets,
             )
-        tracker = MLflowTracker(spec.tracking.uri, exp_id, parent, trial_spec, sorted(searched), reasons,
-                                spec.tracking.log_adapters)
+        tracker = MLflowTracker(
+            spec.tracking.uri,
+            exp_id,
+            parent,
+            trial_spec,
+            sorted(searched),
+            reasons,
+            spec.tracking.log_adapters,
+        )
         trainable = tune.with_resources(
             tune.with_parameters(qlora_sft, spec=trial_spec, baseline=base_loss),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
@@ -233,9 +274,14 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         t0 = time.time()
         grid = tuner.fit()
         summary = summarize(spec, grid, reasons, tracker.runs, base_loss)
-        summary.update({"experiment": exp_name, "experiment_dir": str(storage / exp_name),
-                        "mlflow": {"uri": spec.tracking.uri, "experiment_id": exp_id, "parent_run_id": parent},
-                        "wall_s": round(time.time() - t0, 1)})
+        summary.update(
+            {
+                "experiment": exp_name,
+                "experiment_dir": str(storage / exp_name),
+                "mlflow": {"uri": spec.tracking.uri, "experiment_id": exp_id, "parent_run_id": parent},
+                "wall_s": round(time.time() - t0, 1),
+            }
+        )
         _finish_parent(spec, parent, summary)
         (storage / exp_name / "gridrun_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         if not quiet:

@@ -30,10 +30,13 @@ class ProgressPrinter:
                 self.done += 1
                 m = trial.last_result or {}
                 why = self.reasons.get(trial.trial_id) or ("completed" if m.get("progress", 0) >= 1 else "stopped")
-                print(f"[gridrun] trial {trial.trial_id} done ({self.done}/{len(trials)}): "
-                      f"{self.metric} {_fmt(_num(m.get(self.metric)))}, forget/delta "
-                      f"{_fmt(_num(m.get('forget/delta')))}, objective {_fmt(_num(m.get('objective')))} "
-                      f"at {m.get('samples_seen')} samples — {why}", flush=True)
+                print(
+                    f"[gridrun] trial {trial.trial_id} done ({self.done}/{len(trials)}): "
+                    f"{self.metric} {_fmt(_num(m.get(self.metric)))}, forget/delta "
+                    f"{_fmt(_num(m.get('forget/delta')))}, objective {_fmt(_num(m.get('objective')))} "
+                    f"at {m.get('samples_seen')} samples — {why}",
+                    flush=True,
+                )
 
             def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
                 self.done += 1
@@ -49,7 +52,7 @@ def _num(v: Any) -> float:
 def summarize(spec: Any, grid: Any, reasons: dict[str, str], runs: dict[str, str], base_loss: float) -> dict[str, Any]:
     """Plain-data summary of a finished ResultGrid (JSON-serialisable)."""
     metric = spec.objective.metric
-    rows = []
+    rows: list[dict[str, Any]] = []
     for r in grid:
         m = r.metrics or {}
         tid = m.get("trial_id") or Path(r.path).name
@@ -60,20 +63,24 @@ def summarize(spec: Any, grid: Any, reasons: dict[str, str], runs: dict[str, str
         adapter = None
         if r.checkpoint is not None:
             adapter = str(Path(r.checkpoint.path) / "adapter")
-        rows.append({
-            "trial_id": tid,
-            "status": "ERROR" if r.error is not None else "TERMINATED",
-            "params": dict(r.config),
-            "task": _num(m.get(metric)),
-            "forget_delta": _num(m.get("forget/delta")),
-            "objective": _num(m.get("objective")),
-            "samples_seen": m.get("samples_seen"),
-            "train_samples": m.get("data/train_samples"),
-            "stop_reason": reason,
-            "adapter": adapter,
-            "mlflow_run_id": runs.get(tid),
-            "metrics": {k: v for k, v in m.items() if isinstance(v, int | float) and "/" in k or k == "objective"},
-        })
+        rows.append(
+            {
+                "trial_id": tid,
+                "status": "ERROR" if r.error is not None else "TERMINATED",
+                "params": dict(r.config),
+                "task": _num(m.get(metric)),
+                "forget_delta": _num(m.get("forget/delta")),
+                "objective": _num(m.get("objective")),
+                "samples_seen": m.get("samples_seen"),
+                "train_samples": m.get("data/train_samples"),
+                "stop_reason": reason,
+                "adapter": adapter,
+                "mlflow_run_id": runs.get(tid),
+                "metrics": {
+                    k: v for k, v in m.items() if (isinstance(v, int | float) and "/" in k) or k == "objective"
+                },
+            }
+        )
     rows.sort(key=lambda x: -x["objective"] if math.isfinite(x["objective"]) else math.inf)
     ok = [x for x in rows if x["status"] != "ERROR" and math.isfinite(x["objective"])]
     best = max(ok, key=lambda x: x["objective"]) if ok else None
@@ -103,18 +110,38 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The table a person reads at the end of ``gridrun launch`` (and from ``gridrun report``)."""
     rows = summary["trials"]
     keys = sorted({k for r in rows for k in r["params"]})
-    head = ["trial", "status", *keys, summary["objective_metric"], "forget/delta", "objective", "samples",
-            "stopped by"]
-    body = [[r["trial_id"], r["status"], *[_fmt(r["params"].get(k)) for k in keys], _fmt(r["task"]),
-             _fmt(r["forget_delta"]), _fmt(r["objective"]), _fmt(r["samples_seen"]), r["stop_reason"]]
-            for r in rows]
+    head = [
+        "trial",
+        "status",
+        *keys,
+        summary["objective_metric"],
+        "forget/delta",
+        "objective",
+        "samples",
+        "stopped by",
+    ]
+    body = [
+        [
+            r["trial_id"],
+            r["status"],
+            *[_fmt(r["params"].get(k)) for k in keys],
+            _fmt(r["task"]),
+            _fmt(r["forget_delta"]),
+            _fmt(r["objective"]),
+            _fmt(r["samples_seen"]),
+            r["stop_reason"],
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     out = [line(head), line(["-" * w for w in widths]), *(line(b) for b in body), ""]
     best = summary.get("best")
     if best:
-        out.append(f"best trial {best['trial_id']}: objective {_fmt(best['objective'])} "
-                   f"({summary['objective_metric']} {_fmt(best['task'])}, forget/delta {_fmt(best['forget_delta'])})")
+        out.append(
+            f"best trial {best['trial_id']}: objective {_fmt(best['objective'])} "
+            f"({summary['objective_metric']} {_fmt(best['task'])}, forget/delta {_fmt(best['forget_delta'])})"
+        )
         out.append("best config: " + json.dumps(best["params"], default=str))
         out.append(f"best adapter: {best['adapter']}")
     else:
@@ -123,8 +150,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         out.append("pareto front (task vs forgetting): " + ", ".join(summary["pareto_front"]))
     ml = summary.get("mlflow") or {}
     if ml:
-        out.append(f"MLflow: parent run {ml.get('parent_run_id')} in {ml.get('uri')}; open the UI with: "
-                   f"gridrun ui --tracking-uri {ml.get('uri')}")
+        out.append(
+            f"MLflow: parent run {ml.get('parent_run_id')} in {ml.get('uri')}; open the UI with: "
+            f"gridrun ui --tracking-uri {ml.get('uri')}"
+        )
     if summary.get("experiment_dir"):
         out.append(f"experiment folder: {summary['experiment_dir']}")
     return "\n".join(out)
@@ -136,4 +165,4 @@ def load_summary(experiment_dir: str | Path) -> dict[str, Any]:
     p = Path(experiment_dir).expanduser() / "gridrun_summary.json"
     if not p.is_file():
         raise GridrunError(f"no gridrun summary in {experiment_dir} (is it an experiment folder that finished?)")
-    return json.loads(p.read_text())  # type: ignore[no-any-return]
+    return json.loads(p.read_text())

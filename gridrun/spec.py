@@ -81,7 +81,9 @@ class LoraSpec(_Section):
 class DataSpec(_Section):
     """Task data: where it comes from, how it becomes prompt/answer pairs, how much of it is used."""
 
-    task: str = Field("builtin:json-format", description="builtin:<name>, a hub dataset id, or a JSON/JSONL/Parquet file")
+    task: str = Field(
+        "builtin:json-format", description="builtin:<name>, a hub dataset id, or a JSON/JSONL/Parquet file"
+    )
     eval: str | None = Field(
         None, description="separate evaluation source (same forms as task); builtin tasks generate their own"
     )
@@ -100,9 +102,7 @@ class DataSpec(_Section):
         1.0, gt=0, le=1, description="fraction of the training set used, a seeded subset; searchable"
     )
     max_seq_len: int = Field(256, gt=8, description="prompt+answer tokens kept per example (longer ones are cut)")
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="keyword options for a builtin task generator"
-    )
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword options for a builtin task generator")
 
     @field_validator("template")
     @classmethod
@@ -130,8 +130,11 @@ class TrainSpec(_Section):
 class EvaluateSpec(_Section):
     """Task evaluators and generation settings (shared by all evaluators)."""
 
-    evaluators: list[str] = Field(default_factory=lambda: ["json_format"], min_length=1,
-                                  description="registered evaluator names run each eval round")
+    evaluators: list[str] = Field(
+        default_factory=lambda: ["json_format"],
+        min_length=1,
+        description="registered evaluator names run each eval round",
+    )
     max_new_tokens: int = Field(64, gt=0, description="generation budget per prompt")
     batch_size: int = Field(32, gt=0, description="prompts generated together")
     options: dict[str, dict[str, Any]] = Field(
@@ -275,7 +278,7 @@ _Loader.add_implicit_resolver(
 
 
 def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_Loader)
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
@@ -402,8 +405,21 @@ def _is_leaf_path(path: str) -> bool:
 
 
 #: Paths that make no sense to search (they change what the experiment *is*, not a trial's knob).
-_UNSEARCHABLE = ("name", "description", "search.", "tracking.", "resources.", "checkpoint.", "scheduler.",
-                 "objective.", "model.name", "model.revision", "data.task", "data.eval", "forgetting.")
+_UNSEARCHABLE = (
+    "name",
+    "description",
+    "search.",
+    "tracking.",
+    "resources.",
+    "checkpoint.",
+    "scheduler.",
+    "objective.",
+    "model.name",
+    "model.revision",
+    "data.task",
+    "data.eval",
+    "forgetting.",
+)
 
 
 def _check_space(spec: ExperimentSpec) -> None:

@@ -24,8 +24,10 @@ class ForgettingBudget(Stopper):
             return False
         self._over[trial_id] = self._over.get(trial_id, 0) + 1 if delta > self.budget else 0
         if self._over[trial_id] >= self.patience:
-            self.reasons.setdefault(trial_id, f"forgetting budget (forget/delta {delta:.3f} > {self.budget} "
-                                              f"for {self.patience} evals)")
+            self.reasons.setdefault(
+                trial_id,
+                f"forgetting budget (forget/delta {delta:.3f} > {self.budget} for {self.patience} evals)",
+            )
             return True
         return False
 
@@ -61,4 +63,4 @@ class RecordingASHA(AsyncHyperBandScheduler):
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and result.get("progress", 0) < 1:
             self.reasons.setdefault(trial.trial_id, f"asha (behind at {result.get(self._time_attr)} samples)")
-        return decision  # type: ignore[no-any-return]
+        return decision

@@ -32,7 +32,7 @@ def check_tracking_uri(uri: str) -> None:
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:  # noqa: S310
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
                 if r.status != 200:
                     raise GridrunError(f"tracking.uri: MLflow server at {uri} answered HTTP {r.status}")
         except (urllib.error.URLError, OSError) as e:
@@ -85,8 +85,16 @@ def start_parent_run(uri: str, experiment: str, run_name: str, spec_yaml: str, t
 class MLflowTracker(Callback):
     """Driver-side Tune callback writing one child run per trial under the experiment's parent run."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, spec: dict[str, Any],
-                 searched: list[str], reasons: dict[str, str], log_adapters: bool = True) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        spec: dict[str, Any],
+        searched: list[str],
+        reasons: dict[str, str],
+        log_adapters: bool = True,
+    ) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -118,9 +126,13 @@ class MLflowTracker(Callback):
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=f"trial-{trial.trial_id}",
-                tags={"mlflow.parentRunId": self.parent_run_id, "gridrun.trial_id": trial.trial_id,
-                      "gridrun.kind": "trial", "gridrun.searched": ",".join(self.searched),
-                      "gridrun.status": "RUNNING"},
+                tags={
+                    "mlflow.parentRunId": self.parent_run_id,
+                    "gridrun.trial_id": trial.trial_id,
+                    "gridrun.kind": "trial",
+                    "gridrun.searched": ",".join(self.searched),
+                    "gridrun.status": "RUNNING",
+                },
             )
             self.runs[trial.trial_id] = run.info.run_id
             self._log_params(run.info.run_id, params)
@@ -136,8 +148,9 @@ class MLflowTracker(Callback):
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._run_for(trial)
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
         from mlflow.entities import Metric
 
         run_id = self._run_for(trial)
@@ -147,7 +160,9 @@ class MLflowTracker(Callback):
             Metric(k, float(v), ts, step)
             for k, v in result.items()
             if (k.startswith(METRIC_PREFIXES) or k in METRIC_NAMES)
-            and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
         ]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)

@@ -41,10 +41,13 @@ def tiny_spec(tmp_path: Path):
     """The shipped default spec shrunk to seconds, tracking and storage inside tmp_path."""
     from gridrun.spec import load_spec
 
-    return load_spec(FORGETTING, [*TINY, f"tracking.uri=sqlite:///{tmp_path}/mlruns.db",
-                                  f"tracking.storage={tmp_path}/results"])
+    return load_spec(
+        FORGETTING,
+        [*TINY, f"tracking.uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.storage={tmp_path}/results"],
+    )
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gridrun.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gridrun.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )

@@ -15,8 +15,17 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, tiny_model_path) -> dict:
     work = tmp_path_factory.mktemp("e2e")
-    overrides = [*TINY, "search.num_trials=4", "search.n_startup_trials=2", "scheduler.grace_period=16",
-                 "search.space.train.lr.high=0.03", "forgetting.budget=1.0", "forgetting.patience=1"]
+    overrides = [
+        *TINY,
+        "data.train_size=128",
+        "train.epochs=2",
+        "search.num_trials=4",
+        "search.n_startup_trials=2",
+        "scheduler.grace_period=16",
+        "search.space.train.lr.high=0.03",
+        "forgetting.budget=1.0",
+        "forgetting.patience=1",
+    ]
     args = ["launch", str(FORGETTING)] + [a for o in overrides for a in ("--set", o)]
     r = run_cli(*args, cwd=work, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -63,7 +72,11 @@ def test_mlflow_holds_parent_children_curves_and_adapters(experiment) -> None:
         for key in ("task/format_success", "objective", "train/loss", "forget/probe_loss_base"):
             assert client.get_metric_history(run_id, key), key
         names = {a.path for a in client.list_artifacts(run_id, "adapter")}
-        assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/gridrun_card.json"} <= names
+        assert {
+            "adapter/adapter_model.safetensors",
+            "adapter/adapter_config.json",
+            "adapter/gridrun_card.json",
+        } <= names
 
 
 def test_logged_adapter_reproduces_its_trial_metric(experiment, tmp_path: Path) -> None:
@@ -75,15 +88,23 @@ def test_logged_adapter_reproduces_its_trial_metric(experiment, tmp_path: Path) 
 
     s = experiment["summary"]
     client = MlflowClient(f"sqlite:///{experiment['work']}/mlruns.db")
-    best = s["best"]
-    local = client.download_artifacts(best["mlflow_run_id"], "adapter", str(tmp_path))
-    card = json.loads((Path(local) / "gridrun_card.json").read_text())
-    assert card["base_model"] == "builtin:tiny-general" and card["quantization"] == "nf4"
-    spec = load_spec(FORGETTING, TINY)
-    metrics = evaluate_adapter(merge_params(spec.trial_dict(), best["params"]), local)
-    reported = client.get_run(best["mlflow_run_id"]).data.metrics
-    for key in ("task/format_success", "task/schema_match", "task/duplicate_json_rate"):
-        assert metrics[key] == pytest.approx(reported[key], abs=1e-9), key
+    spec = load_spec(FORGETTING, [*TINY, "data.train_size=128", "train.epochs=2"])
+    # the best trial, and the one that forgot most (its adapter is far from the base: a strong check)
+    worst = max(s["trials"], key=lambda t: t["forget_delta"])
+    for trial in {t["trial_id"]: t for t in (s["best"], worst)}.values():
+        local = client.download_artifacts(trial["mlflow_run_id"], "adapter", str(tmp_path / trial["trial_id"]))
+        card = json.loads((Path(local) / "gridrun_card.json").read_text())
+        assert card["base_model"] == "builtin:tiny-general" and card["quantization"] == "nf4"
+        metrics = evaluate_adapter(merge_params(spec.trial_dict(), trial["params"]), local)
+        reported = client.get_run(trial["mlflow_run_id"]).data.metrics
+        assert reported["forget/probe_loss"] != pytest.approx(reported["forget/probe_loss_base"], abs=1e-6)
+        for key in (
+            "task/format_success",
+            "task/schema_match",
+            "task/duplicate_json_rate",
+            "forget/probe_loss",
+        ):
+            assert metrics[key] == pytest.approx(reported[key], abs=1e-9), key
 
 
 def test_report_command_prints_the_same_table(experiment) -> None:

@@ -52,7 +52,7 @@ def _read_file(path: Path, field: str) -> list[dict[str, Any]]:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()  # type: ignore[no-any-return]
+            return pq.read_table(path).to_pylist()
     except json.JSONDecodeError as e:
         raise GridrunError(f"{field}: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     except OSError as e:
@@ -60,8 +60,15 @@ def _read_file(path: Path, field: str) -> list[dict[str, Any]]:
     raise GridrunError(f"{field}: unsupported file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
 
 
-def load_records(source: str, *, field: str, split: str = "train", size: int = 512, seed: int = 0,
-                 options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def load_records(
+    source: str,
+    *,
+    field: str,
+    split: str = "train",
+    size: int = 512,
+    seed: int = 0,
+    options: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Raw records from a builtin generator, a local file or a hub dataset."""
     short = builtin_name(source)
     if short is not None:
@@ -82,8 +89,10 @@ def load_records(source: str, *, field: str, split: str = "train", size: int = 5
 
         ds = datasets.load_dataset(source, split=split)
     except Exception as e:  # hub unreachable, unknown id, bad split: all user-facing
-        raise GridrunError(f"{field}: cannot load dataset {source!r} (split {split!r}): {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise GridrunError(
+            f"{field}: cannot load dataset {source!r} (split {split!r}): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     return list(ds)
 
 
@@ -97,8 +106,9 @@ def _check_fields(rows: list[dict[str, Any]], fields: tuple[str, ...], source: s
             if f not in row:
                 raise GridrunError(f"{field}: record {i} of {source} has no field '{f}' (fields: {', '.join(row)})")
             if not isinstance(row[f], str):
-                raise GridrunError(f"{field}: record {i} of {source}: field '{f}' must be text, got "
-                                   f"{type(row[f]).__name__}")
+                raise GridrunError(
+                    f"{field}: record {i} of {source}: field '{f}' must be text, got {type(row[f]).__name__}"
+                )
 
 
 def load_task_data(data: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -109,20 +119,35 @@ def load_task_data(data: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]
     """
     pf, af = data["prompt_field"], data["answer_field"]
     opts = data.get("options") or {}
-    train = load_records(data["task"], field="data.task", split="train" if builtin_name(data["task"]) else data["split"],
-                         size=data["train_size"], seed=seed, options=opts)
+    train = load_records(
+        data["task"],
+        field="data.task",
+        split="train" if builtin_name(data["task"]) else data["split"],
+        size=data["train_size"],
+        seed=seed,
+        options=opts,
+    )
     _check_fields(train, (pf, af), data["task"], "data.task")
     if data.get("eval"):
-        ev = load_records(data["eval"], field="data.eval", split="eval" if builtin_name(data["eval"])
-                          else data["eval_split"], size=data["eval_size"], seed=seed, options=opts)
+        ev = load_records(
+            data["eval"],
+            field="data.eval",
+            split="eval" if builtin_name(data["eval"]) else data["eval_split"],
+            size=data["eval_size"],
+            seed=seed,
+            options=opts,
+        )
         _check_fields(ev, (pf, af), data["eval"], "data.eval")
     elif builtin_name(data["task"]):
-        ev = load_records(data["task"], field="data.task", split="eval", size=data["eval_size"], seed=seed,
-                          options=opts)
+        ev = load_records(
+            data["task"], field="data.task", split="eval", size=data["eval_size"], seed=seed, options=opts
+        )
     else:
         if len(train) < 2:
-            raise GridrunError(f"data.task: {data['task']} has {len(train)} record; need at least 2 to hold "
-                               "some out for evaluation (or set data.eval)")
+            raise GridrunError(
+                f"data.task: {data['task']} has {len(train)} record; need at least 2 to hold "
+                "some out for evaluation (or set data.eval)"
+            )
         k = min(data["eval_size"], len(train) // 5 or 1)
         train, ev = train[:-k], train[-k:]
     rename = lambda r: {**r, "prompt": r[pf], "answer": r[af]}  # noqa: E731
@@ -133,9 +158,11 @@ def render_prompt(tokenizer: Any, prompt: str, template: str) -> str:
     """The text the model sees before its answer; the only place a prompt is formatted."""
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
-            raise GridrunError("data.template: 'chat' needs a tokenizer with a chat template; give a format "
-                               "string with {prompt} instead")
-        return tokenizer.apply_chat_template(  # type: ignore[no-any-return]
+            raise GridrunError(
+                "data.template: 'chat' needs a tokenizer with a chat template; give a format "
+                "string with {prompt} instead"
+            )
+        return tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
     return template.format(prompt=prompt)

@@ -46,7 +46,9 @@ def load_base(model: dict[str, Any], device: str) -> tuple[Any, Any]:
         kwargs["revision"] = model["revision"]
     if model["quantization"] == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,
         )
     elif model["quantization"] == "int8":
@@ -65,7 +67,7 @@ def load_base(model: dict[str, Any], device: str) -> tuple[Any, Any]:
         # eval mode, and leaves them packed: training after an eval round would then run on other numerics
         # than training before it, and a restored trial would not continue exactly. One kernel throughout.
         if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
+            setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010
     for p in base.parameters():
         p.requires_grad_(False)
     return base, tok
@@ -84,7 +86,11 @@ def add_lora(base: Any, lora: dict[str, Any], quantization: str, gradient_checkp
     if missing:
         raise GridrunError(f"lora.target_modules: {', '.join(missing)} not found in the model")
     cfg = LoraConfig(
-        r=int(lora["r"]), lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]),
-        target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM", bias="none",
+        r=int(lora["r"]),
+        lora_alpha=float(lora["alpha"]),  # type: ignore[arg-type]  # peft annotates int, accepts float
+        lora_dropout=float(lora["dropout"]),
+        target_modules=list(lora["target_modules"]),
+        task_type="CAUSAL_LM",
+        bias="none",
     )
     return get_peft_model(base, cfg)

@@ -23,8 +23,15 @@ from typing import Any
 from gridrun.errors import GridrunError
 from gridrun.objective import forget_delta, penalized
 from trainables import state
-from trainables.data import collate, encode_example, load_probe_texts, load_task_data, probe_blocks, \
-    render_prompt, subsample
+from trainables.data import (
+    collate,
+    encode_example,
+    load_probe_texts,
+    load_task_data,
+    probe_blocks,
+    render_prompt,
+    subsample,
+)
 from trainables.model import add_lora, load_base, pick_device, quiet_hf
 
 __all__ = ["Reporter", "evaluate_adapter", "merge_params", "qlora_sft", "run"]
@@ -65,8 +72,13 @@ def _peak_mem_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run(spec: dict[str, Any], baseline: float, report: Reporter, restore: Path | None = None,
-        max_steps: int | None = None) -> dict[str, Any]:
+def run(
+    spec: dict[str, Any],
+    baseline: float,
+    report: Reporter,
+    restore: Path | None = None,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
     """Train one trial; call ``report`` every eval round. Returns the last reported metrics.
 
     Args:
@@ -94,8 +106,15 @@ def run(spec: dict[str, Any], baseline: float, report: Reporter, restore: Path |
     # --- setup: data ----------------------------------------------------------------------------------
     train_rows, eval_rows = load_task_data(data, seed)
     keep = subsample(len(train_rows), float(data["sample_ratio"]), seed)
-    encoded = [encode_example(tok, render_prompt(tok, train_rows[i]["prompt"], data["template"]),
-                              train_rows[i]["answer"], data["max_seq_len"]) for i in keep]
+    encoded = [
+        encode_example(
+            tok,
+            render_prompt(tok, train_rows[i]["prompt"], data["template"]),
+            train_rows[i]["answer"],
+            data["max_seq_len"],
+        )
+        for i in keep
+    ]
     eval_examples = [{**r, "prompt": render_prompt(tok, r["prompt"], data["template"])} for r in eval_rows]
     blocks = probe_blocks(tok, load_probe_texts(fg["probe"], fg["probe_field"]), fg["seq_len"], fg["samples"])
     gen = GenerationSettings(max_new_tokens=ev_cfg["max_new_tokens"], batch_size=ev_cfg["batch_size"])
@@ -155,8 +174,10 @@ def run(spec: dict[str, Any], baseline: float, report: Reporter, restore: Path |
             delta = forget_delta(probe, baseline)
             metric = task.get(spec["objective"]["metric"])
             if metric is None:
-                raise GridrunError(f"objective.metric: {spec['objective']['metric']} is not reported by "
-                                   f"evaluators {ev_cfg['evaluators']} (they report: {', '.join(sorted(task))})")
+                raise GridrunError(
+                    f"objective.metric: {spec['objective']['metric']} is not reported by "
+                    f"evaluators {ev_cfg['evaluators']} (they report: {', '.join(sorted(task))})"
+                )
             last = {
                 "train/loss": sum(losses) / len(losses),
                 "train/lr": sched.get_last_lr()[0],
@@ -211,7 +232,7 @@ def qlora_sft(config: dict[str, Any], spec: dict[str, Any], baseline: float) -> 
 
 
 def evaluate_adapter(spec: dict[str, Any], adapter_dir: str | Path) -> dict[str, float]:
-    """Load the base model as the spec says, put a saved adapter on it with peft, run the task evaluators.
+    """Load the base model as the spec says, put a saved adapter on it with peft, run evaluators and probe.
 
     The same data, template and generation settings as the trial, so a logged adapter reproduces the task
     metrics its trial reported.
@@ -219,7 +240,7 @@ def evaluate_adapter(spec: dict[str, Any], adapter_dir: str | Path) -> dict[str,
     import torch
     from peft import PeftModel
 
-    from evaluators import GenerationSettings, build_evaluator
+    from evaluators import GenerationSettings, build_evaluator, probe_loss
 
     quiet_hf()
     torch.manual_seed(int(spec["train"]["seed"]))
@@ -234,4 +255,7 @@ def evaluate_adapter(spec: dict[str, Any], adapter_dir: str | Path) -> dict[str,
     for name in ev_cfg["evaluators"]:
         ev = build_evaluator(name, gen, ev_cfg["options"].get(name))
         out.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, examples).items()})
+    fg = spec["forgetting"]
+    blocks = probe_blocks(tok, load_probe_texts(fg["probe"], fg["probe_field"]), fg["seq_len"], fg["samples"])
+    out["forget/probe_loss"] = probe_loss(model, blocks)
     return out

@@ -60,7 +60,11 @@ def _rng_state() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    s: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    s: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
     return s
@@ -92,14 +96,19 @@ def card(spec: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def save(d: Path, model: Any, opt: Any, sched: Any, pos: Position, spec: dict[str, Any],
-         metrics: dict[str, Any]) -> None:
+def save(
+    d: Path, model: Any, opt: Any, sched: Any, pos: Position, spec: dict[str, Any], metrics: dict[str, Any]
+) -> None:
     import torch
 
     model.save_pretrained(str(d / "adapter"))
     torch.save(
-        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
-         "position": asdict(pos)},
+        {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": _rng_state(),
+            "position": asdict(pos),
+        },
         d / "trainer_state.pt",
     )
     (d / "gridrun_card.json").write_text(json.dumps(card(spec, metrics), indent=2, default=str))

@@ -13,7 +13,7 @@ from typing import Any
 from gridrun.builtin import corpus, json_format, tiny_model
 from gridrun.errors import GridrunError
 
-__all__ = ["MODELS", "PROBES", "PREFIX", "TASKS", "builtin_name", "resolve_model", "task_generator"]
+__all__ = ["MODELS", "PREFIX", "PROBES", "TASKS", "builtin_name", "resolve_model", "task_generator"]
 
 PREFIX = "builtin:"
 
@@ -46,11 +46,11 @@ def resolve_model(name: str) -> str:
 
 
 def task_generator(name: str, field: str = "data.task") -> Callable[..., list[dict[str, Any]]]:
-    return _lookup(TASKS, name, "builtin task", field)  # type: ignore[no-any-return]
+    return _lookup(TASKS, name, "builtin task", field)
 
 
 def probe_source(name: str) -> Callable[[], list[str]]:
-    return _lookup(PROBES, name, "builtin probe", "forgetting.probe")  # type: ignore[no-any-return]
+    return _lookup(PROBES, name, "builtin probe", "forgetting.probe")
 
 
 def check_names(model: str, task: str, probe: str, eval_source: str | None = None) -> None:

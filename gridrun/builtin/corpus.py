@@ -15,34 +15,131 @@ from collections.abc import Iterator
 __all__ = ["CAPITALS", "general_documents", "probe_texts"]
 
 CAPITALS = {
-    "France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Germany": "Berlin", "Portugal": "Lisbon",
-    "Peru": "Lima", "Japan": "Tokyo", "Egypt": "Cairo", "Kenya": "Nairobi", "Canada": "Ottawa",
-    "Chile": "Santiago", "Norway": "Oslo", "Greece": "Athens", "Poland": "Warsaw", "India": "Delhi",
-    "Cuba": "Havana", "Ireland": "Dublin", "Austria": "Vienna", "Sweden": "Stockholm", "Mexico": "Mexico City",
+    "France": "Paris",
+    "Spain": "Madrid",
+    "Italy": "Rome",
+    "Germany": "Berlin",
+    "Portugal": "Lisbon",
+    "Peru": "Lima",
+    "Japan": "Tokyo",
+    "Egypt": "Cairo",
+    "Kenya": "Nairobi",
+    "Canada": "Ottawa",
+    "Chile": "Santiago",
+    "Norway": "Oslo",
+    "Greece": "Athens",
+    "Poland": "Warsaw",
+    "India": "Delhi",
+    "Cuba": "Havana",
+    "Ireland": "Dublin",
+    "Austria": "Vienna",
+    "Sweden": "Stockholm",
+    "Mexico": "Mexico City",
 }
 ANIMALS = {
-    "cat": "meows", "dog": "barks", "cow": "moos", "duck": "quacks", "lion": "roars", "sheep": "bleats",
-    "horse": "neighs", "owl": "hoots", "bee": "buzzes", "frog": "croaks",
+    "cat": "meows",
+    "dog": "barks",
+    "cow": "moos",
+    "duck": "quacks",
+    "lion": "roars",
+    "sheep": "bleats",
+    "horse": "neighs",
+    "owl": "hoots",
+    "bee": "buzzes",
+    "frog": "croaks",
 }
 COLORS = {
-    "sky": "blue", "grass": "green", "snow": "white", "coal": "black", "blood": "red", "sun": "yellow",
-    "orange": "orange", "plum": "purple", "sand": "brown", "cloud": "grey",
+    "sky": "blue",
+    "grass": "green",
+    "snow": "white",
+    "coal": "black",
+    "blood": "red",
+    "sun": "yellow",
+    "orange": "orange",
+    "plum": "purple",
+    "sand": "brown",
+    "cloud": "grey",
 }
 OPPOSITES = {
-    "hot": "cold", "big": "small", "fast": "slow", "up": "down", "day": "night", "happy": "sad",
-    "open": "closed", "early": "late", "full": "empty", "light": "dark",
+    "hot": "cold",
+    "big": "small",
+    "fast": "slow",
+    "up": "down",
+    "day": "night",
+    "happy": "sad",
+    "open": "closed",
+    "early": "late",
+    "full": "empty",
+    "light": "dark",
 }
-NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-           "eleven", "twelve"]
+NUMBERS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
-NAMES = ["Ana", "Ben", "Carla", "Dev", "Elif", "Finn", "Gita", "Hugo", "Ines", "Jon", "Kira", "Liam", "Mara",
-         "Nico", "Omar", "Pia", "Rosa", "Sami", "Tara", "Uma", "Vera", "Wen", "Yara", "Zoe"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+NAMES = [
+    "Ana",
+    "Ben",
+    "Carla",
+    "Dev",
+    "Elif",
+    "Finn",
+    "Gita",
+    "Hugo",
+    "Ines",
+    "Jon",
+    "Kira",
+    "Liam",
+    "Mara",
+    "Nico",
+    "Omar",
+    "Pia",
+    "Rosa",
+    "Sami",
+    "Tara",
+    "Uma",
+    "Vera",
+    "Wen",
+    "Yara",
+    "Zoe",
+]
 OBJECTS = ["ball", "book", "kite", "cup", "hat", "box", "key", "map", "lamp", "coin", "shell", "drum"]
 PLACES = ["park", "river", "garden", "market", "forest", "beach", "school", "library", "hill", "farm"]
-VERBS = [("found", "find"), ("lost", "lose"), ("painted", "paint"), ("carried", "carry"), ("hid", "hide"),
-         ("washed", "wash"), ("opened", "open"), ("dropped", "drop")]
+VERBS = [
+    ("found", "find"),
+    ("lost", "lose"),
+    ("painted", "paint"),
+    ("carried", "carry"),
+    ("hid", "hide"),
+    ("washed", "wash"),
+    ("opened", "open"),
+    ("dropped", "drop"),
+]
 
 
 def _fact(rng: random.Random) -> str:
@@ -58,8 +155,12 @@ def _fact(rng: random.Random) -> str:
         return rng.choice([f"The {t} is {COLORS[t]}.", f"The color of the {t} is {COLORS[t]}."])
     if kind == 3:
         w = rng.choice(list(OPPOSITES))
-        return rng.choice([f"The opposite of {w} is {OPPOSITES[w]}.", f"{w.capitalize()} is the opposite of "
-                                                                      f"{OPPOSITES[w]}."])
+        return rng.choice(
+            [
+                f"The opposite of {w} is {OPPOSITES[w]}.",
+                f"{w.capitalize()} is the opposite of {OPPOSITES[w]}.",
+            ]
+        )
     if kind == 4:
         i = rng.randrange(7)
         return f"After {DAYS[i]} comes {DAYS[(i + 1) % 7]}."
@@ -91,7 +192,7 @@ def _sequence(rng: random.Random) -> str:
 def _story(rng: random.Random) -> str:
     who, friend = rng.sample(NAMES, 2)
     obj, place = rng.choice(OBJECTS), rng.choice(PLACES)
-    past, base = rng.choice(VERBS)
+    past, _ = rng.choice(VERBS)
     color = rng.choice(list(COLORS.values()))
     day = rng.choice(DAYS)
     lines = [
@@ -128,17 +229,21 @@ def _record(rng: random.Random) -> str:
     obj: dict[str, object] = {"name": who}
     for key in rng.sample(["city", "age", "color", "pet", "day"], rng.randint(1, 3)):
         obj[key] = {
-            "city": lambda: rng.choice(list(CAPITALS.values())), "age": lambda: rng.randrange(18, 80),
-            "color": lambda: rng.choice(list(COLORS.values())), "pet": lambda: rng.choice(list(ANIMALS)),
+            "city": lambda: rng.choice(list(CAPITALS.values())),
+            "age": lambda: rng.randrange(18, 80),
+            "color": lambda: rng.choice(list(COLORS.values())),
+            "pet": lambda: rng.choice(list(ANIMALS)),
             "day": lambda: rng.choice(DAYS),
         }[key]()
     text = json.dumps(obj)
-    return rng.choice([
-        f"Here is the record for {who}: {text}",
-        f"The form for {who} was saved as {text} on {rng.choice(DAYS)}.",
-        f"{text} This record describes {who}.",
-        f"Data: {text}\nThat is all we know about {who}.",
-    ])
+    return rng.choice(
+        [
+            f"Here is the record for {who}: {text}",
+            f"The form for {who} was saved as {text} on {rng.choice(DAYS)}.",
+            f"{text} This record describes {who}.",
+            f"Data: {text}\nThat is all we know about {who}.",
+        ]
+    )
 
 
 def _chat(rng: random.Random) -> str:

@@ -93,10 +93,12 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     # it; training with anything else would tokenize differently after reload than during pretraining.
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -153,9 +155,7 @@ def _build(recipe: dict[str, Any], out: Path) -> None:
         model = Qwen2ForCausalLM(config)
         opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.01, betas=(0.9, 0.95))
         steps, warm = recipe["steps"], recipe["warmup"]
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / steps)
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / steps))
         g = torch.Generator().manual_seed(recipe["seed"])
         order = torch.randperm(len(blocks), generator=g)
         bs = recipe["batch_size"]
@@ -197,5 +197,9 @@ def _build(recipe: dict[str, Any], out: Path) -> None:
         "build_seconds": round(time.time() - t0, 1),
     }
     (out / "gridrun_recipe.json").write_text(json.dumps(info, indent=2))
-    log.warning("built builtin:tiny-general in %.0fs (loss %.2f -> %.2f)", info["build_seconds"],
-                info["first_loss"], info["final_loss"])
+    log.warning(
+        "built builtin:tiny-general in %.0fs (loss %.2f -> %.2f)",
+        info["build_seconds"],
+        info["first_loss"],
+        info["final_loss"],
+    )

@@ -42,8 +42,7 @@ def test_count_json_objects() -> None:
 def test_score_counts_failure_kinds_and_schema() -> None:
     ev = JsonFormatEvaluator()
     examples = [{"answer": '{"name": "Ana", "age": 3}', "keys": ["name", "age"]}] * 4
-    out = ev.score(['{"name": "Ana", "age": 3}', '{"age": 4, "name": "Ana"}', '{"x": 1} {"x": 1}', "hello"],
-                   examples)
+    out = ev.score(['{"name": "Ana", "age": 3}', '{"age": 4, "name": "Ana"}', '{"x": 1} {"x": 1}', "hello"], examples)
     assert out["format_success"] == 0.5
     assert out["schema_match"] == 0.5
     assert out["exact_match"] == 0.25
@@ -54,7 +53,7 @@ def test_score_counts_failure_kinds_and_schema() -> None:
 def test_unknown_evaluator_and_option() -> None:
     with pytest.raises(GridrunError, match="unknown evaluator 'nope'; known: json_format"):
         build_evaluator("nope", GenerationSettings())
-    with pytest.raises(GridrunError, match="evaluate.options.json_format"):
+    with pytest.raises(GridrunError, match=r"evaluate\.options\.json_format"):
         build_evaluator("json_format", GenerationSettings(), {"strictnes": "strict"})
 
 
@@ -74,8 +73,17 @@ def test_conformance(name: str, tiny_model_path: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    data = {"task": "builtin:json-format", "eval": None, "split": "train", "eval_split": "test",
-            "prompt_field": "prompt", "answer_field": "answer", "train_size": 8, "eval_size": 6, "options": {}}
+    data = {
+        "task": "builtin:json-format",
+        "eval": None,
+        "split": "train",
+        "eval_split": "test",
+        "prompt_field": "prompt",
+        "answer_field": "answer",
+        "train_size": 8,
+        "eval_size": 6,
+        "options": {},
+    }
     _, rows = load_task_data(data, seed=0)
     examples = [{**r, "prompt": render_prompt(tok, r["prompt"], "chat")} for r in rows]
     ev = build_evaluator(name, GenerationSettings(max_new_tokens=12, batch_size=4))

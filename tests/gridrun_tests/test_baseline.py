@@ -32,8 +32,12 @@ def test_computed_once_then_reused(tiny_spec) -> None:
 def test_key_changes_with_what_changes_the_number(tiny_spec) -> None:
     spec = tiny_spec.trial_dict()
     key = baseline_key(spec)
-    for section, field, value in (("forgetting", "seq_len", 32), ("forgetting", "samples", 3),
-                                  ("model", "quantization", "none"), ("forgetting", "probe", "other.txt")):
+    for section, field, value in (
+        ("forgetting", "seq_len", 32),
+        ("forgetting", "samples", 3),
+        ("model", "quantization", "none"),
+        ("forgetting", "probe", "other.txt"),
+    ):
         changed = {**spec, section: {**spec[section], field: value}}
         assert baseline_key(changed) != key, field
     # trial knobs do not change the base model's probe loss

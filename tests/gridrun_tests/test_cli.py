@@ -29,10 +29,19 @@ def test_validate_ok() -> None:
         (["train.lr=fast"], "train.lr: Input should be a valid number"),
         (["search.space.train.lr.low=0.5"], "search.space.train.lr: low (0.5) > high (0.02)"),
         (["data.sample_ratio=1.2"], "data.sample_ratio: Input should be less than or equal to 1"),
-        (["search.space.data.sample_ratio.high=2"], "search.space.data.sample_ratio.high: 2.0 is not a valid"),
+        (
+            ["search.space.data.sample_ratio.high=2"],
+            "search.space.data.sample_ratio.high: 2.0 is not a valid",
+        ),
         (["data.task=/nonexistent/train.jsonl"], "data.task: data file not found: /nonexistent/train.jsonl"),
-        (["data.task=builtin:nope"], "data.task: unknown builtin task 'builtin:nope'; known: builtin:json-format"),
-        (["model.name=builtin:huge"], "model.name: unknown builtin model 'builtin:huge'; known: builtin:tiny-general"),
+        (
+            ["data.task=builtin:nope"],
+            "data.task: unknown builtin task 'builtin:nope'; known: builtin:json-format",
+        ),
+        (
+            ["model.name=builtin:huge"],
+            "model.name: unknown builtin model 'builtin:huge'; known: builtin:tiny-general",
+        ),
         (["evaluate.evaluators=[json_fromat]"], "evaluate.evaluators: unknown evaluator 'json_fromat'"),
         (["objective.metric=task/f1"], "objective.metric: task/f1 is not reported by evaluators json_format"),
         (["resources.gpu=1"], "resources.gpu: 1.0 GPU per trial requested, but this machine has no CUDA GPU"),

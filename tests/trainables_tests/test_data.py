@@ -23,9 +23,9 @@ def test_prompt_positions_are_masked_and_eos_appended(tok) -> None:
     enc = encode_example(tok, prompt, '{"name": "Ana"}', max_len=256)
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     a_ids = tok('{"name": "Ana"}', add_special_tokens=False)["input_ids"]
-    assert enc["input_ids"] == p_ids + a_ids + [tok.eos_token_id]
+    assert enc["input_ids"] == [*p_ids, *a_ids, tok.eos_token_id]
     assert enc["labels"][: len(p_ids)] == [IGNORE_INDEX] * len(p_ids)
-    assert enc["labels"][len(p_ids) :] == a_ids + [tok.eos_token_id]
+    assert enc["labels"][len(p_ids) :] == [*a_ids, tok.eos_token_id]
     assert tok.decode(enc["input_ids"][len(p_ids) :], skip_special_tokens=True) == '{"name": "Ana"}'
 
 
@@ -61,8 +61,17 @@ def test_sample_ratio_takes_a_seeded_subset() -> None:
 
 
 def _data(task: str, **kw) -> dict:
-    d = {"task": task, "eval": None, "split": "train", "eval_split": "test", "prompt_field": "prompt",
-         "answer_field": "answer", "train_size": 64, "eval_size": 4, "options": {}}
+    d = {
+        "task": task,
+        "eval": None,
+        "split": "train",
+        "eval_split": "test",
+        "prompt_field": "prompt",
+        "answer_field": "answer",
+        "train_size": 64,
+        "eval_size": 4,
+        "options": {},
+    }
     d.update(kw)
     return d
 
@@ -108,7 +117,7 @@ def test_bad_files_fail_with_one_line(tmp_path: Path, content: str, kw: dict, ex
 
 
 def test_missing_file_and_unknown_builtin() -> None:
-    with pytest.raises(GridrunError, match="data.task: data file not found"):
+    with pytest.raises(GridrunError, match=r"data\.task: data file not found"):
         load_task_data(_data("/nonexistent/train.jsonl"), seed=0)
     with pytest.raises(GridrunError, match="unknown builtin task 'builtin:nope'; known: builtin:json-format"):
         load_task_data(_data("builtin:nope"), seed=0)

@@ -36,9 +36,19 @@ def test_every_report_carries_the_design_namespaces(tiny_spec, baseline) -> None
     run(_trial(tiny_spec), baseline, lambda m, d: reports.append((m, sorted(p.name for p in d.iterdir()))))
     assert [m["step"] for m, _ in reports] == [4, 8]  # every eval_every=4 steps, and at the end
     for m, files in reports:
-        for key in ("train/loss", "train/lr", "task/format_success", "task/duplicate_json_rate",
-                    "forget/probe_loss", "forget/probe_loss_base", "forget/delta", "objective", "samples_seen",
-                    "perf/tokens_per_s", "perf/peak_mem_mb"):
+        for key in (
+            "train/loss",
+            "train/lr",
+            "task/format_success",
+            "task/duplicate_json_rate",
+            "forget/probe_loss",
+            "forget/probe_loss_base",
+            "forget/delta",
+            "objective",
+            "samples_seen",
+            "perf/tokens_per_s",
+            "perf/peak_mem_mb",
+        ):
             assert key in m, key
         assert m["forget/probe_loss_base"] == baseline
         assert m["forget/delta"] == pytest.approx((m["forget/probe_loss"] - baseline) / baseline)
@@ -69,5 +79,12 @@ def test_restored_trial_continues_exactly(tiny_spec, baseline, tmp_path: Path) -
     run(spec, baseline, lambda m, d: resumed.append(m), restore=saved)
     assert [m["step"] for m in resumed] == [8]
     end, ref = resumed[-1], straight[-1]
-    for key in ("train/loss", "forget/probe_loss", "task/format_success", "objective", "samples_seen", "train/lr"):
+    for key in (
+        "train/loss",
+        "forget/probe_loss",
+        "task/format_success",
+        "objective",
+        "samples_seen",
+        "train/lr",
+    ):
         assert end[key] == ref[key], key
