@@ -272,7 +272,11 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             ),
         )
         t0 = time.time()
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        except BaseException:
+            _close_parent(spec, parent, "KILLED")
+            raise
         summary = summarize(spec, grid, reasons, tracker.runs, base_loss)
         summary.update(
             {
@@ -299,6 +303,15 @@ def _train_size_upper(spec: ExperimentSpec) -> int:
 
     train, _ = load_task_data(spec.data.model_dump(), spec.train.seed)
     return len(train)
+
+
+def _close_parent(spec: ExperimentSpec, parent: str, status: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(spec.tracking.uri).set_terminated(parent, status)
+    except Exception as e:  # the original error matters more than this one
+        log.warning("could not mark MLflow run %s %s: %s", parent, status, e)
 
 
 def _finish_parent(spec: ExperimentSpec, parent: str, summary: dict[str, Any]) -> None:

@@ -8,10 +8,13 @@ batch size), the final adapter as an artifact, and status / stop-reason tags.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,6 +24,8 @@ from ray.tune import Callback
 from gridrun.errors import GridrunError
 
 __all__ = ["MLflowTracker", "check_tracking_uri", "flatten", "start_parent_run"]
+
+log = logging.getLogger("gridrun")
 
 #: Result keys logged as metrics (numeric values under these prefixes, plus the bare names).
 METRIC_PREFIXES = ("train/", "task/", "forget/", "perf/", "data/")
@@ -104,6 +109,28 @@ class MLflowTracker(Callback):
         self.log_adapters = log_adapters
         self.runs: dict[str, str] = {}  # trial_id -> MLflow run id
         self._client: Any = None
+        self._pending: list[tuple[str, Callable[[], object]]] = []
+
+    def _safely(self, what: str, write: Callable[[], object]) -> None:
+        """Write to MLflow; if the server is briefly away, keep the write and retry it on the next event.
+
+        A tracking hiccup must never kill the experiment (the trials and their checkpoints are fine).
+        """
+        self._flush()
+        try:
+            write()
+        except Exception as e:
+            log.warning("MLflow %s failed (%s); will retry", what, str(e).splitlines()[0] if str(e) else e)
+            self._pending.append((what, write))
+
+    def _flush(self) -> None:
+        while self._pending:
+            _, write = self._pending[0]
+            try:
+                write()
+            except Exception:
+                return
+            self._pending.pop(0)
 
     @property
     def client(self) -> Any:
@@ -146,11 +173,14 @@ class MLflowTracker(Callback):
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._run_for(trial)
+        self._safely("create run", lambda: self._run_for(trial))
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
+        self._safely("log metrics", lambda: self._log_result(trial, dict(result)))
+
+    def _log_result(self, trial: Any, result: dict[str, Any]) -> None:
         from mlflow.entities import Metric
 
         run_id = self._run_for(trial)
@@ -168,6 +198,9 @@ class MLflowTracker(Callback):
             self.client.log_batch(run_id, metrics=metrics)
 
     def _finish(self, trial: Any, status: str, mlflow_status: str, reason: str) -> None:
+        self._safely("finish run", lambda: self._finish_run(trial, status, mlflow_status, reason))
+
+    def _finish_run(self, trial: Any, status: str, mlflow_status: str, reason: str) -> None:
         run_id = self._run_for(trial)
         self.client.set_tag(run_id, "gridrun.status", status)
         self.client.set_tag(run_id, "gridrun.stop_reason", reason)
@@ -189,3 +222,19 @@ class MLflowTracker(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._finish(trial, "ERROR", "FAILED", "error")
+
+    def _kill(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, "KILLED")
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        """Close runs of trials that did not finish (an interrupted experiment): KILLED, never left RUNNING."""
+        for trial in trials:
+            if trial.trial_id in self.runs and trial.status not in ("TERMINATED", "ERROR"):
+                self._safely("close run", functools.partial(self._kill, self.runs[trial.trial_id]))
+        self._flush()
+        if self._pending:
+            log.warning(
+                "%d MLflow writes could not be made (server unreachable); trial results and checkpoints "
+                "are intact in the experiment folder",
+                len(self._pending),
+            )
