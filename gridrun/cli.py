@@ -62,6 +62,24 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    import logging
+
+    from gridrun.launch import resume
+
+    logging.basicConfig(level=logging.WARNING, format="gridrun: %(message)s")
+    resume(args.experiment, resume_errored=args.resume_errored, restart_errored=args.restart_errored)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gridrun.export import export
+
+    out = export(args.experiment, args.out, trial=args.trial, merge=args.merge)
+    print(f"wrote {'merged model' if args.merge else 'adapter'} to {out}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from gridrun.report import format_summary, load_summary
 
@@ -107,6 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also check data files, builtin names, MLflow and Ray reachability, GPUs",
     )
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("resume", help="continue an interrupted experiment (same trials, same MLflow runs)")
+    p.add_argument("experiment", help="experiment folder (printed at the start and end of launch)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume-errored", action="store_true", help="continue errored trials from their checkpoint")
+    g.add_argument("--restart-errored", action="store_true", help="rerun errored trials from scratch")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("export", help="write a trial's adapter (or merged model) to a folder")
+    p.add_argument("experiment", help="experiment folder")
+    p.add_argument("--trial", help="trial id (default: the best trial)")
+    p.add_argument("--out", required=True, help="destination folder (must be empty or absent)")
+    p.add_argument("--merge", action="store_true", help="merge the adapter into the base model's weights")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="print the summary of a finished experiment folder")
     p.add_argument("experiment", help="experiment folder (printed at the end of launch)")

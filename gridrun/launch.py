@@ -24,7 +24,10 @@ from gridrun.errors import GridrunError
 from gridrun.spec import ExperimentSpec
 from gridrun.tracking import check_tracking_uri
 
-__all__ = ["launch", "preflight"]
+__all__ = ["META_FILE", "launch", "preflight", "resume"]
+
+#: What `gridrun resume` needs besides Tune's own state: the spec, the cached baseline, the MLflow ids.
+META_FILE = "gridrun_experiment.json"
 
 log = logging.getLogger("gridrun")
 
@@ -191,18 +194,17 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     from ray.tune.stopper import CombinedStopper
 
     from gridrun.builtin import resolve_model
-    from gridrun.report import ProgressPrinter, format_summary, summarize
     from gridrun.space import to_optuna
     from gridrun.stopping import ForgettingBudget, NonFiniteLoss, RecordingASHA
-    from gridrun.tracking import MLflowTracker, start_parent_run
-    from trainables.qlora_sft import merge_params, qlora_sft
+    from gridrun.tracking import MLflowTracker, ProgressPrinter, start_parent_run
+    from trainables.qlora_sft import merge_params
 
     searched, fixed = to_optuna(spec.search.space)
     trial_spec = merge_params(spec.trial_dict(), fixed)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    exp_name = f"{spec.name}-{stamp}"
+    exp_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = Path(spec.tracking.storage).expanduser().resolve()
     storage.mkdir(parents=True, exist_ok=True)
+    exp_dir = storage / exp_name
 
     total = _start_ray(spec)
     try:
@@ -217,11 +219,24 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             exp_name,
             spec_yaml or yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
             {
-                "gridrun.experiment_dir": str(storage / exp_name),
+                "gridrun.experiment_dir": str(exp_dir),
                 "gridrun.objective": spec.objective.metric,
                 "mlflow.note.content": spec.description,
             },
         )
+        meta = {
+            "spec": spec.model_dump(mode="json"),
+            "trial_spec": trial_spec,
+            "base_probe_loss": base_loss,
+            "searched": sorted(searched),
+            "experiment": exp_name,
+            "mlflow": {"uri": spec.tracking.uri, "experiment_id": exp_id, "parent_run_id": parent},
+        }
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+        if not quiet:
+            print(f"[gridrun] experiment folder {exp_dir} (resume with: gridrun resume {exp_dir})", flush=True)
+
         reasons: dict[str, str] = {}
         stoppers: list[Any] = [NonFiniteLoss(reasons)]
         if spec.forgetting.budget is not None:
@@ -240,20 +255,11 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
                 brackets=spec.scheduler.brackets,
             )
         tracker = MLflowTracker(
-            spec.tracking.uri,
-            exp_id,
-            parent,
-            trial_spec,
-            sorted(searched),
-            reasons,
-            spec.tracking.log_adapters,
+            spec.tracking.uri, exp_id, parent, trial_spec, sorted(searched), reasons, spec.tracking.log_adapters
         )
-        trainable = tune.with_resources(
-            tune.with_parameters(qlora_sft, spec=trial_spec, baseline=base_loss),
-            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-        )
+        callbacks: list[Any] = [tracker, ProgressPrinter(spec.objective.metric, reasons, quiet=quiet)]
         tuner = tune.Tuner(
-            trainable,
+            _trainable(spec, trial_spec, base_loss),
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(spec, searched),
                 scheduler=scheduler,
@@ -265,34 +271,129 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
                 name=exp_name,
                 storage_path=str(storage),
                 stop=CombinedStopper(*stoppers),
-                callbacks=[tracker] if quiet else [tracker, ProgressPrinter(spec.objective.metric, reasons)],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoint.num_to_keep),
+                callbacks=callbacks,
+                # Keep the best checkpoints by objective (the adapter worth shipping) besides the latest (to resume).
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=spec.checkpoint.num_to_keep,
+                    checkpoint_score_attribute="objective",
+                    checkpoint_score_order="max",
+                ),
                 failure_config=tune.FailureConfig(max_failures=0),
                 verbose=0,
             ),
         )
-        t0 = time.time()
-        try:
-            grid = tuner.fit()
-        except BaseException:
-            _close_parent(spec, parent, "KILLED")
-            raise
-        summary = summarize(spec, grid, reasons, tracker.runs, base_loss)
-        summary.update(
-            {
-                "experiment": exp_name,
-                "experiment_dir": str(storage / exp_name),
-                "mlflow": {"uri": spec.tracking.uri, "experiment_id": exp_id, "parent_run_id": parent},
-                "wall_s": round(time.time() - t0, 1),
-            }
-        )
-        _finish_parent(spec, parent, summary)
-        (storage / exp_name / "gridrun_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        if not quiet:
-            print(format_summary(summary))
-        return summary
+        return _fit_and_report(spec, tuner, tracker, meta, exp_dir, quiet)
     finally:
         ray.shutdown()
+
+
+def resume(
+    experiment_dir: str | Path, resume_errored: bool = False, restart_errored: bool = False, quiet: bool = False
+) -> dict[str, Any]:
+    """Continue an interrupted experiment: unfinished trials from their last checkpoint, the same MLflow runs.
+
+    Args:
+        experiment_dir: the folder ``gridrun launch`` printed (``<storage>/<name>-<stamp>``).
+        resume_errored: continue errored trials from their last checkpoint.
+        restart_errored: rerun errored trials from scratch.
+    """
+    from ray import tune
+
+    from gridrun.spec import spec_from_dict
+    from gridrun.tracking import MLflowTracker, mark_interrupted
+
+    exp_dir = Path(experiment_dir).expanduser().resolve()
+    meta_file = exp_dir / META_FILE
+    if not meta_file.is_file():
+        raise GridrunError(f"{exp_dir} is not a gridrun experiment folder (no {META_FILE})")
+    if not tune.Tuner.can_restore(str(exp_dir)):
+        raise GridrunError(f"{exp_dir} holds no Ray Tune experiment state to resume from")
+    meta = json.loads(meta_file.read_text())
+    spec = spec_from_dict(meta["spec"])
+    check_tracking_uri(spec.tracking.uri)
+    if spec.resources.address:
+        _check_address(spec.resources.address)
+
+    import ray
+
+    _start_ray(spec)
+    try:
+        ml = meta["mlflow"]
+        # The crashed driver left runs RUNNING: mark them KILLED now; trials that continue reopen theirs.
+        mark_interrupted(ml["uri"], ml["parent_run_id"])
+        tuner = tune.Tuner.restore(
+            str(exp_dir),
+            trainable=_trainable(spec, meta["trial_spec"], meta["base_probe_loss"]),
+            resume_unfinished=True,
+            resume_errored=resume_errored,
+            restart_errored=restart_errored,
+        )
+        local = tuner._local_tuner  # private: Tuner.restore gives no public access to the restored run config
+        assert local is not None, "resume runs in-process, not through Ray Client"
+        callbacks = local.get_run_config().callbacks or []  # restored from the experiment state
+        tracker = next(c for c in callbacks if isinstance(c, MLflowTracker))
+        for c in callbacks:
+            if hasattr(c, "quiet"):
+                c.quiet = quiet
+        return _fit_and_report(spec, tuner, tracker, meta, exp_dir, quiet)
+    finally:
+        ray.shutdown()
+
+
+def _trainable(spec: ExperimentSpec, trial_spec: dict[str, Any], base_loss: float) -> Any:
+    from ray import tune
+
+    from trainables.qlora_sft import qlora_sft
+
+    return tune.with_resources(
+        tune.with_parameters(qlora_sft, spec=trial_spec, baseline=base_loss),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+
+
+def _fit_and_report(
+    spec: ExperimentSpec, tuner: Any, tracker: Any, meta: dict[str, Any], exp_dir: Path, quiet: bool
+) -> dict[str, Any]:
+    from gridrun.report import format_summary, importance, summarize, write_report
+    from gridrun.tracking import register_adapters
+
+    parent = meta["mlflow"]["parent_run_id"]
+    t0 = time.time()
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        _close_parent(spec, parent, "KILLED")
+        raise
+    summary = summarize(spec, grid, tracker.reasons, tracker.runs, meta["base_probe_loss"])
+    summary.update(
+        {
+            "experiment": meta["experiment"],
+            "experiment_dir": str(exp_dir),
+            "mlflow": meta["mlflow"],
+            "wall_s": round(time.time() - t0, 1),
+        }
+    )
+    for row in summary["trials"]:
+        best = tracker.best.get(row["trial_id"])
+        if best is not None:
+            row["best_checkpoint"] = {"objective": best[0], "path": best[1], "metrics": best[2]}
+    summary["importance"] = importance(summary, spec.search.space)
+    summary["report_dir"] = str(exp_dir / "report")
+    # Register what is worth shipping: the best trial, or every Pareto-optimal trial in pareto mode.
+    if spec.tracking.log_adapters and summary.get("best"):
+        ids = set(summary["pareto_front"]) if spec.objective.mode == "pareto" else {summary["best"]["trial_id"]}
+        rows = [r for r in summary["trials"] if r["trial_id"] in ids]
+        name = spec.tracking.experiment or spec.name
+        try:
+            summary["registered"] = {"name": name, "versions": register_adapters(spec.tracking.uri, name, rows)}
+        except Exception as e:  # the experiment's record matters more than the registry entry
+            log.warning("could not register adapters in MLflow: %s", e)
+    (exp_dir / "gridrun_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_report(summary, exp_dir / "report", tracking_uri=spec.tracking.uri, parent_run_id=parent)
+    _finish_parent(spec, parent, summary)
+    if not quiet:
+        print(format_summary(summary))
+    return summary
 
 
 def _train_size_upper(spec: ExperimentSpec) -> int:

@@ -9,40 +9,7 @@ from typing import Any
 
 from gridrun.objective import pareto_front
 
-__all__ = ["ProgressPrinter", "format_summary", "load_summary", "summarize"]
-
-
-class ProgressPrinter:
-    """One line per trial start and end (Tune's own tables are switched off: too much for a terminal)."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        from ray.tune import Callback
-
-        class _Printer(Callback):
-            def __init__(self, metric: str, reasons: dict[str, str]) -> None:
-                self.metric, self.reasons, self.done = metric, reasons, 0
-
-            def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-                params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
-                print(f"[gridrun] trial {trial.trial_id} started: {params}", flush=True)
-
-            def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-                self.done += 1
-                m = trial.last_result or {}
-                why = self.reasons.get(trial.trial_id) or ("completed" if m.get("progress", 0) >= 1 else "stopped")
-                print(
-                    f"[gridrun] trial {trial.trial_id} done ({self.done}/{len(trials)}): "
-                    f"{self.metric} {_fmt(_num(m.get(self.metric)))}, forget/delta "
-                    f"{_fmt(_num(m.get('forget/delta')))}, objective {_fmt(_num(m.get('objective')))} "
-                    f"at {m.get('samples_seen')} samples — {why}",
-                    flush=True,
-                )
-
-            def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-                self.done += 1
-                print(f"[gridrun] trial {trial.trial_id} failed; see {trial.path}/error.txt", flush=True)
-
-        return _Printer(*args, **kwargs)
+__all__ = ["format_summary", "load_summary", "summarize", "write_report"]
 
 
 def _num(v: Any) -> float:
@@ -79,6 +46,7 @@ def summarize(spec: Any, grid: Any, reasons: dict[str, str], runs: dict[str, str
                 "metrics": {
                     k: v for k, v in m.items() if (isinstance(v, int | float) and "/" in k) or k == "objective"
                 },
+                "curve": _curve(r, metric),
             }
         )
     rows.sort(key=lambda x: -x["objective"] if math.isfinite(x["objective"]) else math.inf)
@@ -96,6 +64,145 @@ def summarize(spec: Any, grid: Any, reasons: dict[str, str], runs: dict[str, str
         "best": best,
         "pareto_front": [ok[i]["trial_id"] for i in front],
     }
+
+
+def _curve(result: Any, metric: str) -> list[list[float]]:
+    """[samples_seen, objective, task, forget/delta] per eval round, from the trial's result history."""
+    try:
+        df = result.metrics_dataframe
+    except Exception:
+        return []
+    if df is None or "samples_seen" not in df:
+        return []
+    cols = ["samples_seen", "objective", metric, "forget/delta"]
+    return [[_num(row.get(c)) for c in cols] for row in df.to_dict("records")]
+
+
+def importance(summary: dict[str, Any], space: dict[str, Any]) -> dict[str, float]:
+    """Optuna's fANOVA importance of each searched value for the objective (needs ≥ 3 finished trials)."""
+    import optuna
+
+    from gridrun.space import to_optuna
+
+    searched, _ = to_optuna(space)
+    rows = [r for r in summary["trials"] if math.isfinite(r["objective"]) and set(searched) <= set(r["params"])]
+    if len(searched) < 1 or len(rows) < 3:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for r in rows:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={k: r["params"][k] for k in searched}, distributions=searched, value=r["objective"]
+            )
+        )
+    try:
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
+    except (RuntimeError, ValueError):  # e.g. all objectives equal
+        return {}
+    return {k: float(v) for k, v in imp.items()}
+
+
+def write_report(
+    summary: dict[str, Any],
+    out_dir: Path,
+    tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
+    space: dict[str, Any] | None = None,
+) -> list[Path]:
+    """PNG plots (task vs forgetting with the Pareto front, objective vs each searched value, learning
+    curves, importance) written to ``out_dir`` and, given a parent run, logged to it under ``report/``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in summary["trials"] if math.isfinite(r["task"]) and math.isfinite(r["forget_delta"])]
+    metric = summary["objective_metric"]
+    front = set(summary.get("pareto_front") or [])
+    best = (summary.get("best") or {}).get("trial_id")
+    paths: list[Path] = []
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter([r["forget_delta"] for r in rows], [r["task"] for r in rows], c="tab:gray", label="trial")
+    fr = sorted((r for r in rows if r["trial_id"] in front), key=lambda r: r["forget_delta"])
+    if fr:
+        ax.plot([r["forget_delta"] for r in fr], [r["task"] for r in fr], "o-", c="tab:red", label="Pareto front")
+    for r in rows:
+        if r["trial_id"] == best:
+            ax.scatter(
+                [r["forget_delta"]],
+                [r["task"]],
+                s=200,
+                facecolors="none",
+                edgecolors="tab:blue",
+                linewidths=2,
+                label=f"best objective ({best})",
+            )
+        ax.annotate(r["trial_id"][-4:], (r["forget_delta"], r["task"]), fontsize=7, alpha=0.7)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("forget/delta (relative rise of general probe loss; lower is better)")
+    ax.set_ylabel(f"{metric} (last eval)")
+    ax.set_title(f"{summary['name']}: task vs forgetting")
+    ax.legend(loc="best", fontsize=8)
+    paths.append(_save(fig, out_dir / "pareto.png"))
+
+    keys = sorted({k for r in summary["trials"] for k in r["params"]})
+    if keys:
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
+        for ax, k in zip(axes[0], keys, strict=True):
+            pts = [
+                (r["params"][k], r["objective"])
+                for r in summary["trials"]
+                if k in r["params"] and math.isfinite(r["objective"])
+            ]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], c="tab:green")
+            if pts and all(isinstance(p[0], int | float) and p[0] > 0 for p in pts) and k.endswith("lr"):
+                ax.set_xscale("log")
+            ax.set_xlabel(k)
+            ax.set_ylabel("objective")
+        fig.suptitle("objective vs each searched value")
+        paths.append(_save(fig, out_dir / "objective_vs_params.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in summary["trials"]:
+        c = [p for p in r.get("curve") or [] if math.isfinite(p[0]) and math.isfinite(p[1])]
+        if c:
+            ax.plot([p[0] for p in c], [p[1] for p in c], marker=".", alpha=0.8, label=r["trial_id"][-4:])
+    ax.set_xlabel("samples seen")
+    ax.set_ylabel("objective")
+    ax.set_title("learning curves (ASHA compares trials on this axis)")
+    if len(summary["trials"]) <= 20:
+        ax.legend(fontsize=7, ncol=2)
+    paths.append(_save(fig, out_dir / "curves.png"))
+
+    imp = summary.get("importance") or {}
+    if imp:
+        fig, ax = plt.subplots(figsize=(6, 0.6 * len(imp) + 1.5))
+        names = list(imp)[::-1]
+        ax.barh(names, [imp[n] for n in names], color="tab:purple")
+        ax.set_xlabel("fANOVA importance for the objective")
+        paths.append(_save(fig, out_dir / "importance.png"))
+
+    if tracking_uri and parent_run_id:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        for p in paths:
+            client.log_artifact(parent_run_id, str(p), "report")
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
 
 
 def _fmt(v: Any) -> str:
@@ -148,6 +255,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         out.append("no trial finished with a finite objective")
     if summary.get("pareto_front"):
         out.append("pareto front (task vs forgetting): " + ", ".join(summary["pareto_front"]))
+    if summary.get("importance"):
+        out.append(
+            "importance for the objective: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importance"].items())
+        )
+    if summary.get("registered"):
+        reg = summary["registered"]
+        out.append(f"registered: model '{reg['name']}' versions {', '.join(reg['versions'])}")
+    if summary.get("report_dir"):
+        out.append(f"plots: {summary['report_dir']}")
     ml = summary.get("mlflow") or {}
     if ml:
         out.append(

@@ -23,7 +23,15 @@ from ray.tune import Callback
 
 from gridrun.errors import GridrunError
 
-__all__ = ["MLflowTracker", "check_tracking_uri", "flatten", "start_parent_run"]
+__all__ = [
+    "MLflowTracker",
+    "ProgressPrinter",
+    "check_tracking_uri",
+    "flatten",
+    "mark_interrupted",
+    "register_adapters",
+    "start_parent_run",
+]
 
 log = logging.getLogger("gridrun")
 
@@ -108,6 +116,10 @@ class MLflowTracker(Callback):
         self.reasons = reasons
         self.log_adapters = log_adapters
         self.runs: dict[str, str] = {}  # trial_id -> MLflow run id
+        self.best: dict[str, tuple[float, str, dict[str, float]]] = {}  # trial_id -> (objective, ckpt, metrics)
+        self._last_step: dict[str, int] = {}  # run id -> last samples_seen step logged
+        self._restored: set[str] = set()  # run ids inherited from an interrupted driver
+        self._checkpoints: dict[str, list[tuple[float, str, dict[str, float]]]] = {}
         self._client: Any = None
         self._pending: list[tuple[str, Callable[[], object]]] = []
 
@@ -140,10 +152,32 @@ class MLflowTracker(Callback):
 
     # Tune keeps callback state in its experiment checkpoint: a resumed experiment continues the same runs.
     def get_state(self) -> dict[str, Any] | None:
-        return {"runs": dict(self.runs), "parent_run_id": self.parent_run_id}
+        return {
+            "runs": dict(self.runs),
+            "checkpoints": {k: list(v) for k, v in self._checkpoints.items()},
+            "reasons": dict(self.reasons),
+            "last_step": dict(self._last_step),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.runs.update(state.get("runs", {}))
+        for tid, cks in state.get("checkpoints", {}).items():
+            self._checkpoints[tid] = [(float(o), str(p), dict(m)) for o, p, m in cks]
+            self._pick_best(tid)
+        self.reasons.update(state.get("reasons", {}))
+        self._last_step.update(state.get("last_step", {}))
+        self._restored.update(self.runs.values())
+
+    def _resume_run(self, run_id: str) -> None:
+        """First event of a restored run: reopen it and learn which steps MLflow already holds.
+
+        The experiment state Tune saved may be older than the last write to MLflow; MLflow is the authority.
+        """
+        self._restored.discard(run_id)
+        hist = self.client.get_metric_history(run_id, "samples_seen")
+        if hist:
+            self._last_step[run_id] = max(self._last_step.get(run_id, -1), max(m.step for m in hist))
+        self.client.update_run(run_id, status="RUNNING")
 
     def _run_for(self, trial: Any) -> str:
         if trial.trial_id not in self.runs:
@@ -163,7 +197,10 @@ class MLflowTracker(Callback):
             )
             self.runs[trial.trial_id] = run.info.run_id
             self._log_params(run.info.run_id, params)
-        return self.runs[trial.trial_id]
+        run_id = self.runs[trial.trial_id]
+        if run_id in self._restored:
+            self._resume_run(run_id)
+        return run_id
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -185,6 +222,9 @@ class MLflowTracker(Callback):
 
         run_id = self._run_for(trial)
         step = int(result.get("samples_seen", result.get("training_iteration", 0)))
+        if step <= self._last_step.get(run_id, -1):
+            return  # already logged before an interruption: a resumed trial reports it again, identically
+        self._last_step[run_id] = step
         ts = int(time.time() * 1000)
         metrics = [
             Metric(k, float(v), ts, step)
@@ -197,6 +237,26 @@ class MLflowTracker(Callback):
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
 
+    def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any) -> None:
+        """Remember every checkpoint's objective; the adapter logged is the best one Tune still keeps."""
+        result = trial.last_result or {}
+        obj = result.get("objective")
+        if not isinstance(obj, int | float) or not math.isfinite(obj):
+            return
+        metrics = {
+            k: float(v)
+            for k, v in result.items()
+            if (k.startswith(METRIC_PREFIXES) or k in METRIC_NAMES) and isinstance(v, int | float)
+        }
+        self._checkpoints.setdefault(trial.trial_id, []).append((float(obj), str(checkpoint.path), metrics))
+        self._pick_best(trial.trial_id)
+
+    def _pick_best(self, trial_id: str) -> None:
+        # Retention (num_to_keep by objective) may have deleted some; ties go to the later checkpoint.
+        alive = [c for c in self._checkpoints.get(trial_id, []) if Path(c[1]).is_dir()]
+        if alive:
+            self.best[trial_id] = max(reversed(alive), key=lambda c: c[0])
+
     def _finish(self, trial: Any, status: str, mlflow_status: str, reason: str) -> None:
         self._safely("finish run", lambda: self._finish_run(trial, status, mlflow_status, reason))
 
@@ -204,15 +264,19 @@ class MLflowTracker(Callback):
         run_id = self._run_for(trial)
         self.client.set_tag(run_id, "gridrun.status", status)
         self.client.set_tag(run_id, "gridrun.stop_reason", reason)
-        ckpt = trial.checkpoint
+        self._pick_best(trial.trial_id)
+        best = self.best.get(trial.trial_id)
+        ckpt = Path(best[1]) if best else (Path(trial.checkpoint.path) if trial.checkpoint is not None else None)
         if self.log_adapters and ckpt is not None:
-            try:
-                with ckpt.as_directory() as d:
-                    self.client.log_artifacts(run_id, str(Path(d) / "adapter"), "adapter")
-                    self.client.log_artifact(run_id, str(Path(d) / "gridrun_card.json"), "adapter")
-                self.client.set_tag(run_id, "gridrun.checkpoint", str(ckpt.path))
-            except (OSError, FileNotFoundError) as e:  # never lose the run's record over an artifact
-                self.client.set_tag(run_id, "gridrun.artifact_error", str(e)[:500])
+            if (ckpt / "adapter").is_dir():
+                self.client.log_artifacts(run_id, str(ckpt / "adapter"), "adapter")
+                self.client.log_artifact(run_id, str(ckpt / "gridrun_card.json"), "adapter")
+                self.client.set_tag(run_id, "gridrun.adapter_checkpoint", str(ckpt))
+                if best:
+                    self.client.set_tag(run_id, "gridrun.adapter_objective", f"{best[0]:.6g}")
+                    self.client.set_tag(run_id, "gridrun.adapter_samples_seen", str(best[2].get("samples_seen")))
+            else:  # never lose the run's record over an artifact
+                self.client.set_tag(run_id, "gridrun.artifact_error", f"checkpoint {ckpt} has no adapter/")
         self.client.set_terminated(run_id, mlflow_status)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -238,3 +302,71 @@ class MLflowTracker(Callback):
                 "are intact in the experiment folder",
                 len(self._pending),
             )
+
+
+def mark_interrupted(uri: str, parent_run_id: str) -> int:
+    """Runs an interrupted driver left RUNNING (parent and children) become KILLED; returns how many."""
+    client = _client(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000
+    )
+    n = 0
+    for r in [parent, *runs]:
+        if r.info.status == "RUNNING":
+            client.set_terminated(r.info.run_id, "KILLED")
+            n += 1
+    client.update_run(parent_run_id, status="RUNNING")  # the resumed experiment is running again
+    return n
+
+
+def register_adapters(uri: str, model_name: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Register each row's logged adapter as a version of ``model_name``, tagged with its metrics."""
+    client = _client(uri)
+    try:
+        client.get_registered_model(model_name)
+    except Exception:
+        client.create_registered_model(model_name, description="gridrun adapters; tags carry the metrics")
+    versions = []
+    for row in rows:
+        run_id = row.get("mlflow_run_id")
+        if not run_id:
+            continue
+        run = client.get_run(run_id)
+        source = f"{run.info.artifact_uri}/adapter"
+        metrics = (row.get("best_checkpoint") or {}).get("metrics") or row.get("metrics") or {}
+        tags = {k: f"{v:.6g}" for k, v in metrics.items() if isinstance(v, int | float)}
+        tags.update({"gridrun.trial_id": row["trial_id"], **{f"param.{k}": str(v) for k, v in row["params"].items()}})
+        mv = client.create_model_version(model_name, source=source, run_id=run_id, tags=tags)
+        versions.append(str(mv.version))
+    return versions
+
+
+class ProgressPrinter(Callback):
+    """One line per trial start and end (Tune's own tables are switched off: too much for a terminal)."""
+
+    def __init__(self, metric: str, reasons: dict[str, str], quiet: bool = False) -> None:
+        self.metric, self.reasons, self.quiet, self.done = metric, reasons, quiet, 0
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[gridrun] {text}", flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
+        self._say(f"trial {trial.trial_id} started: {params}")
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.done += 1
+        m = trial.last_result or {}
+        why = self.reasons.get(trial.trial_id) or ("completed" if m.get("progress", 0) >= 1 else "stopped")
+        fmt = lambda v: f"{v:.4g}" if isinstance(v, int | float) else "-"  # noqa: E731
+        self._say(
+            f"trial {trial.trial_id} done ({self.done}/{len(trials)}): {self.metric} {fmt(m.get(self.metric))}, "
+            f"forget/delta {fmt(m.get('forget/delta'))}, objective {fmt(m.get('objective'))} at "
+            f"{m.get('samples_seen')} samples — {why}"
+        )
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.done += 1
+        self._say(f"trial {trial.trial_id} failed; see {trial.path}/error.txt")

@@ -112,3 +112,65 @@ def test_report_command_prints_the_same_table(experiment) -> None:
     r = run_cli("report", exp_dir)
     assert r.returncode == 0
     assert experiment["summary"]["best"]["trial_id"] in r.stdout
+
+
+def test_best_adapter_is_registered_and_reproduces(experiment, tmp_path: Path) -> None:
+    """The registered model version (penalized mode: the best trial) loads with peft and reproduces its metric."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from gridrun.spec import load_spec
+    from trainables.qlora_sft import evaluate_adapter, merge_params
+
+    uri = f"sqlite:///{experiment['work']}/mlruns.db"
+    client = MlflowClient(uri)
+    s = experiment["summary"]
+    assert s["registered"]["name"] == "forgetting-tiny" and s["registered"]["versions"] == ["1"]
+    mv = client.get_model_version("forgetting-tiny", "1")
+    assert mv.run_id == s["best"]["mlflow_run_id"] and mv.tags["gridrun.trial_id"] == s["best"]["trial_id"]
+    mlflow.set_tracking_uri(uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path))
+    spec = load_spec(FORGETTING, [*TINY, "data.train_size=128", "train.epochs=2"])
+    metrics = evaluate_adapter(merge_params(spec.trial_dict(), s["best"]["params"]), local)
+    assert metrics["task/format_success"] == pytest.approx(float(mv.tags["task/format_success"]), abs=1e-6)
+    assert metrics["forget/probe_loss"] == pytest.approx(float(mv.tags["forget/probe_loss"]), rel=1e-5)
+
+
+def test_report_plots_exist_and_are_logged_to_the_parent(experiment) -> None:
+    from mlflow.tracking import MlflowClient
+
+    s = experiment["summary"]
+    report = Path(s["report_dir"])
+    names = {"pareto.png", "objective_vs_params.png", "curves.png"}
+    assert names <= {p.name for p in report.iterdir()}
+    for n in names:
+        assert (report / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = MlflowClient(f"sqlite:///{experiment['work']}/mlruns.db")
+    logged = {a.path for a in client.list_artifacts(s["mlflow"]["parent_run_id"], "report")}
+    assert {f"report/{n}" for n in names} <= logged
+    assert all(len(t["curve"]) >= 1 for t in s["trials"])
+
+
+def test_export_adapter_and_merged_model(experiment, tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from gridrun.builtin import resolve_model
+
+    exp_dir = experiment["summary"]["experiment_dir"]
+    r = run_cli("export", exp_dir, "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    r = run_cli("export", exp_dir, "--out", str(tmp_path / "m"), "--merge", timeout=300)
+    assert r.returncode == 0, r.stderr
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-general"))
+    peft_model = PeftModel.from_pretrained(base, str(tmp_path / "a")).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, peft_model(input_ids=ids).logits, atol=1e-4)
+    r = run_cli("export", exp_dir, "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "not empty" in r.stderr
+    r = run_cli("export", exp_dir, "--trial", "nope", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "no such trial" in r.stderr

@@ -1,0 +1,59 @@
+"""``gridrun export``: a trial's adapter (or the base model with it merged in) as a plain folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gridrun.errors import GridrunError
+from gridrun.report import load_summary
+
+__all__ = ["export"]
+
+
+def _pick(summary: dict[str, Any], trial: str | None) -> dict[str, Any]:
+    if trial is None:
+        if not summary.get("best"):
+            raise GridrunError("no trial finished with a finite objective; pass --trial to export one anyway")
+        trial = summary["best"]["trial_id"]
+    for row in summary["trials"]:
+        if row["trial_id"] == trial or row["trial_id"].endswith(str(trial)):
+            return row
+    known = ", ".join(r["trial_id"] for r in summary["trials"])
+    raise GridrunError(f"--trial {trial}: no such trial in this experiment; known: {known}")
+
+
+def export(experiment_dir: str | Path, out: str | Path, trial: str | None = None, merge: bool = False) -> Path:
+    """Write the chosen trial's best adapter to ``out`` (with ``merge``: a full model with the adapter merged)."""
+    summary = load_summary(experiment_dir)
+    row = _pick(summary, trial)
+    ckpt = Path((row.get("best_checkpoint") or {}).get("path") or Path(row["adapter"] or "").parent)
+    adapter = ckpt / "adapter"
+    if not adapter.is_dir():
+        raise GridrunError(f"adapter of trial {row['trial_id']} not found at {adapter} (checkpoint deleted?)")
+    dest = Path(out).expanduser()
+    if dest.exists() and any(dest.iterdir()):
+        raise GridrunError(f"--out {dest}: folder exists and is not empty")
+    card = json.loads((ckpt / "gridrun_card.json").read_text())
+    if not merge:
+        shutil.copytree(adapter, dest, dirs_exist_ok=True)
+        shutil.copy2(ckpt / "gridrun_card.json", dest / "gridrun_card.json")
+        return dest
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gridrun.builtin import resolve_model
+
+    # Merge into unquantized weights: merging into 4-bit weights would round the adapter away.
+    base_path = resolve_model(card["base_model"])
+    kwargs = {"revision": card.get("base_model_revision")} if card.get("base_model_revision") else {}
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, card["compute_dtype"]), **kwargs)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(base_path, **kwargs).save_pretrained(dest)
+    (dest / "gridrun_card.json").write_text(json.dumps({**card, "merged": True}, indent=2))
+    return dest
