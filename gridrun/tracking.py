@@ -224,7 +224,6 @@ class MLflowTracker(Callback):
         step = int(result.get("samples_seen", result.get("training_iteration", 0)))
         if step <= self._last_step.get(run_id, -1):
             return  # already logged before an interruption: a resumed trial reports it again, identically
-        self._last_step[run_id] = step
         ts = int(time.time() * 1000)
         metrics = [
             Metric(k, float(v), ts, step)
@@ -236,6 +235,7 @@ class MLflowTracker(Callback):
         ]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
+        self._last_step[run_id] = step  # only once written: a failed write is retried, not skipped
 
     def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any) -> None:
         """Remember every checkpoint's objective; the adapter logged is the best one Tune still keeps."""
