@@ -270,6 +270,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"MLflow: parent run {ml.get('parent_run_id')} in {ml.get('uri')}; open the UI with: "
             f"gridrun ui --tracking-uri {ml.get('uri')}"
         )
+        out.append(
+            f"  then: http://127.0.0.1:5000/#/experiments/{ml.get('experiment_id')}?workflowType=machine_learning"
+        )
     if summary.get("experiment_dir"):
         out.append(f"experiment folder: {summary['experiment_dir']}")
     return "\n".join(out)

@@ -90,6 +90,9 @@ def start_parent_run(uri: str, experiment: str, run_name: str, spec_yaml: str, t
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    if exp is None or "mlflow.experimentKind" not in exp.tags:
+        # MLflow 3 shows experiments of unknown kind as GenAI projects; these are model-training runs.
+        client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
     run = client.create_run(exp_id, run_name=run_name, tags={"gridrun.kind": "experiment", **tags})
     client.log_text(run.info.run_id, spec_yaml, "spec.yaml")
     return exp_id, run.info.run_id

@@ -15,8 +15,14 @@ pytestmark = pytest.mark.slow
 def test_pareto_mode_registers_the_front(tmp_path: Path, tiny_model_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    overrides = [*TINY, "objective.mode=pareto", "search.num_trials=4", "search.n_startup_trials=2",
-                 "search.space.train.lr.high=0.03", "tracking.experiment=pareto-tiny"]
+    overrides = [
+        *TINY,
+        "objective.mode=pareto",
+        "search.num_trials=4",
+        "search.n_startup_trials=2",
+        "search.space.train.lr.high=0.03",
+        "tracking.experiment=pareto-tiny",
+    ]
     r = run_cli("launch", str(FORGETTING), *[a for o in overrides for a in ("--set", o)], cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     exp_dir = next((tmp_path / "gridrun_results").iterdir())

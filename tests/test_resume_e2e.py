@@ -15,8 +15,16 @@ from tests.conftest import FORGETTING, TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
-OVERRIDES = [*TINY, "data.train_size=96", "train.epochs=2", "search.num_trials=6", "search.max_concurrent=2",
-             "search.n_startup_trials=3", "scheduler.type=none", "forgetting.budget=null"]
+OVERRIDES = [
+    *TINY,
+    "data.train_size=96",
+    "train.epochs=2",
+    "search.num_trials=6",
+    "search.max_concurrent=2",
+    "search.n_startup_trials=3",
+    "scheduler.type=none",
+    "forgetting.budget=null",
+]
 
 
 def test_sigkill_then_resume(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -25,8 +33,9 @@ def test_sigkill_then_resume(tmp_path: Path, tiny_model_path: Path) -> None:
 
     args = [sys.executable, "-m", "gridrun.cli", "launch", str(FORGETTING)]
     args += [a for o in OVERRIDES for a in ("--set", o)]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     seen = []
     assert proc.stdout is not None
     for line in proc.stdout:  # the driver prints one line per finished trial

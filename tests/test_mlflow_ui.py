@@ -1,0 +1,137 @@
+"""MLflow UI in a real browser: `mlflow server` on 127.0.0.1, a tiny experiment tracked over HTTP, headless
+Chromium renders the experiment page and shows the child runs. The screenshot is kept in test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FORGETTING, ROOT, TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "test-artifacts"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, deadline_s: float = 90) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)  # polling a starting server, bounded by the deadline
+    raise TimeoutError("mlflow server did not become healthy")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    port = _free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen(
+        [
+            str(mlflow),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_experiment_page_shows_the_child_runs(mlflow_server: str, tmp_path: Path, tiny_model_path: Path) -> None:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium before the tests")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
+    from mlflow.tracking import MlflowClient
+
+    overrides = [*TINY, "search.num_trials=2", "tracking.experiment=ui-check"]
+    r = run_cli(
+        "launch",
+        str(FORGETTING),
+        "--tracking-uri",
+        mlflow_server,
+        *[a for o in overrides for a in ("--set", o)],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("ui-check")
+    children = client.search_runs([exp.experiment_id], "tags.`gridrun.kind` = 'trial'")
+    assert len(children) == 2
+    names = [c.info.run_name for c in children]
+    # over HTTP too, each child's adapter went up as an artifact
+    for c in children:
+        assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(c.info.run_id, "adapter")}
+
+    from playwright.sync_api import sync_playwright
+
+    # workflowType=machine_learning: MLflow 3 otherwise opens an experiment on its GenAI overview
+    page_url = f"{mlflow_server}/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "mlflow_experiment.png"
+    shot.unlink(missing_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS[1:])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(page_url)
+            parent = client.get_run(children[0].data.tags["mlflow.parentRunId"]).info.run_name
+            page.wait_for_selector(f"text={parent}", timeout=60_000)
+            page.locator(".ag-pinned-left-cols-container button").first.click()  # expand the parent's children
+            for name in names:
+                page.wait_for_selector(f"text={name}", timeout=30_000)
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
