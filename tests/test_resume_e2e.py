@@ -71,7 +71,7 @@ def test_sigkill_then_resume(tmp_path: Path, tiny_model_path: Path) -> None:
         assert len(steps) == len(set(steps)), f"duplicate steps {steps}"
         steps.sort()
         total = int(client.get_run(row.run_id).data.metrics["samples_seen"])
-        expected = list(range(step, total, step)) + [total] if total % step else list(range(step, total + 1, step))
+        expected = sorted({*range(step, total, step), total})
         assert steps == expected, f"gaps: {steps} vs {expected}"
         configs.add((row["params.train.lr"], row["params.lora.r"], row["params.data.sample_ratio"]))
     assert len(configs) == 6  # finished configs were not proposed again
