@@ -377,6 +377,7 @@ def _fit_and_report(
         best = tracker.best.get(row["trial_id"])
         if best is not None:
             row["best_checkpoint"] = {"objective": best[0], "path": best[1], "metrics": best[2]}
+            row["adapter"] = str(Path(best[1]) / "adapter")  # the adapter logged and worth shipping
     summary["importance"] = importance(summary, spec.search.space)
     summary["report_dir"] = str(exp_dir / "report")
     # Register what is worth shipping: the best trial, or every Pareto-optimal trial in pareto mode.
