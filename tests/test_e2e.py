@@ -96,7 +96,13 @@ def test_logged_adapter_reproduces_its_trial_metric(experiment, tmp_path: Path) 
         card = json.loads((Path(local) / "gridrun_card.json").read_text())
         assert card["base_model"] == "builtin:tiny-general" and card["quantization"] == "nf4"
         metrics = evaluate_adapter(merge_params(spec.trial_dict(), trial["params"]), local)
-        reported = client.get_run(trial["mlflow_run_id"]).data.metrics
+        # the logged adapter is the trial's best checkpoint by objective: its card holds what was reported then
+        reported = card["metrics"]
+        run = client.get_run(trial["mlflow_run_id"])
+        assert float(run.data.tags["gridrun.adapter_objective"]) == pytest.approx(reported["objective"], rel=1e-5)
+        assert reported["objective"] == pytest.approx(trial["best_checkpoint"]["objective"])
+        history = {m.step: m.value for m in client.get_metric_history(trial["mlflow_run_id"], "objective")}
+        assert history[reported["samples_seen"]] == pytest.approx(reported["objective"])
         assert reported["forget/probe_loss"] != pytest.approx(reported["forget/probe_loss_base"], abs=1e-6)
         for key in (
             "task/format_success",
