@@ -112,6 +112,10 @@ def _start_ray(spec: ExperimentSpec) -> dict[str, float]:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Forced snapshots are expected with num_to_keep; Tune's warning about them is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "creating initial database tables" etc.
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if spec.resources.address:
         ray.init(address=spec.resources.address, log_to_driver=True, logging_level=logging.WARNING)
     else:
@@ -332,6 +336,7 @@ def resume(
         assert local is not None, "resume runs in-process, not through Ray Client"
         callbacks = local.get_run_config().callbacks or []  # restored from the experiment state
         tracker = next(c for c in callbacks if isinstance(c, MLflowTracker))
+        tracker._resumed = True  # look up runs the restored state may not know of
         for c in callbacks:
             if hasattr(c, "quiet"):
                 c.quiet = quiet
@@ -355,7 +360,7 @@ def _fit_and_report(
     spec: ExperimentSpec, tuner: Any, tracker: Any, meta: dict[str, Any], exp_dir: Path, quiet: bool
 ) -> dict[str, Any]:
     from gridrun.report import format_summary, importance, summarize, write_report
-    from gridrun.tracking import register_adapters
+    from gridrun.tracking import drop_orphans, register_adapters
 
     parent = meta["mlflow"]["parent_run_id"]
     t0 = time.time()
@@ -365,6 +370,10 @@ def _fit_and_report(
         _close_parent(spec, parent, "KILLED")
         raise
     summary = summarize(spec, grid, tracker.reasons, tracker.runs, meta["base_probe_loss"])
+    if tracker._resumed:
+        dropped = drop_orphans(spec.tracking.uri, parent, {r["trial_id"] for r in summary["trials"]})
+        if dropped:
+            log.warning("removed %d MLflow runs of trials lost with the interrupted driver", len(dropped))
     summary.update(
         {
             "experiment": meta["experiment"],

@@ -27,6 +27,7 @@ __all__ = [
     "MLflowTracker",
     "ProgressPrinter",
     "check_tracking_uri",
+    "drop_orphans",
     "flatten",
     "mark_interrupted",
     "register_adapters",
@@ -122,6 +123,7 @@ class MLflowTracker(Callback):
         self.best: dict[str, tuple[float, str, dict[str, float]]] = {}  # trial_id -> (objective, ckpt, metrics)
         self._last_step: dict[str, int] = {}  # run id -> last samples_seen step logged
         self._restored: set[str] = set()  # run ids inherited from an interrupted driver
+        self._resumed = False
         self._checkpoints: dict[str, list[tuple[float, str, dict[str, float]]]] = {}
         self._client: Any = None
         self._pending: list[tuple[str, Callable[[], object]]] = []
@@ -170,6 +172,7 @@ class MLflowTracker(Callback):
         self.reasons.update(state.get("reasons", {}))
         self._last_step.update(state.get("last_step", {}))
         self._restored.update(self.runs.values())
+        self._resumed = True
 
     def _resume_run(self, run_id: str) -> None:
         """First event of a restored run: reopen it and learn which steps MLflow already holds.
@@ -182,7 +185,22 @@ class MLflowTracker(Callback):
             self._last_step[run_id] = max(self._last_step.get(run_id, -1), max(m.step for m in hist))
         self.client.update_run(run_id, status="RUNNING")
 
+    def _existing_run(self, trial_id: str) -> str | None:
+        """A child run of this experiment for ``trial_id`` that the state Tune restored does not know of
+        (created after its last snapshot, before the driver died)."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.`gridrun.trial_id` = '{trial_id}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
+
     def _run_for(self, trial: Any) -> str:
+        if trial.trial_id not in self.runs and self._resumed:
+            existing = self._existing_run(trial.trial_id)
+            if existing:
+                self.runs[trial.trial_id] = existing
+                self._restored.add(existing)
         if trial.trial_id not in self.runs:
             from trainables.qlora_sft import merge_params
 
@@ -373,3 +391,20 @@ class ProgressPrinter(Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.done += 1
         self._say(f"trial {trial.trial_id} failed; see {trial.path}/error.txt")
+
+
+def drop_orphans(uri: str, parent_run_id: str, trial_ids: set[str]) -> list[str]:
+    """Soft-delete child runs of trials the resumed experiment no longer has (started after Tune's last state
+    snapshot, then re-proposed under a new id): one child run per trial. Returns the deleted run ids."""
+    client = _client(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000
+    )
+    dropped = []
+    for r in runs:
+        if r.data.tags.get("gridrun.trial_id") not in trial_ids:
+            client.set_tag(r.info.run_id, "gridrun.orphan", "trial lost with the interrupted driver's state")
+            client.delete_run(r.info.run_id)
+            dropped.append(r.info.run_id)
+    return dropped

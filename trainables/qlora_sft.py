@@ -209,12 +209,14 @@ def run(
 def qlora_sft(config: dict[str, Any], spec: dict[str, Any], baseline: float) -> None:
     """Ray Tune function trainable: ``config`` holds this trial's sampled dotted-path params."""
     import logging
+    import warnings
 
     import torch
     from ray import tune
 
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" lines from every report drown the terminal
         logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     threads = max(1, int(spec["resources"]["cpu"]))
     torch.set_num_threads(threads)
     trial_spec = merge_params(spec, config)
