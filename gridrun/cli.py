@@ -81,9 +81,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gridrun.report import format_summary, load_summary
+    from gridrun.report import format_summary, load_summary, summary_from_mlflow
 
-    print(format_summary(load_summary(args.experiment)))
+    if args.from_mlflow:
+        summary = summary_from_mlflow(args.tracking_uri, args.from_mlflow)
+    elif args.experiment:
+        summary = load_summary(args.experiment)
+    else:
+        raise GridrunError("report: give an experiment folder, or --from-mlflow PARENT_RUN_ID")
+    print(format_summary(summary))
     return 0
 
 
@@ -141,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="print the summary of a finished experiment folder")
-    p.add_argument("experiment", help="experiment folder (printed at the end of launch)")
+    p.add_argument("experiment", nargs="?", help="experiment folder (printed at the end of launch)")
+    p.add_argument("--from-mlflow", metavar="PARENT_RUN_ID", help="read the summary from MLflow instead")
+    p.add_argument("--tracking-uri", default="sqlite:///mlruns.db", help="MLflow tracking URI (with --from-mlflow)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1")

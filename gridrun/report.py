@@ -9,7 +9,7 @@ from typing import Any
 
 from gridrun.objective import pareto_front
 
-__all__ = ["format_summary", "load_summary", "summarize", "write_report"]
+__all__ = ["format_summary", "load_summary", "summarize", "summary_from_mlflow", "write_report"]
 
 
 def _num(v: Any) -> float:
@@ -285,3 +285,19 @@ def load_summary(experiment_dir: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise GridrunError(f"no gridrun summary in {experiment_dir} (is it an experiment folder that finished?)")
     return json.loads(p.read_text())
+
+
+def summary_from_mlflow(uri: str, parent_run_id: str) -> dict[str, Any]:
+    """The summary a finished experiment logged to its MLflow parent run (``summary.json``)."""
+    from gridrun.errors import GridrunError
+    from gridrun.tracking import check_tracking_uri
+
+    check_tracking_uri(uri)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    try:
+        text = client.download_artifacts(parent_run_id, "summary.json")
+    except Exception as e:
+        raise GridrunError(f"--from-mlflow {parent_run_id}: no summary.json on that run ({type(e).__name__})") from None
+    return json.loads(Path(text).read_text())

@@ -118,6 +118,12 @@ def test_report_command_prints_the_same_table(experiment) -> None:
     r = run_cli("report", exp_dir)
     assert r.returncode == 0
     assert experiment["summary"]["best"]["trial_id"] in r.stdout
+    parent = experiment["summary"]["mlflow"]["parent_run_id"]
+    r2 = run_cli("report", "--from-mlflow", parent, "--tracking-uri", f"sqlite:///{experiment['work']}/mlruns.db")
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout == r.stdout
+    r3 = run_cli("report", "--from-mlflow", "0" * 32, "--tracking-uri", f"sqlite:///{experiment['work']}/mlruns.db")
+    assert r3.returncode == 2 and "no summary.json on that run" in r3.stderr
 
 
 def test_best_adapter_is_registered_and_reproduces(experiment, tmp_path: Path) -> None:
