@@ -12,14 +12,20 @@ from evaluators._base import (
     generate,
     register_evaluator,
 )
+from evaluators.code_exec import CodeExecEvaluator
+from evaluators.gsm8k import Gsm8kEvaluator
 from evaluators.json_format import JsonFormatEvaluator
 from evaluators.probe import probe_loss
+from evaluators.squad import SquadEvaluator
 
 __all__ = [
     "EVALUATORS",
+    "CodeExecEvaluator",
     "Evaluator",
     "GenerationSettings",
+    "Gsm8kEvaluator",
     "JsonFormatEvaluator",
+    "SquadEvaluator",
     "build_evaluator",
     "check_evaluator_names",
     "generate",

@@ -36,6 +36,12 @@ class Evaluator(ABC):
 
     name: ClassVar[str] = ""
     metrics: ClassVar[tuple[str, ...]] = ()
+    #: Regexes for further keys an evaluator may return (per-type breakdowns such as ``pass_rate_<type>``).
+    metric_patterns: ClassVar[tuple[str, ...]] = ()
+    #: Metrics that measure wall time (excluded from determinism checks).
+    timing_metrics: ClassVar[tuple[str, ...]] = ()
+    #: Regexes of answer formats the evaluator extracts; training targets must show one (``gridrun validate``).
+    answer_formats: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, generation: GenerationSettings | None = None, **options: Any) -> None:
         if options:

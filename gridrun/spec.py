@@ -425,9 +425,11 @@ _UNSEARCHABLE = (
 def _check_space(spec: ExperimentSpec) -> None:
     """Every searched path must be a real leaf, and every value the distribution can give must validate."""
     leaves = _leaf_fields()
+    # free-form option mappings (generator and evaluator knobs) can be searched key by key
+    mappings = [p for p, f in leaves.items() if f.annotation is not None and "dict" in str(f.annotation)]
     for path, dist in spec.search.space.items():
         where = f"search.space.{path}"
-        if path not in leaves:
+        if path not in leaves and not any(path.startswith(m + ".") for m in mappings):
             close = [p for p in leaves if p.split(".")[-1] == path.split(".")[-1]]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise SpecError(f"{where}: '{path}' is not a spec field{hint}")

@@ -47,7 +47,7 @@ def merge_params(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
         node = out
         *parents, leaf = path.split(".")
         for p in parents:
-            node = node[p]
+            node = node.setdefault(p, {})  # option mappings may not hold the key yet
         node[leaf] = value
     return out
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gridrun.builtin import corpus, json_format, tiny_model
+from gridrun.builtin import algo, corpus, json_format, qa, tiny_model
+from gridrun.builtin import math as math_tasks
 from gridrun.errors import GridrunError
 
 __all__ = ["MODELS", "PREFIX", "PROBES", "TASKS", "builtin_name", "resolve_model", "task_generator"]
@@ -20,7 +21,12 @@ PREFIX = "builtin:"
 #: name → function returning a local model folder.
 MODELS: dict[str, Callable[[], Path]] = {"tiny-general": tiny_model.ensure_tiny_general}
 #: name → generator(n, seed, split, **options) returning prompt/answer records.
-TASKS: dict[str, Callable[..., list[dict[str, Any]]]] = {"json-format": json_format.generate}
+TASKS: dict[str, Callable[..., list[dict[str, Any]]]] = {
+    "json-format": json_format.generate,
+    "squad": qa.generate,
+    "gsm8k": math_tasks.generate,
+    "algo": algo.generate,
+}
 #: name → function returning a list of general-text documents.
 PROBES: dict[str, Callable[[], list[str]]] = {"general-probe": corpus.probe_texts}
 

@@ -1,0 +1,82 @@
+"""``code_exec``: extract the function from the completion and run it against test cases in the sandbox.
+
+Examples carry ``function`` (name), ``cases`` (``[[args, expected], ...]``), ``type`` and ``difficulty``.
+Metrics: pass_rate (all cases pass), partial_credit (share of cases passed), timeouts, crashes, extracted,
+and pass_rate_<type> / pass_rate_d<level> for every type and level present in the examples. A timeout or
+crash is a failed problem, never a failed trial.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from typing import Any, ClassVar
+
+from evaluators._base import Evaluator, GenerationSettings, generate, register_evaluator
+from evaluators.sandbox import Limits, run_cases
+
+__all__ = ["CodeExecEvaluator", "extract_function"]
+
+_FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+def extract_function(text: str, name: str) -> str | None:
+    """The smallest prefix of the (fenced) code that parses and defines ``name``; None if there is none."""
+    m = _FENCE.search(text)
+    code = m.group(1) if m else text
+    start = code.find(f"def {name}(")
+    if start < 0:
+        return None
+    head = code[:start]
+    # keep imports written before the function; drop any prose
+    imports = "\n".join(line for line in head.splitlines() if line.startswith(("import ", "from ")))
+    lines = code[start:].splitlines()
+    for end in range(len(lines), 0, -1):
+        candidate = (imports + "\n" if imports else "") + "\n".join(lines[:end]) + "\n"
+        try:
+            tree = ast.parse(candidate)
+        except SyntaxError:
+            continue
+        if any(isinstance(n, ast.FunctionDef) and n.name == name for n in tree.body):
+            return candidate
+    return None
+
+
+@register_evaluator("code_exec")
+class CodeExecEvaluator(Evaluator):
+    metrics: ClassVar[tuple[str, ...]] = ("pass_rate", "partial_credit", "timeouts", "crashes", "extracted")
+    metric_patterns: ClassVar[tuple[str, ...]] = (r"pass_rate_.+",)
+
+    def __init__(
+        self, generation: GenerationSettings | None = None, wall_s: float = 5.0, cpu_s: int = 3, memory_mb: int = 512
+    ) -> None:
+        super().__init__(generation)
+        self.limits = Limits(wall_s=wall_s, cpu_s=cpu_s, memory_mb=memory_mb)
+
+    def score(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, float]:
+        c = dict.fromkeys(self.metrics, 0.0)
+        groups: dict[str, list[float]] = defaultdict(list)
+        for text, ex in zip(completions, examples, strict=True):
+            code = extract_function(text, ex["function"])
+            cases = [(a, e) for a, e in ex["cases"]]
+            if code is None:
+                passed, status = [False] * len(cases), "no_function"
+            else:
+                c["extracted"] += 1
+                res = run_cases(code, ex["function"], cases, self.limits)
+                passed, status = res.passed, res.status
+            c["timeouts"] += status == "timeout"
+            c["crashes"] += status == "crash"
+            solved = float(bool(passed) and all(passed))
+            c["pass_rate"] += solved
+            c["partial_credit"] += sum(passed) / max(1, len(passed))
+            groups[f"pass_rate_{ex.get('type', 'unknown')}"].append(solved)
+            groups[f"pass_rate_d{ex.get('difficulty', 0)}"].append(solved)
+        n = max(1, len(examples))
+        out = {k: v / n for k, v in c.items()}
+        out.update({k: sum(v) / len(v) for k, v in sorted(groups.items())})
+        return out
+
+    def evaluate(self, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> dict[str, float]:
+        return self.score(generate(model, tokenizer, [e["prompt"] for e in examples], self.generation), examples)

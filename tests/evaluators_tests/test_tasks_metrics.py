@@ -1,0 +1,157 @@
+"""SQuAD v1.1 scoring, GSM8K answer extraction, code extraction and the sandbox under attack."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from evaluators.code_exec import CodeExecEvaluator, extract_function
+from evaluators.gsm8k import Gsm8kEvaluator, extract_answer
+from evaluators.sandbox import Limits, run_cases
+from evaluators.squad import SquadEvaluator, exact_match, f1, lenient, normalize, split_numbered
+from gridrun.builtin.algo import PROBLEMS
+from gridrun.builtin.algo import generate as algo_tasks
+
+
+# ---- SQuAD v1.1 rules: lowercase, strip punctuation and articles, collapse whitespace; max over golds ----
+@pytest.mark.parametrize(
+    ("pred", "golds", "em", "f1_"),
+    [
+        ("The Eiffel Tower", ["Eiffel Tower"], 1.0, 1.0),  # article dropped
+        ("eiffel tower!", ["Eiffel  Tower"], 1.0, 1.0),  # case, punctuation, whitespace
+        ("in Paris, France", ["Paris"], 0.0, 0.5),  # precision 1/3, recall 1: F1 = 2PR/(P+R) = 0.5
+        ("Denver Broncos", ["Broncos", "Denver Broncos"], 1.0, 1.0),  # best over golds
+        ("", ["Paris"], 0.0, 0.0),
+        ("a", ["the"], 1.0, 1.0),  # both normalize to empty: equal
+        ("Paris Paris", ["Paris"], 0.0, 2 * 0.5 * 1.0 / 1.5),  # repeated tokens count once in the overlap
+    ],
+)
+def test_squad_em_f1(pred: str, golds: list[str], em: float, f1_: float) -> None:
+    assert exact_match(pred, golds) == em
+    assert f1(pred, golds) == pytest.approx(f1_)
+
+
+def test_normalize_and_lenient() -> None:
+    assert normalize("  The  cat's   hat, an apple! ") == "cats hat apple"
+    assert lenient("It is in Paris, France.", ["paris"]) == 1.0
+    assert lenient("London", ["Paris"]) == 0.0
+
+
+def test_sequential_answers_are_parsed_back_per_question() -> None:
+    assert split_numbered("1. dog\n2) Friday\n3: Rome\n", 3) == ["dog", "Friday", "Rome"]
+    assert split_numbered("2. only two", 3) == ["", "only two", ""]
+    ev = SquadEvaluator()
+    ex = [{"answers": [["dog"], ["Friday"]], "format": "sequential", "context_id": 0, "answer": ""}]
+    out = ev.score(["1. the dog\n2. monday"], ex)
+    assert out["em"] == 0.5 and out["questions_per_context"] == 2
+
+
+# ---- GSM8K extraction ----
+@pytest.mark.parametrize(
+    ("text", "value", "form"),
+    [
+        ("so 3+4=<<3+4=7>>7\n#### 7", 7, "hash"),
+        ("#### 1,234", 1234, "hash"),
+        ("#### -5", -5, "hash"),
+        ("#### $18.50", 18.5, "hash"),
+        ("The answer is \\boxed{42}.", 42, "boxed"),
+        ("\\boxed{3,000}", 3000, "boxed"),
+        ("first 12 then 15", 15, "last"),
+        ("no number here", None, "none"),
+        ("#### 7 and later \\boxed{9}", 7, "hash"),
+    ],
+)
+def test_gsm8k_extraction(text: str, value, form: str) -> None:
+    assert extract_answer(text) == (value, form)
+
+
+def test_gsm8k_accuracy() -> None:
+    ev = Gsm8kEvaluator()
+    ex = [{"answer": "... #### 18"}, {"answer": "#### 1,000"}, {"answer": "#### 3"}]
+    out = ev.score(["#### 18", "The answer is \\boxed{1000}", "I think 4"], ex)
+    assert out["accuracy"] == pytest.approx(2 / 3) and out["format_hash"] == pytest.approx(1 / 3)
+
+
+# ---- code extraction ----
+def test_extract_function_from_fenced_and_chatty_output() -> None:
+    text = "Sure! Here it is:\n```python\nimport math\ndef f(x):\n    return math.sqrt(x)\n```\nHope it helps."
+    code = extract_function(text, "f")
+    assert code is not None and "import math" in code and "Hope" not in code
+    assert extract_function("def f(x):\n    return x\nThis explains it", "f") == "def f(x):\n    return x\n"
+    assert extract_function("def g(x): return x", "f") is None
+
+
+def test_every_reference_solution_passes_and_types_are_reported() -> None:
+    ex = algo_tasks(len(PROBLEMS) * 2, seed=3, split="eval")
+    out = CodeExecEvaluator().score([e["answer"] for e in ex], ex)
+    assert out["pass_rate"] == 1.0 and out["partial_credit"] == 1.0
+    assert {f"pass_rate_{t}" for t in PROBLEMS} <= set(out)
+    assert any(k.startswith("pass_rate_d") for k in out)
+
+
+def test_train_and_eval_problems_differ() -> None:
+    train = {str(e["cases"]) for e in algo_tasks(44, seed=0, split="train")}
+    ev = {str(e["cases"]) for e in algo_tasks(44, seed=0, split="eval")}
+    assert len(train & ev) < 5  # a few tiny inputs can coincide; the streams are independent
+
+
+# ---- the sandbox under attack: each is a failed case, never an exception, and the caller goes on ----
+CASES = [([1], 1)]
+
+
+def test_sandbox_runs_good_code() -> None:
+    r = run_cases("def f(x):\n    return x\n", "f", [([1], 1), ([2], 3)])
+    assert r.passed == [True, False] and r.status == "ok"
+
+
+def test_sandbox_survives_an_infinite_loop() -> None:
+    r = run_cases("def f(x):\n    while True:\n        pass\n", "f", CASES, Limits(wall_s=3, cpu_s=1))
+    assert r.passed == [False] and r.status == "timeout"
+
+
+def test_sandbox_survives_a_memory_bomb() -> None:
+    r = run_cases("def f(x):\n    return len('x' * (8 * 10**9))\n", "f", CASES, Limits(memory_mb=256))
+    assert r.passed == [False]
+
+
+def test_sandbox_survives_a_fork_bomb() -> None:
+    code = "import os\ndef f(x):\n    while True:\n        os.fork()\n"
+    r = run_cases(code, "f", CASES)
+    assert r.passed == [False]
+    # nothing it could have started is left behind: only this test process's own children may exist
+    assert r.status in ("ok", "crash")
+
+
+def test_sandbox_refuses_writes_outside_its_folder(tmp_path) -> None:
+    target = tmp_path / "pwned.txt"
+    code = f"def f(x):\n    open({str(target)!r}, 'w').write('x')\n    return 1\n"
+    assert run_cases(code, "f", CASES).passed == [False]
+    assert not target.exists()
+    inside = "def f(x):\n    open('scratch.txt', 'w').write('ok')\n    return 1\n"
+    assert run_cases(inside, "f", CASES).passed == [True]  # its own temp folder is fine
+
+
+def test_sandbox_refuses_the_network() -> None:
+    for code in (
+        "def f(x):\n    import socket\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\n    return 1\n",
+        "def f(x):\n    import urllib.request\n    urllib.request.urlopen('http://127.0.0.1:9', timeout=1)\n    return 1\n",
+    ):
+        assert run_cases(code, "f", CASES).passed == [False]
+
+
+def test_sandbox_refuses_subprocesses_and_sees_no_secrets(monkeypatch) -> None:
+    monkeypatch.setenv("GRIDRUN_SECRET_TOKEN", "s3cret")
+    assert run_cases("import subprocess\ndef f(x):\n    return 1\n", "f", CASES).status == "crash"
+    leak = "import os\ndef f(x):\n    return os.environ.get('GRIDRUN_SECRET_TOKEN')\n"
+    assert run_cases(leak, "f", [([1], None)]).passed == [True]  # the variable is not there
+    assert os.environ["GRIDRUN_SECRET_TOKEN"] == "s3cret"
+
+
+def test_evaluator_goes_on_after_hostile_completions() -> None:
+    ex = algo_tasks(3, seed=0, split="eval")
+    fn = ex[0]["function"]
+    hostile = [f"def {fn}(*a):\n    while True: pass\n", "```python\nimport os\nos.fork()\n```", ex[2]["answer"]]
+    ev = CodeExecEvaluator(wall_s=3, cpu_s=1)
+    out = ev.score(hostile, ex)
+    assert out["pass_rate"] == pytest.approx(1 / 3) and out["timeouts"] == pytest.approx(1 / 3)
