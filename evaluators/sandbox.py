@@ -14,6 +14,7 @@ A timeout, crash or refused operation fails the remaining cases; it never raises
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,6 +62,8 @@ _RUNNER = textwrap.dedent("""
              "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.sendto", "socket.__new__",
              "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "os.kill", "os.killpg", "os.putenv", "os.unsetenv",
              "sys.setrecursionlimit")
+    FORBIDDEN_MODULES = ("ctypes", "_ctypes", "socket", "_socket", "subprocess", "multiprocessing",
+                         "_posixsubprocess")
     PATHS = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link", "os.symlink",
              "os.truncate", "shutil.rmtree", "os.utime")
     def inside(p):
@@ -82,8 +85,7 @@ _RUNNER = textwrap.dedent("""
                 raise PermissionError("sandbox: writing outside the working folder")
         if event in PATHS and args and not inside(args[0]):
             raise PermissionError("sandbox: " + event + " outside the working folder")
-        if event == "import" and args and str(args[0]).split(".")[0] in ("ctypes", "_ctypes", "socket", "_socket",
-                                                                         "subprocess", "multiprocessing", "_posixsubprocess"):
+        if event == "import" and args and str(args[0]).split(".")[0] in FORBIDDEN_MODULES:
             raise PermissionError("sandbox: import of " + str(args[0]) + " is not allowed")
     sys.addaudithook(hook)
     ns = {"__name__": "candidate"}
@@ -141,10 +143,8 @@ def run_cases(
         except subprocess.TimeoutExpired:
             status = "timeout"
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the process and anything it managed to start
-            except ProcessLookupError:
-                pass
             proc.wait()
         passed: list[bool] = []
         detail = ""

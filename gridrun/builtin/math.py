@@ -20,7 +20,10 @@ def _problem(rng: random.Random) -> tuple[str, list[str], int]:
     kind = rng.randrange(3)
     a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(1, 20)
     if kind == 0:
-        q = f"{who} buys {a} boxes with {b} {thing} each and already had {c} {thing}. How many {thing} does {who} have now?"
+        q = (
+            f"{who} buys {a} boxes with {b} {thing} each and already had {c} {thing}. "
+            f"How many {thing} does {who} have now?"
+        )
         steps = [
             f"{a} boxes hold {a}*{b}=<<{a}*{b}={a * b}>>{a * b} {thing}.",
             f"Together that is {a * b}+{c}=<<{a * b}+{c}={a * b + c}>>{a * b + c} {thing}.",
@@ -35,7 +38,10 @@ def _problem(rng: random.Random) -> tuple[str, list[str], int]:
         ]
         return q, steps, c
     price = rng.randint(2, 15)
-    q = f"A {thing[:-1]} costs ${price}. {who} buys {a} of them and pays with ${price * a + c}. How much change does {who} get?"
+    q = (
+        f"A {thing[:-1]} costs ${price}. {who} buys {a} of them and pays with ${price * a + c}. "
+        f"How much change does {who} get?"
+    )
     steps = [
         f"The {thing} cost {a}*{price}=<<{a}*{price}={a * price}>>{a * price} dollars.",
         f"The change is {price * a + c}-{a * price}=<<{price * a + c}-{a * price}={c}>>{c} dollars.",
