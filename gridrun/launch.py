@@ -67,6 +67,12 @@ def preflight(spec: ExperimentSpec) -> None:
             f"({', '.join(spec.evaluate.evaluators)})"
         )
     reported = {f"task/{m}" for n in spec.evaluate.evaluators for m in EVALUATORS[n].metrics}
+    for key in spec.objective.weights:
+        if key not in reported:
+            raise GridrunError(f"objective.weights: {key} is not reported by evaluators "
+                               f"{', '.join(spec.evaluate.evaluators)}; they report: {', '.join(sorted(reported))}")
+    if spec.objective.weights:
+        reported.add("task/weighted")
     if spec.objective.metric not in reported:
         raise GridrunError(
             f"objective.metric: {spec.objective.metric} is not reported by evaluators "

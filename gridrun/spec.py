@@ -162,6 +162,21 @@ class ObjectiveSpec(_Section):
     direction: Literal["max", "min"] = Field("max", description="whether the task metric is better high or low")
     penalty: float = Field(1.0, ge=0, description="objective = task - penalty * max(0, forget/delta)")
     mode: Literal["penalized", "pareto"] = Field("penalized", description="scalar objective, or task vs forgetting")
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="weighted sum of task metrics reported as task/weighted (set metric: task/weighted to use it)",
+    )
+
+    @model_validator(mode="after")
+    def _weights(self) -> ObjectiveSpec:
+        bad = [k for k in self.weights if not k.startswith("task/")]
+        if bad:
+            raise ValueError(f"weights: '{bad[0]}' is not a task/<name> metric")
+        if self.weights and self.metric != "task/weighted":
+            raise ValueError("weights are set: objective.metric must be task/weighted")
+        if self.metric == "task/weighted" and not self.weights:
+            raise ValueError("metric task/weighted needs objective.weights")
+        return self
 
     @field_validator("metric")
     @classmethod

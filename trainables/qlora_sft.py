@@ -170,6 +170,9 @@ def run(
             task: dict[str, float] = {}
             for ev in evaluators:
                 task.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, eval_examples).items()})
+            weights = spec["objective"].get("weights") or {}
+            if weights:
+                task["task/weighted"] = sum(w * task.get(k, 0.0) for k, w in weights.items())
             probe = probe_loss(model, blocks)
             delta = forget_delta(probe, baseline)
             metric = task.get(spec["objective"]["metric"])

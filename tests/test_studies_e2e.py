@@ -1,0 +1,45 @@
+"""Every tiny study search space launches end to end (2 trials) and its metrics land in MLflow."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+STUDIES = {
+    "squad.yaml": ["task/em", "task/f1", "task/lenient", "task/prompt_tokens", "task/gen_tokens", "task/latency_s"],
+    "json_format.yaml": ["task/format_success", "task/duplicate_json_rate", "task/schema_match"],
+    "gsm8k.yaml": ["task/accuracy", "task/extracted", "task/weighted"],
+    "code.yaml": ["task/pass_rate", "task/partial_credit", "task/pass_rate_fizzbuzz", "task/pass_rate_rpn"],
+    "forgetting.yaml": ["task/format_success", "forget/mc_accuracy", "forget/mc_delta"],
+}
+TIMES: dict[str, float] = {}
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_tiny_study_runs_end_to_end(study: str, tmp_path: Path, tiny_model_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    path = ROOT / "search_spaces" / "tiny" / study
+    if not path.is_file():
+        pytest.fail(f"missing {path}")
+    t0 = time.perf_counter()
+    r = run_cli("launch", str(path), "--set", "search.num_trials=2", cwd=tmp_path, timeout=900)
+    TIMES[study] = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(next((tmp_path / "gridrun_results").glob("*/gridrun_summary.json")).read_text())
+    assert len(summary["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in summary["trials"])
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    for t in summary["trials"]:
+        metrics = client.get_run(t["mlflow_run_id"]).data.metrics
+        for key in [*STUDIES[study], "objective", "forget/delta", "train/loss"]:
+            assert key in metrics, f"{study}: {key} missing from MLflow"
+        if study == "code.yaml":
+            assert any(k.startswith("task/pass_rate_d") for k in metrics)
+    print(f"\n{study}: {TIMES[study]:.1f}s")
