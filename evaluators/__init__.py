@@ -12,6 +12,7 @@ from evaluators._base import (
     generate,
     register_evaluator,
 )
+from evaluators.answer_loss import AnswerLossEvaluator
 from evaluators.code_exec import CodeExecEvaluator
 from evaluators.gsm8k import Gsm8kEvaluator
 from evaluators.json_format import JsonFormatEvaluator
@@ -20,6 +21,7 @@ from evaluators.squad import SquadEvaluator
 
 __all__ = [
     "EVALUATORS",
+    "AnswerLossEvaluator",
     "CodeExecEvaluator",
     "Evaluator",
     "GenerationSettings",

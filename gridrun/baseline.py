@@ -16,9 +16,9 @@ from typing import Any
 from gridrun.builtin import builtin_name
 from gridrun.builtin.tiny_model import RECIPE, cache_root, recipe_hash
 
-__all__ = ["baseline_key", "cached_baseline", "compute_baseline"]
+__all__ = ["baseline_key", "cached_baseline", "compute_baseline", "compute_mc_baseline"]
 
-_VERSION = 1
+_VERSION = 2
 
 
 def _fingerprint(source: str) -> str:
@@ -41,7 +41,7 @@ def _fingerprint(source: str) -> str:
     return source  # a hub id: its revision is part of the key
 
 
-def baseline_key(spec: dict[str, Any]) -> str:
+def baseline_key(spec: dict[str, Any], kind: str = "probe") -> str:
     m, f = spec["model"], spec["forgetting"]
     parts = {
         "v": _VERSION,
@@ -54,6 +54,8 @@ def baseline_key(spec: dict[str, Any]) -> str:
         "samples": f["samples"],
         "seq_len": f["seq_len"],
     }
+    if kind == "mc":  # multiple-choice accuracy depends on the items, not on the probe text
+        parts.update(probe=None, probe_field=None, samples=None, seq_len=None, mc=_fingerprint(f["mc"]))
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -61,22 +63,26 @@ def _cache_file() -> Path:
     return cache_root() / "baselines.json"
 
 
-def cached_baseline(spec: dict[str, Any], compute: Callable[[dict[str, Any]], float]) -> tuple[float, bool]:
-    """``(probe_loss, was_cached)``; ``compute(spec)`` runs only on a cache miss."""
+def cached_baseline(
+    spec: dict[str, Any], compute: Callable[[dict[str, Any]], float], kind: str = "probe"
+) -> tuple[float, bool]:
+    """``(value, was_cached)`` for the base model's probe loss (``kind="probe"``) or multiple-choice accuracy
+    (``kind="mc"``); ``compute(spec)`` runs only on a cache miss."""
     from filelock import FileLock
 
-    key = baseline_key(spec)
+    key = baseline_key(spec, kind)
     path = _cache_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         table = json.loads(path.read_text()) if path.is_file() else {}
         if key in table:
-            return float(table[key]["probe_loss"]), True
+            return float(table[key]["value"]), True
     value = float(compute(spec))  # outside the lock: may take minutes on a real model
     with FileLock(str(path) + ".lock"):
         table = json.loads(path.read_text()) if path.is_file() else {}
         table[key] = {
-            "probe_loss": value,
+            "kind": kind,
+            "value": value,
             "model": spec["model"]["name"],
             "probe": spec["forgetting"]["probe"],
             "seq_len": spec["forgetting"]["seq_len"],
@@ -102,3 +108,17 @@ def compute_baseline(spec: dict[str, Any]) -> float:
     f = spec["forgetting"]
     blocks = probe_blocks(tok, load_probe_texts(f["probe"], f["probe_field"]), f["seq_len"], f["samples"])
     return probe_loss(model, blocks)
+
+
+def compute_mc_baseline(spec: dict[str, Any]) -> float:
+    """The base model's multiple-choice accuracy on ``forgetting.mc`` (runs where the trials run)."""
+    import torch
+
+    from evaluators.mc import mc_accuracy
+    from trainables.data import load_mc_items
+    from trainables.model import load_base, pick_device, quiet_hf
+
+    quiet_hf()
+    torch.set_num_threads(max(1, int(spec["resources"]["cpu"])))
+    model, tok = load_base(spec["model"], pick_device(spec["resources"]["gpu"]))
+    return mc_accuracy(model, tok, load_mc_items(spec["forgetting"]["mc"]))

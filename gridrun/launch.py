@@ -58,7 +58,7 @@ def preflight(spec: ExperimentSpec) -> None:
     """Checks that start nothing: names, evaluators, data files, probe, tracking store, cluster address, GPUs."""
     from evaluators import EVALUATORS, check_evaluator_names
 
-    check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval)
+    check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval, spec.forgetting.mc)
     check_evaluator_names(spec.evaluate.evaluators)
     unknown_opts = set(spec.evaluate.options) - set(spec.evaluate.evaluators)
     if unknown_opts:
@@ -69,8 +69,10 @@ def preflight(spec: ExperimentSpec) -> None:
     reported = {f"task/{m}" for n in spec.evaluate.evaluators for m in EVALUATORS[n].metrics}
     for key in spec.objective.weights:
         if key not in reported:
-            raise GridrunError(f"objective.weights: {key} is not reported by evaluators "
-                               f"{', '.join(spec.evaluate.evaluators)}; they report: {', '.join(sorted(reported))}")
+            raise GridrunError(
+                f"objective.weights: {key} is not reported by evaluators "
+                f"{', '.join(spec.evaluate.evaluators)}; they report: {', '.join(sorted(reported))}"
+            )
     if spec.objective.weights:
         reported.add("task/weighted")
     if spec.objective.metric not in reported:
@@ -82,13 +84,14 @@ def preflight(spec: ExperimentSpec) -> None:
         ("data.task", spec.data.task),
         ("data.eval", spec.data.eval),
         ("forgetting.probe", spec.forgetting.probe),
+        ("forgetting.mc", spec.forgetting.mc),
     ):
         if source and builtin_name(source) is None:
             p = Path(source).expanduser()
             looks_local = p.suffix in (".jsonl", ".json", ".parquet", ".txt") or source.startswith((".", "/", "~"))
             if looks_local and not p.is_file():
                 raise GridrunError(f"{field}: data file not found: {p}")
-            if p.is_file() and field != "forgetting.probe":
+            if p.is_file() and field in ("data.task", "data.eval"):
                 from trainables.data import load_task_data
 
                 load_task_data(spec.data.model_dump(), spec.train.seed)  # fields, emptiness, JSON syntax
@@ -157,17 +160,23 @@ def _concurrency(spec: ExperimentSpec, total: dict[str, float]) -> int:
     return max(1, min(slots, spec.search.num_trials))
 
 
-def _baseline(spec: ExperimentSpec, trial_spec: dict[str, Any]) -> tuple[float, bool]:
-    """Cached base probe loss; on a miss it is computed once, as a Ray task with one trial's resources."""
+def _baseline(spec: ExperimentSpec, trial_spec: dict[str, Any]) -> tuple[dict[str, float], bool]:
+    """Cached base-model probe loss (and multiple-choice accuracy); a miss is computed once, as a Ray task with
+    one trial's resources."""
     import ray
 
-    from gridrun.baseline import cached_baseline, compute_baseline
+    from gridrun.baseline import cached_baseline, compute_baseline, compute_mc_baseline
 
-    def compute(s: dict[str, Any]) -> float:
-        task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)(compute_baseline)
-        return float(ray.get(task.remote(s)))
+    def remote(fn: Any) -> Any:
+        task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)(fn)
+        return lambda s: float(ray.get(task.remote(s)))
 
-    return cached_baseline(trial_spec, compute)
+    probe, cached = cached_baseline(trial_spec, remote(compute_baseline))
+    out = {"probe_loss": probe}
+    if spec.forgetting.mc:
+        out["mc_accuracy"], mc_cached = cached_baseline(trial_spec, remote(compute_mc_baseline), kind="mc")
+        cached = cached and mc_cached
+    return out, cached
 
 
 def _searcher(spec: ExperimentSpec, searched: dict[str, Any]) -> Any:
@@ -220,8 +229,13 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     try:
         if builtin_name(spec.model.name):
             resolve_model(spec.model.name)  # build once here, before trials race to do it
-        base_loss, cached = _baseline(spec, trial_spec)
-        log.warning("base probe loss %.4f (%s)", base_loss, "cached" if cached else "computed once, now cached")
+        baseline, cached = _baseline(spec, trial_spec)
+        base_loss = baseline["probe_loss"]
+        log.warning(
+            "base model: %s (%s)",
+            ", ".join(f"{k} {v:.4f}" for k, v in baseline.items()),
+            "cached" if cached else "computed once, now cached",
+        )
 
         exp_id, parent = start_parent_run(
             spec.tracking.uri,
@@ -238,6 +252,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             "spec": spec.model_dump(mode="json"),
             "trial_spec": trial_spec,
             "base_probe_loss": base_loss,
+            "baseline": baseline,
             "searched": sorted(searched),
             "experiment": exp_name,
             "mlflow": {"uri": spec.tracking.uri, "experiment_id": exp_id, "parent_run_id": parent},
@@ -269,7 +284,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         )
         callbacks: list[Any] = [tracker, ProgressPrinter(spec.objective.metric, reasons, quiet=quiet)]
         tuner = tune.Tuner(
-            _trainable(spec, trial_spec, base_loss),
+            _trainable(spec, trial_spec, baseline),
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(spec, searched),
                 scheduler=scheduler,
@@ -333,7 +348,7 @@ def resume(
         mark_interrupted(ml["uri"], ml["parent_run_id"])
         tuner = tune.Tuner.restore(
             str(exp_dir),
-            trainable=_trainable(spec, meta["trial_spec"], meta["base_probe_loss"]),
+            trainable=_trainable(spec, meta["trial_spec"], meta.get("baseline") or meta["base_probe_loss"]),
             resume_unfinished=True,
             resume_errored=resume_errored,
             restart_errored=restart_errored,
@@ -351,7 +366,7 @@ def resume(
         ray.shutdown()
 
 
-def _trainable(spec: ExperimentSpec, trial_spec: dict[str, Any], base_loss: float) -> Any:
+def _trainable(spec: ExperimentSpec, trial_spec: dict[str, Any], base_loss: float | dict[str, float]) -> Any:
     from ray import tune
 
     from trainables.qlora_sft import qlora_sft

@@ -91,6 +91,11 @@ class DataSpec(_Section):
     eval_split: str = Field("test", description="hub dataset split used for evaluation")
     prompt_field: str = Field("prompt", description="record field holding the prompt")
     answer_field: str = Field("answer", description="record field holding the target answer")
+    messages_field: str | None = Field(
+        None,
+        description="record field holding a chat (list of {role, content}); the last assistant turn is the answer, "
+        "the turns before it the prompt (needs template: chat). Replaces prompt_field/answer_field.",
+    )
     template: str = Field(
         "chat",
         description="'chat' renders the prompt with the tokenizer's chat template; any other string is a "
@@ -147,6 +152,11 @@ class ForgettingSpec(_Section):
 
     probe: str = Field("builtin:general-probe", description="builtin:<name> or a JSON/JSONL/text file of general text")
     probe_field: str = Field("text", description="record field holding the text (JSON/JSONL probes)")
+    mc: str | None = Field(
+        None,
+        description="multiple-choice general benchmark (builtin:general-mc or a JSONL of question/choices/answer): "
+        "length-normalized log-likelihood accuracy, reported as forget/mc_accuracy and forget/mc_delta",
+    )
     samples: int = Field(48, gt=0, description="probe sequences scored per eval round")
     seq_len: int = Field(128, gt=8, description="tokens per probe sequence")
     budget: float | None = Field(

@@ -17,7 +17,7 @@ STUDIES = {
     "json_format.yaml": ["task/format_success", "task/duplicate_json_rate", "task/schema_match"],
     "gsm8k.yaml": ["task/accuracy", "task/extracted", "task/weighted"],
     "code.yaml": ["task/pass_rate", "task/partial_credit", "task/pass_rate_fizzbuzz", "task/pass_rate_rpn"],
-    "forgetting.yaml": ["task/format_success", "forget/mc_accuracy", "forget/mc_delta"],
+    "forgetting.yaml": ["task/answer_loss", "task/answer_ppl", "forget/mc_accuracy", "forget/mc_delta"],
 }
 TIMES: dict[str, float] = {}
 

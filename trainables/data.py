@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from gridrun.builtin import builtin_name, probe_source, task_generator
+from gridrun.builtin import builtin_name, mc_source, probe_source, task_generator
 from gridrun.errors import GridrunError
 
 __all__ = [
@@ -118,6 +118,7 @@ def load_task_data(data: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]
     evaluation set, never trained on.
     """
     pf, af = data["prompt_field"], data["answer_field"]
+    mf = data.get("messages_field")
     opts = data.get("options") or {}
     train = load_records(
         data["task"],
@@ -127,7 +128,10 @@ def load_task_data(data: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]
         seed=seed,
         options=opts,
     )
-    _check_fields(train, (pf, af), data["task"], "data.task")
+    if mf:
+        train = _from_messages(train, mf, data["task"], "data.task")
+    else:
+        _check_fields(train, (pf, af), data["task"], "data.task")
     if data.get("eval"):
         ev = load_records(
             data["eval"],
@@ -137,11 +141,16 @@ def load_task_data(data: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]
             seed=seed,
             options=opts,
         )
-        _check_fields(ev, (pf, af), data["eval"], "data.eval")
+        if mf:
+            ev = _from_messages(ev, mf, data["eval"], "data.eval")
+        else:
+            _check_fields(ev, (pf, af), data["eval"], "data.eval")
     elif builtin_name(data["task"]):
         ev = load_records(
             data["task"], field="data.task", split="eval", size=data["eval_size"], seed=seed, options=opts
         )
+        if mf:
+            ev = _from_messages(ev, mf, data["task"], "data.task")
     else:
         if len(train) < 2:
             raise GridrunError(
@@ -150,12 +159,39 @@ def load_task_data(data: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]
             )
         k = min(data["eval_size"], len(train) // 5 or 1)
         train, ev = train[:-k], train[-k:]
+    if mf:
+        return train, ev[: data["eval_size"]]
     rename = lambda r: {**r, "prompt": r[pf], "answer": r[af]}  # noqa: E731
     return [rename(r) for r in train], [rename(r) for r in ev[: data["eval_size"]]]
 
 
-def render_prompt(tokenizer: Any, prompt: str, template: str) -> str:
-    """The text the model sees before its answer; the only place a prompt is formatted."""
+def _from_messages(rows: list[dict[str, Any]], field: str, source: str, where: str) -> list[dict[str, Any]]:
+    """Chat records → prompt (the turns before the last assistant turn) and answer (that turn's content)."""
+    if not rows:
+        raise GridrunError(f"{where}: {source} holds no records")
+    out = []
+    for i, row in enumerate(rows):
+        msgs = row.get(field) if isinstance(row, dict) else None
+        if not isinstance(msgs, list) or not msgs:
+            raise GridrunError(f"{where}: record {i} of {source} has no '{field}' list of messages")
+        for m in msgs:
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise GridrunError(f"{where}: record {i} of {source}: every message needs role and content text")
+        if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
+            raise GridrunError(f"{where}: record {i} of {source} must end with an assistant message after a prompt")
+        out.append({**row, "prompt": msgs[:-1], "answer": msgs[-1]["content"]})
+    return out
+
+
+def render_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], template: str) -> str:
+    """The text the model sees before its answer; the only place a prompt is formatted.
+
+    ``prompt`` is a string, or (chat records) the list of messages before the answer.
+    """
+    if isinstance(prompt, list):
+        if template != "chat":
+            raise GridrunError("data.template: chat records (data.messages_field) need template: chat")
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise GridrunError(
@@ -243,3 +279,30 @@ def probe_blocks(tokenizer: Any, texts: list[str], seq_len: int, samples: int) -
     if not blocks:
         raise GridrunError(f"forgetting.probe: text too short for one block of {seq_len} tokens")
     return blocks
+
+
+def load_mc_items(source: str) -> list[dict[str, Any]]:
+    """Multiple-choice items: a builtin set, or a JSON/JSONL/Parquet file of ``question``, ``choices``, ``answer``."""
+    short = builtin_name(source)
+    if short is not None:
+        return mc_source(short)()
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise GridrunError(f"forgetting.mc: file not found: {path}")
+    rows = _read_file(path, "forgetting.mc")
+    if not rows:
+        raise GridrunError(f"forgetting.mc: {path} holds no items")
+    for i, r in enumerate(rows):
+        ok = (
+            isinstance(r, dict)
+            and isinstance(r.get("question"), str)
+            and isinstance(r.get("choices"), list)
+            and len(r["choices"]) >= 2
+            and isinstance(r.get("answer"), int)
+            and 0 <= r["answer"] < len(r["choices"])
+        )
+        if not ok:
+            raise GridrunError(
+                f"forgetting.mc: item {i} of {path} needs question (text), choices (2+), answer (index into choices)"
+            )
+    return rows

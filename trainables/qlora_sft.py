@@ -26,6 +26,7 @@ from trainables import state
 from trainables.data import (
     collate,
     encode_example,
+    load_mc_items,
     load_probe_texts,
     load_task_data,
     probe_blocks,
@@ -74,7 +75,7 @@ def _peak_mem_mb(device: str) -> float:
 
 def run(
     spec: dict[str, Any],
-    baseline: float,
+    baseline: float | dict[str, float],
     report: Reporter,
     restore: Path | None = None,
     max_steps: int | None = None,
@@ -83,7 +84,8 @@ def run(
 
     Args:
         spec: the trial's spec (``ExperimentSpec.trial_dict`` with sampled values merged).
-        baseline: the base model's cached probe loss for this (model, probe, seq_len).
+        baseline: the base model's cached probe loss for this (model, probe, seq_len), or a dict with
+            ``probe_loss`` and, when ``forgetting.mc`` is set, ``mc_accuracy``.
         report: receives the metrics and a checkpoint folder (valid only during the call).
         restore: a checkpoint folder written by an earlier report, to continue from.
         max_steps: stop after this many optimizer steps (tests use it to simulate an interruption).
@@ -91,6 +93,7 @@ def run(
     import torch
 
     from evaluators import GenerationSettings, build_evaluator, probe_loss
+    from evaluators.mc import mc_accuracy
 
     quiet_hf()
     data, train_cfg, ev_cfg, fg = spec["data"], spec["train"], spec["evaluate"], spec["forgetting"]
@@ -117,6 +120,10 @@ def run(
     ]
     eval_examples = [{**r, "prompt": render_prompt(tok, r["prompt"], data["template"])} for r in eval_rows]
     blocks = probe_blocks(tok, load_probe_texts(fg["probe"], fg["probe_field"]), fg["seq_len"], fg["samples"])
+    base = baseline if isinstance(baseline, dict) else {"probe_loss": baseline}
+    mc_items = load_mc_items(fg["mc"]) if fg.get("mc") else None
+    if mc_items is not None and "mc_accuracy" not in base:
+        raise GridrunError("forgetting.mc: no cached base-model accuracy was passed to the trial")
     gen = GenerationSettings(max_new_tokens=ev_cfg["max_new_tokens"], batch_size=ev_cfg["batch_size"])
     evaluators = [build_evaluator(n, gen, ev_cfg["options"].get(n)) for n in ev_cfg["evaluators"]]
 
@@ -174,7 +181,17 @@ def run(
             if weights:
                 task["task/weighted"] = sum(w * task.get(k, 0.0) for k, w in weights.items())
             probe = probe_loss(model, blocks)
-            delta = forget_delta(probe, baseline)
+            delta = forget_delta(probe, base["probe_loss"])
+            forget = {"forget/probe_loss": probe, "forget/probe_loss_base": base["probe_loss"], "forget/delta": delta}
+            if mc_items is not None:
+                acc, acc0 = mc_accuracy(model, tok, mc_items), base["mc_accuracy"]
+                forget.update(
+                    {
+                        "forget/mc_accuracy": acc,
+                        "forget/mc_accuracy_base": acc0,
+                        "forget/mc_delta": (acc0 - acc) / acc0 if acc0 > 0 else 0.0,
+                    }
+                )
             metric = task.get(spec["objective"]["metric"])
             if metric is None:
                 raise GridrunError(
@@ -185,9 +202,7 @@ def run(
                 "train/loss": sum(losses) / len(losses),
                 "train/lr": sched.get_last_lr()[0],
                 **task,
-                "forget/probe_loss": probe,
-                "forget/probe_loss_base": baseline,
-                "forget/delta": delta,
+                **forget,
                 "objective": penalized(metric, delta, spec["objective"]["penalty"], spec["objective"]["direction"]),
                 "samples_seen": pos.samples_seen,
                 "step": pos.step,
@@ -209,7 +224,7 @@ def run(
     return last
 
 
-def qlora_sft(config: dict[str, Any], spec: dict[str, Any], baseline: float) -> None:
+def qlora_sft(config: dict[str, Any], spec: dict[str, Any], baseline: float | dict[str, float]) -> None:
     """Ray Tune function trainable: ``config`` holds this trial's sampled dotted-path params."""
     import logging
     import warnings

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gridrun.builtin import algo, corpus, json_format, qa, tiny_model
+from gridrun.builtin import algo, chat, corpus, json_format, qa, tiny_model
 from gridrun.builtin import math as math_tasks
 from gridrun.errors import GridrunError
 
@@ -26,9 +26,12 @@ TASKS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "squad": qa.generate,
     "gsm8k": math_tasks.generate,
     "algo": algo.generate,
+    "chat-style": chat.generate,
 }
 #: name → function returning a list of general-text documents.
 PROBES: dict[str, Callable[[], list[str]]] = {"general-probe": corpus.probe_texts}
+#: name → function returning multiple-choice items (question, choices, answer index).
+MC_SETS: dict[str, Callable[[], list[dict[str, Any]]]] = {"general-mc": corpus.mc_items}
 
 
 def builtin_name(source: str) -> str | None:
@@ -59,13 +62,18 @@ def probe_source(name: str) -> Callable[[], list[str]]:
     return _lookup(PROBES, name, "builtin probe", "forgetting.probe")
 
 
-def check_names(model: str, task: str, probe: str, eval_source: str | None = None) -> None:
+def mc_source(name: str) -> Callable[[], list[dict[str, Any]]]:
+    return _lookup(MC_SETS, name, "builtin multiple-choice set", "forgetting.mc")
+
+
+def check_names(model: str, task: str, probe: str, eval_source: str | None = None, mc: str | None = None) -> None:
     """Fail fast on unknown builtin names (nothing is built or generated)."""
     for value, table, what, field in (
         (model, MODELS, "builtin model", "model.name"),
         (task, TASKS, "builtin task", "data.task"),
         (eval_source or "", TASKS, "builtin task", "data.eval"),
         (probe, PROBES, "builtin probe", "forgetting.probe"),
+        (mc or "", MC_SETS, "builtin multiple-choice set", "forgetting.mc"),
     ):
         short = builtin_name(value)
         if short is not None:

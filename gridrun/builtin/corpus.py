@@ -12,7 +12,7 @@ import json
 import random
 from collections.abc import Iterator
 
-__all__ = ["CAPITALS", "general_documents", "probe_texts"]
+__all__ = ["CAPITALS", "general_documents", "mc_items", "probe_texts"]
 
 CAPITALS = {
     "France": "Paris",
@@ -273,3 +273,24 @@ def general_documents(n: int, seed: int) -> Iterator[str]:
 def probe_texts(n: int = 400, seed: int = 10_007) -> list[str]:
     """Held-out general text for the forgetting probe (a seed the pretraining never uses)."""
     return list(general_documents(n, seed))
+
+
+def mc_items(n: int = 48, seed: int = 20_011) -> list[dict[str, object]]:
+    """General-knowledge multiple-choice items from the corpus's facts (question, choices, answer index)."""
+    rng = random.Random(seed)
+    out: list[dict[str, object]] = []
+    makers = [
+        (lambda k: f"The capital of {k} is", CAPITALS),
+        (lambda k: f"The {k} is", COLORS),
+        (lambda k: f"The opposite of {k} is", OPPOSITES),
+        (lambda k: f"A {k}", ANIMALS),
+    ]
+    for i in range(n):
+        ask, table = makers[i % len(makers)]
+        key = rng.choice(sorted(table))
+        gold = table[key]
+        wrong = rng.sample(sorted({v for v in table.values() if v != gold}), 3)
+        choices = [gold, *wrong]
+        rng.shuffle(choices)
+        out.append({"question": ask(key), "choices": choices, "answer": choices.index(gold)})
+    return out
