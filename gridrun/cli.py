@@ -36,10 +36,12 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
-    if args.deep:
-        from gridrun.launch import preflight
+    from gridrun.launch import check_answer_formats, preflight
 
+    if args.deep:
         preflight(spec)
+    else:
+        check_answer_formats(spec)  # cheap for builtin and local data; the format mismatch costs days otherwise
     n = len(spec.search.space)
     print(
         f"ok: {spec.name} — {n} searched value{'s' * (n != 1)}, {spec.search.num_trials} trials, "

@@ -11,39 +11,24 @@ import json
 import logging
 import math
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
 from gridrun.builtin import builtin_name, check_names
+from gridrun.checks import check_address as _check_address
+from gridrun.checks import check_tracking_uri
 from gridrun.errors import GridrunError
 from gridrun.spec import ExperimentSpec
-from gridrun.tracking import check_tracking_uri
 
-__all__ = ["META_FILE", "launch", "preflight", "resume"]
+__all__ = ["META_FILE", "check_answer_formats", "launch", "preflight", "resume"]
 
 #: What `gridrun resume` needs besides Tune's own state: the spec, the cached baseline, the MLflow ids.
 META_FILE = "gridrun_experiment.json"
 
 log = logging.getLogger("gridrun")
-
-
-def _check_address(address: str) -> None:
-    if address == "auto":
-        return
-    parsed = urlparse(address if "://" in address else f"tcp://{address}")
-    host, port = parsed.hostname, parsed.port
-    if not host or not port:
-        raise GridrunError(f"resources.address: expected host:port or ray://host:port, got {address!r}")
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            pass
-    except OSError as e:
-        raise GridrunError(f"resources.address: Ray cluster at {address} is unreachable ({e.strerror or e})") from None
 
 
 def _local_gpus() -> int:
@@ -52,6 +37,36 @@ def _local_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_answer_formats(spec: ExperimentSpec, load_hub: bool = False) -> None:
+    """Refuse a spec whose evaluator reads an answer format that none of the training targets show.
+
+    The GSM8K study lost 40% -> 5% accuracy this way: trained on ``#### n`` targets, tested with a prompt asking
+    for ``\\boxed{n}``. Builtin and local data are checked always; hub datasets only when ``load_hub``.
+    """
+    import re
+
+    from evaluators import EVALUATORS
+
+    wanted = {n: EVALUATORS[n].answer_formats for n in spec.evaluate.evaluators if EVALUATORS[n].answer_formats}
+    if not wanted:
+        return
+    src = spec.data.task
+    local = builtin_name(src) is not None or Path(src).expanduser().is_file()
+    if not (local or load_hub):
+        return
+    from trainables.data import load_task_data
+
+    train, _ = load_task_data({**spec.data.model_dump(), "train_size": min(spec.data.train_size, 256)}, spec.train.seed)
+    targets = [str(r["answer"]) for r in train[:256]]
+    for name, formats in wanted.items():
+        if not any(re.search(f, t) for f in formats for t in targets):
+            raise GridrunError(
+                f"evaluate.evaluators: {name} reads answers written as {' or '.join(repr(f) for f in formats)}, but "
+                f"none of the {len(targets)} training targets of {src} contains one: the model would learn an answer "
+                "format the evaluator cannot read (train/test format mismatch); fix the targets or the evaluator"
+            )
 
 
 def preflight(spec: ExperimentSpec) -> None:
@@ -101,6 +116,7 @@ def preflight(spec: ExperimentSpec) -> None:
             raise GridrunError(f"model.name: model folder not found: {p}")
     if spec.model.quantization != "none" and spec.resources.gpu == 0 and spec.model.compute_dtype == "float16":
         raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU; use float32 on CPU")
+    check_answer_formats(spec)
     check_tracking_uri(spec.tracking.uri)
     if spec.resources.address:
         _check_address(spec.resources.address)

@@ -12,16 +12,13 @@ import functools
 import logging
 import math
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from ray.tune import Callback
 
-from gridrun.errors import GridrunError
+from gridrun.checks import check_tracking_uri
 
 __all__ = [
     "MLflowTracker",
@@ -39,34 +36,6 @@ log = logging.getLogger("gridrun")
 #: Result keys logged as metrics (numeric values under these prefixes, plus the bare names).
 METRIC_PREFIXES = ("train/", "task/", "forget/", "perf/", "data/")
 METRIC_NAMES = ("objective", "samples_seen", "step", "epoch", "progress")
-
-
-def check_tracking_uri(uri: str) -> None:
-    """Fail fast (one line) when the tracking store cannot be reached or created."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
-                if r.status != 200:
-                    raise GridrunError(f"tracking.uri: MLflow server at {uri} answered HTTP {r.status}")
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise GridrunError(f"tracking.uri: MLflow server at {uri} is unreachable ({reason})") from None
-        return
-    if parsed.scheme == "sqlite":
-        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
-        if not path:
-            raise GridrunError(f"tracking.uri: expected sqlite:///path/to/file.db, got {uri!r}")
-        parent = Path(path).expanduser().resolve().parent
-    elif parsed.scheme in ("", "file"):
-        parent = Path(parsed.path if parsed.scheme else uri).expanduser().resolve()
-        parent = parent if parent.exists() else parent.parent
-    else:
-        return  # databricks, etc.: left to MLflow
-    if not parent.is_dir():
-        raise GridrunError(f"tracking.uri: folder {parent} does not exist (from {uri})")
-    if not (parent.stat().st_mode & 0o222):
-        raise GridrunError(f"tracking.uri: folder {parent} is not writable (from {uri})")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

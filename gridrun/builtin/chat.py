@@ -27,7 +27,9 @@ def generate(n: int, seed: int, split: str = "train", turns: int = 1) -> list[di
         msgs = [{"role": "system", "content": SYSTEM}]
         for _ in range(turns):
             q, a = _qa_pair(rng)
-            msgs += [{"role": "user", "content": q},
-                     {"role": "assistant", "content": f"T-{rng.randint(100, 999)}: {a.upper()}"}]
+            msgs += [
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": f"T-{rng.randint(100, 999)}: {a.upper()}"},
+            ]
         out.append({"messages": msgs})
     return out

@@ -1,0 +1,129 @@
+"""Study inputs: answer-format consistency, chat `messages` records, multiple-choice files, option search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gridrun.errors import GridrunError
+from tests.conftest import ROOT, run_cli
+from trainables.data import load_mc_items, load_task_data
+
+GSM8K = ROOT / "search_spaces" / "tiny" / "gsm8k.yaml"
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_validate_refuses_a_train_test_answer_format_mismatch(tmp_path: Path) -> None:
+    plain = _jsonl(
+        tmp_path / "math.jsonl", [{"question": f"What is {i}+1?", "answer": f"It is {i + 1}."} for i in range(20)]
+    )
+    r = run_cli("validate", str(GSM8K), "--set", f"data.task={plain}", "--set", "data.prompt_field=question")
+    assert r.returncode == 2
+    assert "gsm8k reads answers written as" in r.stderr and "train/test format mismatch" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    hashed = _jsonl(
+        tmp_path / "ok.jsonl",
+        [{"question": f"What is {i}+1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"} for i in range(20)],
+    )
+    r = run_cli("validate", str(GSM8K), "--set", f"data.task={hashed}", "--set", "data.prompt_field=question")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("validate", str(GSM8K), "--set", "data.options.answer_format=boxed")
+    assert r.returncode == 0, r.stderr  # \\boxed{n} targets are readable by the gsm8k evaluator too
+
+
+def _data(task: str, **kw) -> dict:
+    d = {
+        "task": task,
+        "eval": None,
+        "split": "train",
+        "eval_split": "test",
+        "prompt_field": "prompt",
+        "answer_field": "answer",
+        "messages_field": None,
+        "train_size": 16,
+        "eval_size": 4,
+        "options": {},
+    }
+    d.update(kw)
+    return d
+
+
+def test_messages_records_become_prompt_turns_and_answer(tmp_path: Path) -> None:
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Q{i}"},
+                {"role": "assistant", "content": f"A{i}"},
+            ]
+        }
+        for i in range(10)
+    ]
+    train, ev = load_task_data(_data(str(_jsonl(tmp_path / "chat.jsonl", rows)), messages_field="messages"), 0)
+    assert len(train) == 8 and len(ev) == 2
+    assert train[0]["answer"] == "A0" and [m["role"] for m in train[0]["prompt"]] == ["system", "user"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([{"messages": [{"role": "user", "content": "hi"}]}], "must end with an assistant message"),
+        ([{"msgs": []}], "has no 'messages' list"),
+        ([{"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}], "needs role and content"),
+    ],
+)
+def test_bad_messages_records(tmp_path: Path, rows: list[dict], expected: str) -> None:
+    with pytest.raises(GridrunError, match=expected):
+        load_task_data(_data(str(_jsonl(tmp_path / "c.jsonl", rows * 3)), messages_field="messages"), 0)
+
+
+def test_chat_template_renders_messages(tiny_model_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from trainables.data import render_prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    text = render_prompt(tok, [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}], "chat")
+    assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(GridrunError, match="need template: chat"):
+        render_prompt(tok, [{"role": "user", "content": "U"}], "Q: {prompt}")
+
+
+def test_multiple_choice_items(tmp_path: Path) -> None:
+    items = load_mc_items("builtin:general-mc")
+    assert len(items) >= 40 and all(0 <= i["answer"] < len(i["choices"]) for i in items)
+    good = _jsonl(tmp_path / "mc.jsonl", [{"question": "2+2 is", "choices": ["4", "5"], "answer": 0}])
+    assert load_mc_items(str(good))[0]["choices"] == ["4", "5"]
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"question": "x", "choices": ["a"], "answer": 3}])
+    with pytest.raises(GridrunError, match="needs question"):
+        load_mc_items(str(bad))
+    with pytest.raises(GridrunError, match="unknown builtin multiple-choice set"):
+        load_mc_items("builtin:nope")
+
+
+def test_base_model_knows_the_multiple_choice_facts(tiny_model_path: Path) -> None:
+    """The general benchmark measures real ability: the base model is far above chance (25%)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evaluators.mc import mc_accuracy
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    assert mc_accuracy(model, tok, load_mc_items("builtin:general-mc")) > 0.5
+
+
+def test_option_values_can_be_searched() -> None:
+    from gridrun.spec import load_spec
+
+    spec = load_spec(ROOT / "search_spaces" / "tiny" / "squad.yaml")
+    assert "data.options.prompt_format" in spec.search.space
+    trial = spec.with_params({"data.options.prompt_format": "sequential"})
+    assert trial.data.options["prompt_format"] == "sequential"
+    with pytest.raises(GridrunError, match="is not a spec field"):
+        load_spec(ROOT / "search_spaces" / "tiny" / "squad.yaml", ["search.space.data.optionz.x=1"])
