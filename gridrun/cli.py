@@ -82,6 +82,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from gridrun.compare import compare, format_comparison
+
+    print(format_comparison(compare(args.experiment, trial=args.trial, n=args.n)))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from gridrun.report import format_summary, load_summary, summary_from_mlflow
 
@@ -147,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="destination folder (must be empty or absent)")
     p.add_argument("--merge", action="store_true", help="merge the adapter into the base model's weights")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compare", help="base model vs a trial's adapter, completions side by side")
+    p.add_argument("experiment", help="experiment folder")
+    p.add_argument("--trial", help="trial id (default: the best trial)")
+    p.add_argument("-n", type=int, default=8, help="number of evaluation prompts (default 8)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="print the summary of a finished experiment folder")
     p.add_argument("experiment", nargs="?", help="experiment folder (printed at the end of launch)")

@@ -10,10 +10,11 @@ from typing import Any
 from gridrun.errors import GridrunError
 from gridrun.report import load_summary
 
-__all__ = ["export"]
+__all__ = ["adapter_dir", "export", "pick_trial"]
 
 
-def _pick(summary: dict[str, Any], trial: str | None) -> dict[str, Any]:
+def pick_trial(summary: dict[str, Any], trial: str | None) -> dict[str, Any]:
+    """The summary row of ``trial`` (an id or its suffix), or of the best trial."""
     if trial is None:
         if not summary.get("best"):
             raise GridrunError("no trial finished with a finite objective; pass --trial to export one anyway")
@@ -25,14 +26,21 @@ def _pick(summary: dict[str, Any], trial: str | None) -> dict[str, Any]:
     raise GridrunError(f"--trial {trial}: no such trial in this experiment; known: {known}")
 
 
-def export(experiment_dir: str | Path, out: str | Path, trial: str | None = None, merge: bool = False) -> Path:
-    """Write the chosen trial's best adapter to ``out`` (with ``merge``: a full model with the adapter merged)."""
-    summary = load_summary(experiment_dir)
-    row = _pick(summary, trial)
+def adapter_dir(row: dict[str, Any]) -> Path:
+    """The adapter folder of a summary row: its best checkpoint's (what MLflow holds), else its last."""
     ckpt = Path((row.get("best_checkpoint") or {}).get("path") or Path(row["adapter"] or "").parent)
     adapter = ckpt / "adapter"
     if not adapter.is_dir():
         raise GridrunError(f"adapter of trial {row['trial_id']} not found at {adapter} (checkpoint deleted?)")
+    return adapter
+
+
+def export(experiment_dir: str | Path, out: str | Path, trial: str | None = None, merge: bool = False) -> Path:
+    """Write the chosen trial's best adapter to ``out`` (with ``merge``: a full model with the adapter merged)."""
+    summary = load_summary(experiment_dir)
+    row = pick_trial(summary, trial)
+    adapter = adapter_dir(row)
+    ckpt = adapter.parent
     dest = Path(out).expanduser()
     if dest.exists() and any(dest.iterdir()):
         raise GridrunError(f"--out {dest}: folder exists and is not empty")

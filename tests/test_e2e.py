@@ -186,3 +186,14 @@ def test_export_adapter_and_merged_model(experiment, tmp_path: Path) -> None:
     assert r.returncode == 2 and "not empty" in r.stderr
     r = run_cli("export", exp_dir, "--trial", "nope", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "no such trial" in r.stderr
+
+
+def test_compare_prints_base_and_adapter_side_by_side(experiment) -> None:
+    s = experiment["summary"]
+    worst = max(s["trials"], key=lambda t: t["forget_delta"])  # far from the base: its outputs change
+    r = run_cli("compare", s["experiment_dir"], "--trial", worst["trial_id"], "-n", "3", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("--- base model") == 3 and r.stdout.count(f"--- adapter (trial {worst['trial_id']})") == 3
+    assert "changed" in r.stdout
+    bad = run_cli("compare", s["experiment_dir"], "-n", "0")
+    assert bad.returncode == 2 and "-n: must be at least 1" in bad.stderr

@@ -1,0 +1,59 @@
+"""``gridrun compare``: base model vs a trial's adapter, completions side by side on the evaluation prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gridrun.errors import GridrunError
+from gridrun.export import adapter_dir, pick_trial
+from gridrun.report import load_summary
+
+__all__ = ["compare"]
+
+
+def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) -> list[dict[str, Any]]:
+    """``[{prompt, reference, base, adapter}]`` for the first ``n`` evaluation prompts of the experiment."""
+    from peft import PeftModel
+
+    from evaluators import GenerationSettings, generate
+    from gridrun.launch import META_FILE
+    from trainables.data import load_task_data, render_prompt
+    from trainables.model import load_base, pick_device, quiet_hf
+    from trainables.qlora_sft import merge_params
+
+    if n < 1:
+        raise GridrunError(f"-n: must be at least 1, got {n}")
+    exp = Path(experiment_dir).expanduser()
+    meta_file = exp / META_FILE
+    if not meta_file.is_file():
+        raise GridrunError(f"{exp} is not a gridrun experiment folder (no {META_FILE})")
+    row = pick_trial(load_summary(exp), trial)
+    spec = merge_params(json.loads(meta_file.read_text())["trial_spec"], row["params"])
+    quiet_hf()
+    base, tok = load_base(spec["model"], pick_device(spec["resources"]["gpu"]))
+    _, rows = load_task_data(spec["data"], int(spec["train"]["seed"]))
+    rows = rows[:n]
+    prompts = [render_prompt(tok, r["prompt"], spec["data"]["template"]) for r in rows]
+    ev = spec["evaluate"]
+    settings = GenerationSettings(max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"])
+    before = generate(base, tok, prompts, settings)
+    model = PeftModel.from_pretrained(base, str(adapter_dir(row)))
+    after = generate(model, tok, prompts, settings)
+    return [
+        {"prompt": p, "reference": str(r["answer"]), "base": b, "adapter": a, "trial": row["trial_id"]}
+        for p, r, b, a in zip(prompts, rows, before, after, strict=True)
+    ]
+
+
+def format_comparison(pairs: list[dict[str, Any]], width: int = 60) -> str:
+    out = []
+    for i, p in enumerate(pairs, 1):
+        out.append(f"=== {i}/{len(pairs)} " + "=" * 40)
+        out.append(p["prompt"].rstrip()[-400:])
+        out.append(f"--- reference\n{p['reference']}")
+        out.append(f"--- base model\n{p['base']}")
+        out.append(f"--- adapter (trial {p['trial']})\n{p['adapter']}")
+        out.append("same" if p["base"] == p["adapter"] else "changed")
+    return "\n".join(out)
