@@ -87,6 +87,12 @@ class DataSpec(_Section):
     eval: str | None = Field(
         None, description="separate evaluation source (same forms as task); builtin tasks generate their own"
     )
+    subset: str | None = Field(None, description="hub dataset configuration name (e.g. 'main' for openai/gsm8k)")
+    adapter: Literal["none", "squad"] = Field(
+        "none",
+        description="record converter: 'squad' turns SQuAD rows (hub: context/question/answers, or a v1.1 JSON "
+        "file) into batch or sequential QA examples (options.prompt_format, options.questions_per_context)",
+    )
     split: str = Field("train", description="hub dataset split used for training")
     eval_split: str = Field("test", description="hub dataset split used for evaluation")
     prompt_field: str = Field("prompt", description="record field holding the prompt")

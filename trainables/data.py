@@ -68,6 +68,7 @@ def load_records(
     size: int = 512,
     seed: int = 0,
     options: dict[str, Any] | None = None,
+    subset: str | None = None,
 ) -> list[dict[str, Any]]:
     """Raw records from a builtin generator, a local file or a hub dataset."""
     short = builtin_name(source)
@@ -87,7 +88,7 @@ def load_records(
     try:
         import datasets
 
-        ds = datasets.load_dataset(source, split=split)
+        ds = datasets.load_dataset(source, subset, split=split)
     except Exception as e:  # hub unreachable, unknown id, bad split: all user-facing
         raise GridrunError(
             f"{field}: cannot load dataset {source!r} (split {split!r}): {type(e).__name__}: "
@@ -127,19 +128,30 @@ def load_task_data(data: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]
         size=data["train_size"],
         seed=seed,
         options=opts,
+        subset=data.get("subset"),
     )
+    squad = data.get("adapter") == "squad" and not builtin_name(data["task"])
+    if squad:
+        train = squad_records(train, "data.task", **_squad_opts(opts))
+        pf, af = "prompt", "answer"
     if mf:
         train = _from_messages(train, mf, data["task"], "data.task")
     else:
         _check_fields(train, (pf, af), data["task"], "data.task")
     if data.get("eval"):
-        ev = load_records(
+        ev_raw = load_records(
             data["eval"],
             field="data.eval",
             split="eval" if builtin_name(data["eval"]) else data["eval_split"],
             size=data["eval_size"],
             seed=seed,
             options=opts,
+            subset=data.get("subset"),
+        )
+        ev = (
+            squad_records(ev_raw, "data.eval", **_squad_opts(opts))
+            if squad and not builtin_name(data["eval"])
+            else ev_raw
         )
         if mf:
             ev = _from_messages(ev, mf, data["eval"], "data.eval")
@@ -306,3 +318,72 @@ def load_mc_items(source: str) -> list[dict[str, Any]]:
                 f"forgetting.mc: item {i} of {path} needs question (text), choices (2+), answer (index into choices)"
             )
     return rows
+
+
+def _squad_opts(opts: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "prompt_format": opts.get("prompt_format", "batch"),
+        "questions_per_context": int(opts.get("questions_per_context", 5)),
+    }
+
+
+def squad_records(
+    rows: list[dict[str, Any]], where: str, prompt_format: str = "batch", questions_per_context: int = 5
+) -> list[dict[str, Any]]:
+    """SQuAD rows → QA examples in the squad evaluator's shape (``answers``, ``format``, ``context_id``).
+
+    Accepts the hub layout (``context``, ``question``, ``answers: {text: [...]}``) and the v1.1 JSON file layout
+    (articles with ``paragraphs`` → ``qas``). ``sequential`` puts up to ``questions_per_context`` questions of one
+    context into one example answered as numbered lines; ``batch`` makes one example per question.
+    """
+    if prompt_format not in ("batch", "sequential"):
+        raise GridrunError(f"data.options.prompt_format: 'batch' or 'sequential', got {prompt_format!r}")
+    flat: list[tuple[str, str, list[str]]] = []
+    for row in rows:
+        if "paragraphs" in row:  # v1.1 JSON: article → paragraphs → qas
+            for para in row["paragraphs"]:
+                for qa in para.get("qas", []):
+                    flat.append((para["context"], qa["question"], [a["text"] for a in qa.get("answers", [])]))
+        elif {"context", "question", "answers"} <= set(row):
+            ans = row["answers"]
+            texts = (
+                ans.get("text", []) if isinstance(ans, dict) else [a["text"] if isinstance(a, dict) else a for a in ans]
+            )
+            flat.append((row["context"], row["question"], list(texts)))
+        else:
+            raise GridrunError(
+                f"{where}: data.adapter squad needs context/question/answers (or v1.1 paragraphs) "
+                f"records; got fields {', '.join(row)}"
+            )
+    if not flat:
+        raise GridrunError(f"{where}: no SQuAD questions found")
+    by_ctx: dict[str, list[tuple[str, list[str]]]] = {}
+    for ctx, q, golds in flat:
+        by_ctx.setdefault(ctx, []).append((q, golds or [""]))
+    out: list[dict[str, Any]] = []
+    for cid, (ctx, qas) in enumerate(by_ctx.items()):
+        if prompt_format == "batch":
+            for q, golds in qas:
+                out.append(
+                    {
+                        "prompt": f"Context: {ctx}\nQuestion: {q}\nAnswer with a span of the context.",
+                        "answer": golds[0],
+                        "answers": [golds],
+                        "format": "batch",
+                        "context_id": cid,
+                    }
+                )
+        else:
+            for k in range(0, len(qas), questions_per_context):
+                part = qas[k : k + questions_per_context]
+                numbered = "\n".join(f"{i + 1}. {q}" for i, (q, _) in enumerate(part))
+                out.append(
+                    {
+                        "prompt": f"Context: {ctx}\nQuestions:\n{numbered}\nAnswer each on its own numbered line.",
+                        "answer": "\n".join(f"{i + 1}. {g[0]}" for i, (_, g) in enumerate(part)),
+                        "answers": [g for _, g in part],
+                        "format": "sequential",
+                        "context_id": cid,
+                    }
+                )
+    return out

@@ -127,3 +127,41 @@ def test_option_values_can_be_searched() -> None:
     assert trial.data.options["prompt_format"] == "sequential"
     with pytest.raises(GridrunError, match="is not a spec field"):
         load_spec(ROOT / "search_spaces" / "tiny" / "squad.yaml", ["search.space.data.optionz.x=1"])
+
+
+SQUAD_V11 = {
+    "version": "1.1",
+    "data": [{"title": "t", "paragraphs": [
+        {"context": "Ana lives in Rome. Ben has a dog.", "qas": [
+            {"id": "1", "question": "Where does Ana live?", "answers": [{"text": "Rome", "answer_start": 13}]},
+            {"id": "2", "question": "What does Ben have?", "answers": [{"text": "a dog", "answer_start": 27},
+                                                                     {"text": "dog", "answer_start": 29}]}]},
+        {"context": "Kira visits on Friday.", "qas": [
+            {"id": "3", "question": "When does Kira visit?", "answers": [{"text": "Friday", "answer_start": 15}]}]},
+    ]}],
+}
+
+
+@pytest.mark.parametrize(("fmt", "n_examples"), [("batch", 3), ("sequential", 2)])
+def test_squad_v11_json_file_in_both_prompt_formats(tmp_path: Path, fmt: str, n_examples: int) -> None:
+    from evaluators.squad import SquadEvaluator
+
+    f = tmp_path / "squad.json"
+    f.write_text(json.dumps(SQUAD_V11))
+    data = _data(str(f), adapter="squad", eval_size=1, options={"prompt_format": fmt, "questions_per_context": 5})
+    data["eval"] = str(f)
+    train, ev = load_task_data(data, 0)
+    assert len(train) == n_examples and all(r["format"] == fmt for r in train)
+    if fmt == "sequential":
+        assert train[0]["answers"] == [["Rome"], ["a dog", "dog"]] and train[0]["answer"] == "1. Rome\n2. a dog"
+    # the references themselves score perfectly with the squad evaluator
+    assert SquadEvaluator().score([r["answer"] for r in train], train)["em"] == 1.0
+
+
+def test_squad_hub_layout_and_bad_rows() -> None:
+    from trainables.data import squad_records
+
+    rows = [{"context": "C", "question": "Q?", "answers": {"text": ["x", "y"], "answer_start": [0, 0]}}]
+    assert squad_records(rows, "data.task")[0]["answers"] == [["x", "y"]]
+    with pytest.raises(GridrunError, match="needs context/question/answers"):
+        squad_records([{"prompt": "p"}], "data.task")
