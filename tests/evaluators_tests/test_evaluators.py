@@ -52,7 +52,7 @@ def test_score_counts_failure_kinds_and_schema() -> None:
 
 
 def test_unknown_evaluator_and_option() -> None:
-    with pytest.raises(GridrunError, match="unknown evaluator 'nope'; known: code_exec, gsm8k, json_format, squad"):
+    with pytest.raises(GridrunError, match="unknown evaluator 'nope'; known: answer_loss, code_exec, gsm8k, json_format, squad"):
         build_evaluator("nope", GenerationSettings())
     with pytest.raises(GridrunError, match=r"evaluate\.options\.json_format"):
         build_evaluator("json_format", GenerationSettings(), {"strictnes": "strict"})
@@ -64,6 +64,7 @@ TASK_FOR = {
     "squad": "builtin:squad",
     "gsm8k": "builtin:gsm8k",
     "code_exec": "builtin:algo",
+    "answer_loss": "builtin:gsm8k",
 }
 
 
