@@ -52,7 +52,9 @@ def test_score_counts_failure_kinds_and_schema() -> None:
 
 
 def test_unknown_evaluator_and_option() -> None:
-    with pytest.raises(GridrunError, match="unknown evaluator 'nope'; known: answer_loss, code_exec, gsm8k, json_format, squad"):
+    with pytest.raises(
+        GridrunError, match="unknown evaluator 'nope'; known: answer_loss, code_exec, gsm8k, json_format, squad"
+    ):
         build_evaluator("nope", GenerationSettings())
     with pytest.raises(GridrunError, match=r"evaluate\.options\.json_format"):
         build_evaluator("json_format", GenerationSettings(), {"strictnes": "strict"})

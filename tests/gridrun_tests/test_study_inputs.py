@@ -131,14 +131,38 @@ def test_option_values_can_be_searched() -> None:
 
 SQUAD_V11 = {
     "version": "1.1",
-    "data": [{"title": "t", "paragraphs": [
-        {"context": "Ana lives in Rome. Ben has a dog.", "qas": [
-            {"id": "1", "question": "Where does Ana live?", "answers": [{"text": "Rome", "answer_start": 13}]},
-            {"id": "2", "question": "What does Ben have?", "answers": [{"text": "a dog", "answer_start": 27},
-                                                                     {"text": "dog", "answer_start": 29}]}]},
-        {"context": "Kira visits on Friday.", "qas": [
-            {"id": "3", "question": "When does Kira visit?", "answers": [{"text": "Friday", "answer_start": 15}]}]},
-    ]}],
+    "data": [
+        {
+            "title": "t",
+            "paragraphs": [
+                {
+                    "context": "Ana lives in Rome. Ben has a dog.",
+                    "qas": [
+                        {
+                            "id": "1",
+                            "question": "Where does Ana live?",
+                            "answers": [{"text": "Rome", "answer_start": 13}],
+                        },
+                        {
+                            "id": "2",
+                            "question": "What does Ben have?",
+                            "answers": [{"text": "a dog", "answer_start": 27}, {"text": "dog", "answer_start": 29}],
+                        },
+                    ],
+                },
+                {
+                    "context": "Kira visits on Friday.",
+                    "qas": [
+                        {
+                            "id": "3",
+                            "question": "When does Kira visit?",
+                            "answers": [{"text": "Friday", "answer_start": 15}],
+                        }
+                    ],
+                },
+            ],
+        }
+    ],
 }
 
 
@@ -150,7 +174,7 @@ def test_squad_v11_json_file_in_both_prompt_formats(tmp_path: Path, fmt: str, n_
     f.write_text(json.dumps(SQUAD_V11))
     data = _data(str(f), adapter="squad", eval_size=1, options={"prompt_format": fmt, "questions_per_context": 5})
     data["eval"] = str(f)
-    train, ev = load_task_data(data, 0)
+    train, _ = load_task_data(data, 0)
     assert len(train) == n_examples and all(r["format"] == fmt for r in train)
     if fmt == "sequential":
         assert train[0]["answers"] == [["Rome"], ["a dog", "dog"]] and train[0]["answer"] == "1. Rome\n2. a dog"
