@@ -51,3 +51,10 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 120) -> subproce
     return subprocess.run(
         [sys.executable, "-m", "gridrun.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
     )
+
+
+def data_section(task: str, **overrides: object) -> dict:
+    """A complete spec ``data`` section (as plain data) for the loaders, with the defaults of DataSpec."""
+    from gridrun.spec import DataSpec
+
+    return {**DataSpec(task=task).model_dump(), "train_size": 64, "eval_size": 4, **overrides}

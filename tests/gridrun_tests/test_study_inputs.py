@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gridrun.errors import GridrunError
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, data_section, run_cli
 from trainables.data import load_mc_items, load_task_data
 
 GSM8K = ROOT / "search_spaces" / "tiny" / "gsm8k.yaml"
@@ -38,20 +38,7 @@ def test_validate_refuses_a_train_test_answer_format_mismatch(tmp_path: Path) ->
 
 
 def _data(task: str, **kw) -> dict:
-    d = {
-        "task": task,
-        "eval": None,
-        "split": "train",
-        "eval_split": "test",
-        "prompt_field": "prompt",
-        "answer_field": "answer",
-        "messages_field": None,
-        "train_size": 16,
-        "eval_size": 4,
-        "options": {},
-    }
-    d.update(kw)
-    return d
+    return data_section(task, **{"train_size": 16, **kw})
 
 
 def test_messages_records_become_prompt_turns_and_answer(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gridrun.errors import GridrunError
+from tests.conftest import data_section
 from trainables.data import IGNORE_INDEX, collate, encode_example, load_task_data, render_prompt, subsample
 
 
@@ -61,19 +62,7 @@ def test_sample_ratio_takes_a_seeded_subset() -> None:
 
 
 def _data(task: str, **kw) -> dict:
-    d = {
-        "task": task,
-        "eval": None,
-        "split": "train",
-        "eval_split": "test",
-        "prompt_field": "prompt",
-        "answer_field": "answer",
-        "train_size": 64,
-        "eval_size": 4,
-        "options": {},
-    }
-    d.update(kw)
-    return d
+    return data_section(task, **{"train_size": 64, **kw})
 
 
 def test_builtin_task_has_disjoint_deterministic_eval() -> None:
