@@ -145,3 +145,9 @@ def test_with_params_validates_each_trial() -> None:
     assert spec.with_params({"train.lr": 0.5}).train.lr == 0.5
     with pytest.raises(SpecError, match=r"lora\.r"):
         spec.with_params({"lora.r": -1})
+
+
+def test_cluster_manifests_parse() -> None:
+    docs = [d for f in sorted((ROOT / "docker").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())]
+    kinds = {d["kind"] for d in docs}
+    assert {"RayCluster", "Deployment", "Service", "PersistentVolumeClaim"} <= kinds
