@@ -298,7 +298,10 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         tracker = MLflowTracker(
             spec.tracking.uri, exp_id, parent, trial_spec, sorted(searched), reasons, spec.tracking.log_adapters
         )
-        callbacks: list[Any] = [tracker, ProgressPrinter(spec.objective.metric, reasons, quiet=quiet)]
+        callbacks: list[Any] = [
+            tracker,
+            ProgressPrinter(spec.objective.metric, reasons, quiet=quiet, total=spec.search.num_trials),
+        ]
         tuner = tune.Tuner(
             _trainable(spec, trial_spec, baseline),
             tune_config=tune.TuneConfig(

@@ -335,8 +335,8 @@ def register_adapters(uri: str, model_name: str, rows: list[dict[str, Any]]) -> 
 class ProgressPrinter(Callback):
     """One line per trial start and end (Tune's own tables are switched off: too much for a terminal)."""
 
-    def __init__(self, metric: str, reasons: dict[str, str], quiet: bool = False) -> None:
-        self.metric, self.reasons, self.quiet, self.done = metric, reasons, quiet, 0
+    def __init__(self, metric: str, reasons: dict[str, str], quiet: bool = False, total: int | None = None) -> None:
+        self.metric, self.reasons, self.quiet, self.done, self.total = metric, reasons, quiet, 0, total
 
     def _say(self, text: str) -> None:
         if not self.quiet:
@@ -352,7 +352,7 @@ class ProgressPrinter(Callback):
         why = self.reasons.get(trial.trial_id) or ("completed" if m.get("progress", 0) >= 1 else "stopped")
         fmt = lambda v: f"{v:.4g}" if isinstance(v, int | float) else "-"  # noqa: E731
         self._say(
-            f"trial {trial.trial_id} done ({self.done}/{len(trials)}): {self.metric} {fmt(m.get(self.metric))}, "
+            f"trial {trial.trial_id} done ({self.done}/{self.total or len(trials)}): {self.metric} {fmt(m.get(self.metric))}, "
             f"forget/delta {fmt(m.get('forget/delta'))}, objective {fmt(m.get('objective'))} at "
             f"{m.get('samples_seen')} samples — {why}"
         )
