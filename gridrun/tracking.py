@@ -352,7 +352,8 @@ class ProgressPrinter(Callback):
         why = self.reasons.get(trial.trial_id) or ("completed" if m.get("progress", 0) >= 1 else "stopped")
         fmt = lambda v: f"{v:.4g}" if isinstance(v, int | float) else "-"  # noqa: E731
         self._say(
-            f"trial {trial.trial_id} done ({self.done}/{self.total or len(trials)}): {self.metric} {fmt(m.get(self.metric))}, "
+            f"trial {trial.trial_id} done ({self.done}/{self.total or len(trials)}): "
+            f"{self.metric} {fmt(m.get(self.metric))}, "
             f"forget/delta {fmt(m.get('forget/delta'))}, objective {fmt(m.get('objective'))} at "
             f"{m.get('samples_seen')} samples — {why}"
         )
