@@ -135,8 +135,6 @@ def _start_ray(spec: ExperimentSpec) -> dict[str, float]:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Forced snapshots are expected with num_to_keep; Tune's warning about them is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "creating initial database tables" etc.
     import optuna
 
@@ -229,6 +227,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     from ray.tune.stopper import CombinedStopper
 
     from gridrun.builtin import resolve_model
+    from gridrun.checkpoints import CheckpointKeeper
     from gridrun.space import to_optuna
     from gridrun.stopping import ForgettingBudget, NonFiniteLoss, RecordingASHA
     from gridrun.tracking import MLflowTracker, ProgressPrinter, start_parent_run
@@ -295,10 +294,12 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
                 reduction_factor=spec.scheduler.reduction_factor,
                 brackets=spec.scheduler.brackets,
             )
+        keeper = CheckpointKeeper(spec.checkpoint.num_to_keep)
         tracker = MLflowTracker(
-            spec.tracking.uri, exp_id, parent, trial_spec, sorted(searched), reasons, spec.tracking.log_adapters
+            spec.tracking.uri, exp_id, parent, trial_spec, sorted(searched), reasons, keeper, spec.tracking.log_adapters
         )
         callbacks: list[Any] = [
+            keeper,
             tracker,
             ProgressPrinter(spec.objective.metric, reasons, quiet=quiet, total=spec.search.num_trials),
         ]
@@ -316,9 +317,10 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
                 storage_path=str(storage),
                 stop=CombinedStopper(*stoppers),
                 callbacks=callbacks,
-                # Keep the best checkpoints by objective (the adapter worth shipping) besides the latest (to resume).
+                # Tune keeps every checkpoint; the CheckpointKeeper deletes those no experiment snapshot can name,
+                # keeping the best by objective (the adapter worth shipping) and the latest (to resume from).
                 checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=spec.checkpoint.num_to_keep,
+                    num_to_keep=None,
                     checkpoint_score_attribute="objective",
                     checkpoint_score_order="max",
                 ),
@@ -423,10 +425,10 @@ def _fit_and_report(
         }
     )
     for row in summary["trials"]:
-        best = tracker.best.get(row["trial_id"])
+        best = tracker.keeper.best(row["trial_id"])
         if best is not None:
-            row["best_checkpoint"] = {"objective": best[0], "path": best[1], "metrics": best[2]}
-            row["adapter"] = str(Path(best[1]) / "adapter")  # the adapter logged and worth shipping
+            row["best_checkpoint"] = {"objective": best.objective, "path": best.path, "metrics": best.metrics}
+            row["adapter"] = str(Path(best.path) / "adapter")  # the adapter logged and worth shipping
     summary["importance"] = importance(summary, spec.search.space)
     summary["report_dir"] = str(exp_dir / "report")
     # Register what is worth shipping: the best trial, or every Pareto-optimal trial in pareto mode.

@@ -250,7 +250,12 @@ class ResourcesSpec(_Section):
 class CheckpointSpec(_Section):
     """Checkpoint retention per trial."""
 
-    num_to_keep: int = Field(2, gt=0, description="checkpoints kept per trial (the latest is always kept)")
+    num_to_keep: int = Field(
+        2,
+        gt=0,
+        description="best checkpoints by objective kept per trial; the latest, and any an experiment snapshot "
+        "names (what `gridrun resume` restores from), are kept as well",
+    )
 
 
 class TrackingSpec(_Section):

@@ -3,7 +3,9 @@
 ``MLflowTracker`` is a Ray Tune callback; it runs in the driver, so there is exactly one writer (no SQLite
 locks) whatever the cluster size. Child runs get every param of the trial's spec, metric curves on the
 ``samples_seen`` axis (the compute axis ASHA compares trials on, identical across trials whatever their
-batch size), the final adapter as an artifact, and status / stop-reason tags.
+batch size), the adapter of the trial's best checkpoint (by objective, kept by
+:class:`~gridrun.checkpoints.CheckpointKeeper`) as an artifact, and status / stop-reason tags. Checkpoints are
+read through Tune's storage filesystem, so an experiment whose storage is an object store uploads them too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from gridrun.checkpoints import CheckpointKeeper
 from gridrun.checks import check_tracking_uri
 
 __all__ = [
@@ -79,6 +82,7 @@ class MLflowTracker(Callback):
         spec: dict[str, Any],
         searched: list[str],
         reasons: dict[str, str],
+        keeper: CheckpointKeeper,
         log_adapters: bool = True,
     ) -> None:
         self.uri = uri
@@ -87,13 +91,12 @@ class MLflowTracker(Callback):
         self.spec = spec
         self.searched = searched
         self.reasons = reasons
+        self.keeper = keeper
         self.log_adapters = log_adapters
         self.runs: dict[str, str] = {}  # trial_id -> MLflow run id
-        self.best: dict[str, tuple[float, str, dict[str, float]]] = {}  # trial_id -> (objective, ckpt, metrics)
         self._last_step: dict[str, int] = {}  # run id -> last samples_seen step logged
         self._restored: set[str] = set()  # run ids inherited from an interrupted driver
         self._resumed = False
-        self._checkpoints: dict[str, list[tuple[float, str, dict[str, float]]]] = {}
         self._client: Any = None
         self._pending: list[tuple[str, Callable[[], object]]] = []
 
@@ -128,16 +131,12 @@ class MLflowTracker(Callback):
     def get_state(self) -> dict[str, Any] | None:
         return {
             "runs": dict(self.runs),
-            "checkpoints": {k: list(v) for k, v in self._checkpoints.items()},
             "reasons": dict(self.reasons),
             "last_step": dict(self._last_step),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.runs.update(state.get("runs", {}))
-        for tid, cks in state.get("checkpoints", {}).items():
-            self._checkpoints[tid] = [(float(o), str(p), dict(m)) for o, p, m in cks]
-            self._pick_best(tid)
         self.reasons.update(state.get("reasons", {}))
         self._last_step.update(state.get("last_step", {}))
         self._restored.update(self.runs.values())
@@ -227,26 +226,6 @@ class MLflowTracker(Callback):
             self.client.log_batch(run_id, metrics=metrics)
         self._last_step[run_id] = step  # only once written: a failed write is retried, not skipped
 
-    def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any) -> None:
-        """Remember every checkpoint's objective; the adapter logged is the best one Tune still keeps."""
-        result = trial.last_result or {}
-        obj = result.get("objective")
-        if not isinstance(obj, int | float) or not math.isfinite(obj):
-            return
-        metrics = {
-            k: float(v)
-            for k, v in result.items()
-            if (k.startswith(METRIC_PREFIXES) or k in METRIC_NAMES) and isinstance(v, int | float)
-        }
-        self._checkpoints.setdefault(trial.trial_id, []).append((float(obj), str(checkpoint.path), metrics))
-        self._pick_best(trial.trial_id)
-
-    def _pick_best(self, trial_id: str) -> None:
-        # Retention (num_to_keep by objective) may have deleted some; ties go to the later checkpoint.
-        alive = [c for c in self._checkpoints.get(trial_id, []) if Path(c[1]).is_dir()]
-        if alive:
-            self.best[trial_id] = max(reversed(alive), key=lambda c: c[0])
-
     def _finish(self, trial: Any, status: str, mlflow_status: str, reason: str) -> None:
         self._safely("finish run", lambda: self._finish_run(trial, status, mlflow_status, reason))
 
@@ -254,19 +233,21 @@ class MLflowTracker(Callback):
         run_id = self._run_for(trial)
         self.client.set_tag(run_id, "gridrun.status", status)
         self.client.set_tag(run_id, "gridrun.stop_reason", reason)
-        self._pick_best(trial.trial_id)
-        best = self.best.get(trial.trial_id)
-        ckpt = Path(best[1]) if best else (Path(trial.checkpoint.path) if trial.checkpoint is not None else None)
-        if self.log_adapters and ckpt is not None:
-            if (ckpt / "adapter").is_dir():
-                self.client.log_artifacts(run_id, str(ckpt / "adapter"), "adapter")
-                self.client.log_artifact(run_id, str(ckpt / "gridrun_card.json"), "adapter")
-                self.client.set_tag(run_id, "gridrun.adapter_checkpoint", str(ckpt))
-                if best:
-                    self.client.set_tag(run_id, "gridrun.adapter_objective", f"{best[0]:.6g}")
-                    self.client.set_tag(run_id, "gridrun.adapter_samples_seen", str(best[2].get("samples_seen")))
-            else:  # never lose the run's record over an artifact
-                self.client.set_tag(run_id, "gridrun.artifact_error", f"checkpoint {ckpt} has no adapter/")
+        best = self.keeper.best(trial.trial_id)
+        saved = best or self.keeper.latest(trial.trial_id)
+        if self.log_adapters and saved is not None:
+            # as_directory: the folder itself on local storage, a temporary download from an object store
+            with saved.checkpoint.as_directory() as d:
+                ckpt = Path(d)
+                if (ckpt / "adapter").is_dir():
+                    self.client.log_artifacts(run_id, str(ckpt / "adapter"), "adapter")
+                    self.client.log_artifact(run_id, str(ckpt / "gridrun_card.json"), "adapter")
+                else:  # never lose the run's record over an artifact
+                    self.client.set_tag(run_id, "gridrun.artifact_error", f"checkpoint {saved.path} has no adapter/")
+            self.client.set_tag(run_id, "gridrun.adapter_checkpoint", saved.path)
+            if best:
+                self.client.set_tag(run_id, "gridrun.adapter_objective", f"{best.objective:.6g}")
+                self.client.set_tag(run_id, "gridrun.adapter_samples_seen", str(best.metrics.get("samples_seen")))
         self.client.set_terminated(run_id, mlflow_status)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from gridrun.checkpoints import CheckpointKeeper
 from gridrun.tracking import MLflowTracker, check_tracking_uri, flatten
 
 
@@ -32,7 +33,7 @@ class FlakyClient:
 
 def _tracker(client) -> MLflowTracker:
     spec = {"train": {"lr": 0.1}, "lora": {"r": 4}}
-    t = MLflowTracker("sqlite:///x.db", "1", "parent", spec, ["train.lr"], {}, log_adapters=False)
+    t = MLflowTracker("sqlite:///x.db", "1", "parent", spec, ["train.lr"], {}, CheckpointKeeper(2), log_adapters=False)
     t._client = client
     return t
 
