@@ -9,14 +9,17 @@ crash is a failed problem, never a failed trial.
 from __future__ import annotations
 
 import ast
+import logging
 import re
 from collections import defaultdict
 from typing import Any, ClassVar
 
 from evaluators._base import Evaluator, GenerationSettings, generate, register_evaluator
-from evaluators.sandbox import Limits, run_cases
+from evaluators.sandbox import Limits, isolation, run_cases
 
 __all__ = ["CodeExecEvaluator", "extract_function"]
+
+log = logging.getLogger("gridrun")
 
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
 
@@ -53,6 +56,12 @@ class CodeExecEvaluator(Evaluator):
     ) -> None:
         super().__init__(generation)
         self.limits = Limits(wall_s=wall_s, cpu_s=cpu_s, memory_mb=memory_mb)
+        layers = isolation()
+        if not any(x.startswith("landlock") for x in layers) and "netns" not in layers:
+            log.warning(
+                "code_exec: this kernel gives the sandbox no Landlock and no namespaces; generated code runs with "
+                "resource limits and an audit hook only"
+            )
 
     def score(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, float]:
         c = dict.fromkeys(self.metrics, 0.0)

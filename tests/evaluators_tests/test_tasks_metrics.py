@@ -1,14 +1,11 @@
-"""SQuAD v1.1 scoring, GSM8K answer extraction, code extraction and the sandbox under attack."""
+"""SQuAD v1.1 scoring, GSM8K answer extraction, code extraction and scoring."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
 from evaluators.code_exec import CodeExecEvaluator, extract_function
 from evaluators.gsm8k import Gsm8kEvaluator, extract_answer
-from evaluators.sandbox import Limits, run_cases
 from evaluators.squad import SquadEvaluator, exact_match, f1, lenient, normalize, split_numbered
 from gridrun.builtin.algo import PROBLEMS
 from gridrun.builtin.algo import generate as algo_tasks
@@ -94,58 +91,6 @@ def test_train_and_eval_problems_differ() -> None:
     train = {str(e["cases"]) for e in algo_tasks(44, seed=0, split="train")}
     ev = {str(e["cases"]) for e in algo_tasks(44, seed=0, split="eval")}
     assert len(train & ev) < 5  # a few tiny inputs can coincide; the streams are independent
-
-
-# ---- the sandbox under attack: each is a failed case, never an exception, and the caller goes on ----
-CASES = [([1], 1)]
-
-
-def test_sandbox_runs_good_code() -> None:
-    r = run_cases("def f(x):\n    return x\n", "f", [([1], 1), ([2], 3)])
-    assert r.passed == [True, False] and r.status == "ok"
-
-
-def test_sandbox_survives_an_infinite_loop() -> None:
-    r = run_cases("def f(x):\n    while True:\n        pass\n", "f", CASES, Limits(wall_s=3, cpu_s=1))
-    assert r.passed == [False] and r.status == "timeout"
-
-
-def test_sandbox_survives_a_memory_bomb() -> None:
-    r = run_cases("def f(x):\n    return len('x' * (8 * 10**9))\n", "f", CASES, Limits(memory_mb=256))
-    assert r.passed == [False]
-
-
-def test_sandbox_survives_a_fork_bomb() -> None:
-    code = "import os\ndef f(x):\n    while True:\n        os.fork()\n"
-    r = run_cases(code, "f", CASES)
-    assert r.passed == [False]
-    # nothing it could have started is left behind: only this test process's own children may exist
-    assert r.status in ("ok", "crash")
-
-
-def test_sandbox_refuses_writes_outside_its_folder(tmp_path) -> None:
-    target = tmp_path / "pwned.txt"
-    code = f"def f(x):\n    open({str(target)!r}, 'w').write('x')\n    return 1\n"
-    assert run_cases(code, "f", CASES).passed == [False]
-    assert not target.exists()
-    inside = "def f(x):\n    open('scratch.txt', 'w').write('ok')\n    return 1\n"
-    assert run_cases(inside, "f", CASES).passed == [True]  # its own temp folder is fine
-
-
-def test_sandbox_refuses_the_network() -> None:
-    for code in (
-        "def f(x):\n    import socket\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\n    return 1\n",
-        "def f(x):\n    import urllib.request as u\n    u.urlopen('http://127.0.0.1:9', timeout=1)\n    return 1\n",
-    ):
-        assert run_cases(code, "f", CASES).passed == [False]
-
-
-def test_sandbox_refuses_subprocesses_and_sees_no_secrets(monkeypatch) -> None:
-    monkeypatch.setenv("GRIDRUN_SECRET_TOKEN", "s3cret")
-    assert run_cases("import subprocess\ndef f(x):\n    return 1\n", "f", CASES).status == "crash"
-    leak = "import os\ndef f(x):\n    return os.environ.get('GRIDRUN_SECRET_TOKEN')\n"
-    assert run_cases(leak, "f", [([1], None)]).passed == [True]  # the variable is not there
-    assert os.environ["GRIDRUN_SECRET_TOKEN"] == "s3cret"
 
 
 def test_evaluator_goes_on_after_hostile_completions() -> None:

@@ -1,0 +1,303 @@
+"""The sandbox process: isolate, then run generated code against its test cases. Standard library only.
+
+Started by :func:`evaluators.sandbox.run_cases` as ``python -I -S _sandbox_runner.py`` in a fresh temporary
+working folder holding ``job.json`` (code, function name, cases, limits). It writes ``results.jsonl`` there: a
+``{"layers": [...]}`` line naming the isolation in force, one ``{"ok": bool}`` line per case, and a
+``{"status": ...}`` line when the code crashes, runs out of time or is killed.
+
+Three processes, so that the one holding the clock never runs untrusted code:
+
+    runner   unshares the network and PID namespaces, starts ``init``, kills it at the wall-clock limit
+    init     PID 1 of the new PID namespace: starts ``worker`` and waits; when it dies, the kernel kills every
+             process left in the namespace, including any the code detached with setsid
+    worker   applies Landlock, resource limits and the audit hook, then runs the code
+
+Layers, each used where the kernel offers it; the later ones still apply where an earlier one is missing:
+
+1. namespaces: a new network namespace has no interface up (no network at all, UDP and raw sockets
+   included); a user namespace makes both namespaces available without root.
+2. Landlock: no file writes, removals, renames or links outside the working folder, no TCP bind or connect,
+   no signals to processes outside the worker.
+3. resource limits: CPU seconds, address space, file size, open files, processes (the kernel does not apply
+   the last to root, which is why the namespaces above come first).
+4. an audit hook, armed for good before the code runs, refusing process creation, sockets, ctypes, writes
+   outside the folder, and the introspection (frames, gc, rewriting code objects) that could reach the hook.
+
+What the layers protect is the machine: the code cannot write outside its folder, reach the network, outlive
+its time or take the host's memory. They do not make the score tamper-proof against code written on purpose to
+fake its own results (it can write to its folder); SFT on reference solutions does not teach a model that.
+"""
+
+import contextlib
+import json
+import os
+import resource
+import signal
+import sys
+
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+# The Landlock system calls have one number on every architecture (they are newer than the unified table).
+SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
+PR_SET_NO_NEW_PRIVS = 38
+
+FS_WRITE_FILE, FS_REMOVE_DIR, FS_REMOVE_FILE = 1 << 1, 1 << 4, 1 << 5
+# make char device, dir, regular file, socket, fifo, block device, symlink
+FS_MAKE = (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12)
+FS_REFER, FS_TRUNCATE = 1 << 13, 1 << 14  # ABI 2, ABI 3
+NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
+
+
+def _libc():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def unshare_namespaces():
+    """New network and PID namespaces (inside a user namespace when not root); [] where the kernel refuses."""
+    import ctypes
+
+    uid, gid = os.getuid(), os.getgid()
+    flags = CLONE_NEWNET | CLONE_NEWPID | (0 if uid == 0 else CLONE_NEWUSER)
+    try:
+        if _libc().unshare(ctypes.c_int(flags)) != 0:
+            return []
+        if uid != 0:  # keep our own uid and gid inside, so file access is exactly as before
+            for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+    except OSError:
+        return []
+    return ["netns", "pidns"]
+
+
+def landlock(home):
+    """Restrict this process (and what it starts) to writing beneath ``home``, no TCP, no signals out.
+
+    Returns the Landlock ABI version applied, 0 where Landlock is not available.
+    """
+    import ctypes
+
+    c_long, c_u64 = ctypes.c_long, ctypes.c_uint64
+    libc = _libc()
+    abi = libc.syscall(c_long(SYS_CREATE_RULESET), None, c_long(0), c_long(1))  # LANDLOCK_CREATE_RULESET_VERSION
+    if abi < 1:
+        return 0
+    fs = FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE
+    fs |= FS_REFER if abi >= 2 else 0
+    fs |= FS_TRUNCATE if abi >= 3 else 0
+    net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0
+    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
+
+    class RulesetAttr(ctypes.Structure):
+        _fields_ = [("handled_access_fs", c_u64), ("handled_access_net", c_u64), ("scoped", c_u64)]
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", c_u64), ("parent_fd", ctypes.c_int32)]
+
+    attr = RulesetAttr(fs, net, scoped)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24  # the struct as this kernel knows it
+    ruleset = libc.syscall(c_long(SYS_CREATE_RULESET), ctypes.byref(attr), c_long(size), c_long(0))
+    if ruleset < 0:
+        return 0
+    folder = os.open(home, os.O_PATH | os.O_CLOEXEC)
+    try:
+        rule = PathBeneath(fs, folder)
+        if libc.syscall(c_long(SYS_ADD_RULE), c_long(ruleset), c_long(1), ctypes.byref(rule), c_long(0)) != 0:
+            return 0
+        if libc.prctl(ctypes.c_int(PR_SET_NO_NEW_PRIVS), c_long(1), c_long(0), c_long(0), c_long(0)) != 0:
+            return 0
+        if libc.syscall(c_long(SYS_RESTRICT_SELF), c_long(ruleset), c_long(0)) != 0:
+            return 0
+    finally:
+        os.close(folder)
+        os.close(ruleset)
+    return int(abi)
+
+
+def set_limits(lim):
+    resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (lim["memory_mb"] << 20, lim["memory_mb"] << 20))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (lim["file_mb"] << 20, lim["file_mb"] << 20))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+    with contextlib.suppress(ValueError, OSError):  # not enforced for root: the PID namespace is what holds
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+BLOCKED = frozenset(
+    {
+        "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
+        "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.sendto", "socket.__new__",
+        "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "os.kill", "os.killpg", "os.putenv", "os.unsetenv",
+        "sys.setrecursionlimit", "sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile",
+        "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.addaudithook",
+    }
+)  # fmt: skip
+FORBIDDEN_MODULES = frozenset({"ctypes", "_ctypes", "socket", "_socket", "subprocess", "multiprocessing"})
+PATH_EVENTS = frozenset(
+    {
+        "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link", "os.symlink",
+        "os.truncate", "shutil.rmtree", "os.utime",
+    }
+)  # fmt: skip
+HIDDEN_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back", "f_globals", "f_locals"})
+FROZEN_ATTRS = frozenset({"__code__", "__defaults__", "__kwdefaults__", "__globals__", "__closure__"})
+
+
+def arm_audit_hook(home):
+    """Install the hook for good. Everything it reads is bound here, as defaults: the code can rebind module
+    attributes, builtins and this module's globals (``sys.modules["__main__"]``), but not these."""
+
+    def hook(
+        event,
+        args,
+        home=home + os.sep,
+        blocked=BLOCKED,
+        forbidden=FORBIDDEN_MODULES,
+        path_events=PATH_EVENTS,
+        hidden=HIDDEN_ATTRS,
+        frozen=FROZEN_ATTRS,
+        realpath=os.path.realpath,
+        fspath=os.fspath,
+        pathlike=(str, bytes, os.PathLike),  # builtins below too: a rebound builtin must not fool the hook
+        write_flags=os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
+        isinstance=isinstance,
+        len=len,
+        any=any,
+        str=str,
+        PermissionError=PermissionError,
+    ):
+        def inside(p):
+            try:
+                return (realpath(fspath(p)) + "/").startswith(home)
+            except (TypeError, ValueError):
+                return False
+
+        if event in blocked:
+            raise PermissionError("sandbox: " + event + " is not allowed")
+        if event == "open" and args and isinstance(args[0], pathlike):
+            mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"
+            flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+            writing = any(c in mode for c in "wax+") or flags & write_flags
+            if writing and not inside(args[0]):
+                raise PermissionError("sandbox: writing outside the working folder")
+        elif event in path_events and args and not inside(args[0]):
+            raise PermissionError("sandbox: " + event + " outside the working folder")
+        elif event == "import" and args and str(args[0]).split(".")[0] in forbidden:
+            raise PermissionError("sandbox: import of " + str(args[0]) + " is not allowed")
+        elif event == "object.__getattr__" and len(args) > 1 and args[1] in hidden:
+            raise PermissionError("sandbox: " + str(args[1]) + " is not allowed")
+        elif event == "object.__setattr__" and len(args) > 1 and args[1] in frozen:
+            raise PermissionError("sandbox: setting " + str(args[1]) + " is not allowed")
+
+    sys.addaudithook(hook)
+
+
+def worker(cfg, out, home, layers):
+    """Isolate this process, then run the cases. Never returns."""
+    abi = landlock(home)
+    if abi:
+        layers = [*layers, f"landlock{abi}"]
+    out.write(json.dumps({"layers": layers}) + "\n")
+    set_limits(cfg["limits"])
+    cases = cfg["cases"]
+    name = cfg["function"]
+    code = compile(cfg["code"], "candidate.py", "exec")
+    dumps, write, exit_ = json.dumps, out.write, os._exit
+    if cfg.get("audit_hook", True):
+        arm_audit_hook(home)
+    ns = {"__name__": "candidate"}
+    try:
+        exec(code, ns)
+    except BaseException as e:
+        write(dumps({"status": "crash", "detail": type(e).__name__ + ": " + str(e)[:200]}) + "\n")
+        exit_(0)
+    fn = ns.get(name)
+    if not callable(fn):
+        write(dumps({"status": "no_function"}) + "\n")
+        exit_(0)
+    for args, expected in cases:
+        try:
+            got = fn(*args)
+            ok = got == expected or (
+                isinstance(expected, float) and isinstance(got, int | float) and abs(got - expected) < 1e-6
+            )
+        except BaseException:
+            ok = False
+        write(dumps({"ok": bool(ok)}) + "\n")
+    exit_(0)
+
+
+def _status(wait_status):
+    """An exit status as the caller reads it: ``{"exit": n}`` or ``{"signal": n}``."""
+    if os.WIFSIGNALED(wait_status):
+        return {"signal": os.WTERMSIG(wait_status)}
+    return {"exit": os.WEXITSTATUS(wait_status) if os.WIFEXITED(wait_status) else -1}
+
+
+def init(cfg, out, home, layers):
+    """PID 1 of the sandbox's namespace (or a plain parent without one): start the worker, wait, pass on how it
+    ended. Never returns."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            worker(cfg, out, home, layers)
+        finally:
+            os._exit(70)
+    while True:
+        try:
+            _, wait_status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            os._exit(70)
+        except InterruptedError:
+            continue
+    st = _status(wait_status)
+    os._exit(128 + st["signal"] if "signal" in st else st["exit"])
+
+
+def main():
+    with open("job.json") as f:
+        cfg = json.load(f)
+    home = os.path.realpath(os.getcwd())
+    out = open("results.jsonl", "w", buffering=1)  # noqa: SIM115 - opened before any restriction, for good
+    layers = unshare_namespaces()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            init(cfg, out, home, layers)
+        finally:
+            os._exit(70)
+
+    timed_out = []
+
+    def on_alarm(signum, frame):
+        timed_out.append(True)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # init: the kernel then kills everything in its PID namespace
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(cfg["limits"]["wall_s"]))
+    while True:
+        try:
+            _, wait_status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    st = _status(wait_status)
+    if timed_out:
+        out.write(json.dumps({"status": "timeout", "detail": "wall clock"}) + "\n")
+    elif st.get("exit", 0) > 128:  # init passes a signal on as 128 + its number
+        out.write(json.dumps({"signal": st["exit"] - 128}) + "\n")
+    elif "signal" in st or st.get("exit"):
+        out.write(json.dumps({"status": "crash", "detail": f"sandbox process ended with {st}"}) + "\n")
+    out.close()
+
+
+if __name__ == "__main__":
+    main()
