@@ -132,11 +132,16 @@ def preflight(spec: ExperimentSpec) -> None:
 
 
 def _start_ray(spec: ExperimentSpec) -> dict[str, float]:
-    import ray
-
+    # The console shows gridrun's own lines; what the libraries print about themselves is noise to a newcomer:
+    # Tune's experiment box and TensorBoard hint (printed whatever `verbose` says; the legacy reporter obeys
+    # verbose=0), MLflow's "creating initial database tables" (MLflow resets its logger level on import).
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "creating initial database tables" etc.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # Ray turns token authentication on for a local cluster (good) and says so at every start (noise).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     import optuna
+    import ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if spec.resources.address:

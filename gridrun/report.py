@@ -130,7 +130,15 @@ def write_report(
     ax.scatter([r["forget_delta"] for r in rows], [r["task"] for r in rows], c="tab:gray", label="trial")
     fr = sorted((r for r in rows if r["trial_id"] in front), key=lambda r: r["forget_delta"])
     if fr:
-        ax.plot([r["forget_delta"] for r in fr], [r["task"] for r in fr], "o-", c="tab:red", label="Pareto front")
+        # the attainment staircase: between two front points, the best task reachable is the left one's
+        ax.plot(
+            [r["forget_delta"] for r in fr],
+            [r["task"] for r in fr],
+            "o-",
+            c="tab:red",
+            drawstyle="steps-post",
+            label="Pareto front",
+        )
     for r in rows:
         if r["trial_id"] == best:
             ax.scatter(
@@ -168,10 +176,18 @@ def write_report(
         paths.append(_save(fig, out_dir / "objective_vs_params.png"))
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    for r in summary["trials"]:
+    colors = plt.get_cmap("tab20").colors  # one colour per trial up to 20 (tab10 repeats after ten)
+    for i, r in enumerate(summary["trials"]):
         c = [p for p in r.get("curve") or [] if math.isfinite(p[0]) and math.isfinite(p[1])]
         if c:
-            ax.plot([p[0] for p in c], [p[1] for p in c], marker=".", alpha=0.8, label=r["trial_id"][-4:])
+            ax.plot(
+                [p[0] for p in c],
+                [p[1] for p in c],
+                marker=".",
+                alpha=0.85,
+                color=colors[i % len(colors)],
+                label=r["trial_id"][-4:],
+            )
     ax.set_xlabel("samples seen")
     ax.set_ylabel("objective")
     ax.set_title("learning curves (ASHA compares trials on this axis)")

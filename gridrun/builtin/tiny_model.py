@@ -122,7 +122,9 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 def _build(recipe: dict[str, Any], out: Path) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Writing model shards" for a one-shard model
     t0 = time.time()
     log.warning("building builtin:tiny-general (once per recipe; ~1-2 min on 2 CPU cores) into %s", out)
     docs = list(general_documents(recipe["corpus_docs"], recipe["corpus_seed"]))
