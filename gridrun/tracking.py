@@ -319,6 +319,13 @@ class ProgressPrinter(Callback):
     def __init__(self, metric: str, reasons: dict[str, str], quiet: bool = False, total: int | None = None) -> None:
         self.metric, self.reasons, self.quiet, self.done, self.total = metric, reasons, quiet, 0, total
 
+    # Kept in Tune's experiment snapshot, so a resumed experiment counts on from where it was.
+    def get_state(self) -> dict[str, Any] | None:
+        return {"done": self.done}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.done = int(state.get("done", 0))
+
     def _say(self, text: str) -> None:
         if not self.quiet:
             print(f"[gridrun] {text}", flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from gridrun.checkpoints import CheckpointKeeper
-from gridrun.tracking import MLflowTracker, check_tracking_uri, flatten
+from gridrun.tracking import MLflowTracker, ProgressPrinter, check_tracking_uri, flatten
 
 
 class FlakyClient:
@@ -92,3 +92,13 @@ def test_check_tracking_uri_accepts_local_stores(tmp_path) -> None:
     check_tracking_uri(f"sqlite:///{tmp_path}/m.db")
     check_tracking_uri(str(tmp_path / "mlruns"))
     check_tracking_uri("databricks")
+
+
+def test_progress_counts_on_after_a_resume(capsys) -> None:
+    first = ProgressPrinter("task/x", {}, total=3)
+    first.on_trial_complete(0, [], _trial("a"))
+    resumed = ProgressPrinter("task/x", {}, total=3)
+    resumed.set_state(first.get_state())  # what Tune hands back from the experiment snapshot
+    resumed.on_trial_complete(0, [], _trial("b"))
+    lines = capsys.readouterr().out.splitlines()
+    assert "done (1/3)" in lines[0] and "done (2/3)" in lines[1]
