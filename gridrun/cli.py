@@ -36,12 +36,11 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
-    from gridrun.launch import check_answer_formats, preflight
+    from gridrun.launch import check_spec, preflight
 
-    if args.deep:
-        preflight(spec)
-    else:
-        check_answer_formats(spec)  # cheap for builtin and local data; the format mismatch costs days otherwise
+    # offline checks always (builtin and local data are cheap to read, and a format mismatch costs days);
+    # --deep adds reachability: the MLflow server, the Ray address, GPUs
+    (preflight if args.deep else check_spec)(spec)
     n = len(spec.search.space)
     print(
         f"ok: {spec.name} — {n} searched value{'s' * (n != 1)}, {spec.search.num_trials} trials, "

@@ -19,11 +19,14 @@ def pick_trial(summary: dict[str, Any], trial: str | None) -> dict[str, Any]:
         if not summary.get("best"):
             raise GridrunError("no trial finished with a finite objective; pass --trial to export one anyway")
         trial = summary["best"]["trial_id"]
-    for row in summary["trials"]:
-        if row["trial_id"] == trial or row["trial_id"].endswith(str(trial)):
-            return row
     known = ", ".join(r["trial_id"] for r in summary["trials"])
-    raise GridrunError(f"--trial {trial}: no such trial in this experiment; known: {known}")
+    exact = [r for r in summary["trials"] if r["trial_id"] == trial]
+    matches = exact or [r for r in summary["trials"] if r["trial_id"].endswith(str(trial))]
+    if len(matches) > 1:
+        raise GridrunError(f"--trial {trial}: matches {len(matches)} trials; give more of the id (known: {known})")
+    if not matches:
+        raise GridrunError(f"--trial {trial}: no such trial in this experiment; known: {known}")
+    return matches[0]
 
 
 def adapter_dir(row: dict[str, Any]) -> Path:

@@ -23,7 +23,7 @@ from gridrun.checks import check_tracking_uri
 from gridrun.errors import GridrunError
 from gridrun.spec import ExperimentSpec
 
-__all__ = ["META_FILE", "check_answer_formats", "launch", "preflight", "resume"]
+__all__ = ["META_FILE", "check_answer_formats", "check_spec", "launch", "preflight", "resume"]
 
 #: What `gridrun resume` needs besides Tune's own state: the spec, the cached baseline, the MLflow ids.
 META_FILE = "gridrun_experiment.json"
@@ -69,9 +69,11 @@ def check_answer_formats(spec: ExperimentSpec, load_hub: bool = False) -> None:
             )
 
 
-def preflight(spec: ExperimentSpec) -> None:
-    """Checks that start nothing: names, evaluators, data files, probe, tracking store, cluster address, GPUs."""
-    from evaluators import EVALUATORS, check_evaluator_names
+def check_spec(spec: ExperimentSpec) -> None:
+    """What can be checked offline, starting nothing: names, evaluators and their options, the objective's
+    metric, data files and builtin generator options (at both ends of any searched range), the template, the
+    model folder, and the train/test answer format."""
+    from evaluators import EVALUATORS, GenerationSettings, build_evaluator, check_evaluator_names
 
     check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval, spec.forgetting.mc)
     check_evaluator_names(spec.evaluate.evaluators)
@@ -81,6 +83,10 @@ def preflight(spec: ExperimentSpec) -> None:
             f"evaluate.options: '{sorted(unknown_opts)[0]}' is not one of the evaluators run "
             f"({', '.join(spec.evaluate.evaluators)})"
         )
+    gen = GenerationSettings(max_new_tokens=spec.evaluate.max_new_tokens, batch_size=spec.evaluate.batch_size)
+    for name in spec.evaluate.evaluators:  # unknown option names and bad values, as the trials would meet them
+        for options in _option_variants(spec, f"evaluate.options.{name}.", spec.evaluate.options.get(name) or {}):
+            build_evaluator(name, gen, options)
     reported = {f"task/{m}" for n in spec.evaluate.evaluators for m in EVALUATORS[n].metrics}
     for key in spec.objective.weights:
         if key not in reported:
@@ -106,10 +112,13 @@ def preflight(spec: ExperimentSpec) -> None:
             looks_local = p.suffix in (".jsonl", ".json", ".parquet", ".txt") or source.startswith((".", "/", "~"))
             if looks_local and not p.is_file():
                 raise GridrunError(f"{field}: data file not found: {p}")
-            if p.is_file() and field in ("data.task", "data.eval"):
-                from trainables.data import load_task_data
+    if builtin_name(spec.data.task) or Path(spec.data.task).expanduser().is_file():
+        from trainables.data import load_task_data
 
-                load_task_data(spec.data.model_dump(), spec.train.seed)  # fields, emptiness, JSON syntax
+        # fields, emptiness, JSON syntax of files; a few records of a builtin task under every option variant
+        for options in _option_variants(spec, "data.options.", spec.data.options):
+            small = {"train_size": min(spec.data.train_size, 8), "eval_size": min(spec.data.eval_size, 2)}
+            load_task_data({**spec.data.model_dump(), **small, "options": options}, spec.train.seed)
     if builtin_name(spec.model.name) is None:
         p = Path(spec.model.name).expanduser()
         if spec.model.name.startswith((".", "/", "~")) and not p.is_dir():
@@ -117,6 +126,21 @@ def preflight(spec: ExperimentSpec) -> None:
     if spec.model.quantization != "none" and spec.resources.gpu == 0 and spec.model.compute_dtype == "float16":
         raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU; use float32 on CPU")
     check_answer_formats(spec)
+
+
+def _option_variants(spec: ExperimentSpec, prefix: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """``options`` as written, then with each searched ``<prefix><key>`` at each end of its range."""
+    variants = [dict(options)]
+    for path, dist in spec.search.space.items():
+        if path.startswith(prefix):
+            key = path[len(prefix) :]
+            variants += [{**options, key: value} for _, value in dist.extremes()]
+    return variants
+
+
+def preflight(spec: ExperimentSpec) -> None:
+    """Everything ``check_spec`` checks, then reachability: the tracking store, the cluster address, GPUs."""
+    check_spec(spec)
     check_tracking_uri(spec.tracking.uri)
     if spec.resources.address:
         _check_address(spec.resources.address)
@@ -287,7 +311,8 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         if spec.forgetting.budget is not None:
             stoppers.append(ForgettingBudget(spec.forgetting.budget, spec.forgetting.patience, reasons))
         scheduler = None
-        max_t = max(1, round(spec.train.epochs * _train_size_upper(spec)))
+        # ASHA stops any trial at max_t: it must be the most a trial can see, searched epochs and sizes included
+        max_t = max(1, round(_largest(spec, "train.epochs", spec.train.epochs) * _train_size_upper(spec)))
         if spec.scheduler.type == "asha":
             scheduler = RecordingASHA(
                 reasons,
@@ -453,10 +478,19 @@ def _fit_and_report(
     return summary
 
 
+def _largest(spec: ExperimentSpec, path: str, fixed: float) -> float:
+    """The largest value ``path`` takes in any trial: its fixed value, or the top of its searched range."""
+    dist = spec.search.space.get(path)
+    if dist is None:
+        return fixed
+    values = [v for _, v in dist.extremes() if isinstance(v, int | float) and not isinstance(v, bool)]
+    return max(values, default=fixed)
+
+
 def _train_size_upper(spec: ExperimentSpec) -> int:
     """Training-set size before sample_ratio (the upper end of samples a trial can see per epoch)."""
     if builtin_name(spec.data.task):
-        return spec.data.train_size
+        return int(_largest(spec, "data.train_size", spec.data.train_size))
     from trainables.data import load_task_data
 
     train, _ = load_task_data(spec.data.model_dump(), spec.train.seed)

@@ -176,7 +176,7 @@ def write_report(
         paths.append(_save(fig, out_dir / "objective_vs_params.png"))
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    colors = plt.get_cmap("tab20").colors  # one colour per trial up to 20 (tab10 repeats after ten)
+    colors = [plt.get_cmap("tab20")(i) for i in range(20)]  # one colour per trial up to 20 (tab10 repeats at 10)
     for i, r in enumerate(summary["trials"]):
         c = [p for p in r.get("curve") or [] if math.isfinite(p[0]) and math.isfinite(p[1])]
         if c:

@@ -128,7 +128,7 @@ def parse_distribution(raw: Any, where: str = "search.space") -> Distribution:
     if not isinstance(raw, dict) or "type" not in raw:
         return FixedValue(raw)
     kind = raw["type"]
-    if kind not in _KEYS:
+    if not isinstance(kind, str) or kind not in _KEYS:
         raise ValueError(f"{where}.type: unknown distribution {kind!r}; known: float, int, categorical")
     unknown = set(raw) - _KEYS[kind]
     if unknown:

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from gridrun.errors import SpecError
-from gridrun.space import Distribution, parse_distribution, to_yaml
+from gridrun.space import Distribution, FloatDist, parse_distribution, to_yaml
 
 __all__ = [
     "CheckpointSpec",
@@ -120,6 +120,13 @@ class DataSpec(_Section):
     def _template_has_prompt(cls, v: str) -> str:
         if v != "chat" and "{prompt}" not in v:
             raise ValueError("template must be 'chat' or a format string containing {prompt}")
+        if v != "chat":
+            try:
+                v.format(prompt="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(
+                    f"template has a brace field other than {{prompt}} ({e!r}); write literal braces as {{{{ and }}}}"
+                ) from None
         return v
 
 
@@ -359,20 +366,39 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(space, dict):
                 raise SpecError("search.space: must be a mapping")
             rest = parts[2:]
-            for k in range(len(rest), 0, -1):
-                name = ".".join(rest[:k])
-                if name in space or _is_leaf_path(name) or k == 1:
-                    if k == len(rest):
-                        space[name] = value
-                    else:
-                        node = space.setdefault(name, {})
-                        if not isinstance(node, dict):
-                            node = space[name] = {}
-                        _set_path(node, rest[k:], value)
-                    break
+            k = _space_key_length(rest, space)
+            name = ".".join(rest[:k])
+            if k == len(rest):
+                space[name] = value
+            else:
+                node = space.setdefault(name, {})
+                if not isinstance(node, dict):
+                    node = space[name] = {}
+                _set_path(node, rest[k:], value)
             continue
         _set_path(out, parts, value)
     return out
+
+
+_DIST_KEYS = frozenset({"type", "low", "high", "log", "step", "choices"})
+
+
+def _space_key_length(rest: list[str], space: dict[str, Any]) -> int:
+    """How many leading parts of ``rest`` name the ``search.space`` key (the rest is inside its distribution).
+
+    An entry the space already has wins (``train.lr`` + ``high``); otherwise the longest spec leaf or key under
+    an option mapping (``data.options.questions_per_context``), a trailing distribution key left out.
+    """
+    for k in range(len(rest), 0, -1):
+        if ".".join(rest[:k]) in space:
+            return k
+    n = len(rest) - 1 if len(rest) > 1 and rest[-1] in _DIST_KEYS else len(rest)
+    mappings = _mapping_paths()
+    for k in range(n, 0, -1):
+        name = ".".join(rest[:k])
+        if (_is_leaf_path(name) and name not in mappings) or any(name.startswith(m + ".") for m in mappings):
+            return k
+    return n
 
 
 def spec_from_dict(raw: dict[str, Any], check_space: bool = True) -> ExperimentSpec:
@@ -440,6 +466,11 @@ def _is_leaf_path(path: str) -> bool:
     return path in _leaf_fields()
 
 
+def _mapping_paths() -> list[str]:
+    """Spec leaves that are free-form option mappings (their keys can be searched one by one)."""
+    return [p for p, f in _leaf_fields().items() if f.annotation is not None and "dict" in str(f.annotation)]
+
+
 #: Paths that make no sense to search (they change what the experiment *is*, not a trial's knob).
 _UNSEARCHABLE = (
     "name",
@@ -450,8 +481,7 @@ _UNSEARCHABLE = (
     "checkpoint.",
     "scheduler.",
     "objective.",
-    "model.name",
-    "model.revision",
+    "model.",  # one base model per experiment: its forgetting baseline is computed once and shared
     "data.task",
     "data.eval",
     "forgetting.",
@@ -461,8 +491,7 @@ _UNSEARCHABLE = (
 def _check_space(spec: ExperimentSpec) -> None:
     """Every searched path must be a real leaf, and every value the distribution can give must validate."""
     leaves = _leaf_fields()
-    # free-form option mappings (generator and evaluator knobs) can be searched key by key
-    mappings = [p for p, f in leaves.items() if f.annotation is not None and "dict" in str(f.annotation)]
+    mappings = _mapping_paths()  # generator and evaluator knobs can be searched key by key
     for path, dist in spec.search.space.items():
         where = f"search.space.{path}"
         if path not in leaves and not any(path.startswith(m + ".") for m in mappings):
@@ -473,6 +502,12 @@ def _check_space(spec: ExperimentSpec) -> None:
             path in _UNSEARCHABLE
         ):
             raise SpecError(f"{where}: '{path}' cannot be searched (it defines the experiment, not a trial)")
+        field = leaves.get(path)
+        if isinstance(dist, FloatDist) and field is not None and field.annotation is int:
+            raise SpecError(
+                f"{where}: {path} is a whole number; a float distribution would give values like 3.7 "
+                "(use type: int, or categorical)"
+            )
         for label, value in dist.extremes():
             try:
                 spec.with_params({path: value})

@@ -35,7 +35,7 @@ from trainables.data import (
 )
 from trainables.model import add_lora, load_base, pick_device, quiet_hf
 
-__all__ = ["Reporter", "evaluate_adapter", "merge_params", "qlora_sft", "run"]
+__all__ = ["Reporter", "evaluate_adapter", "merge_params", "qlora_sft", "run", "validated"]
 
 #: report(metrics, checkpoint_dir or None)
 Reporter = Callable[[dict[str, Any], "Path | None"], None]
@@ -51,6 +51,14 @@ def merge_params(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
             node = node.setdefault(p, {})  # option mappings may not hold the key yet
         node[leaf] = value
     return out
+
+
+def validated(trial_spec: dict[str, Any]) -> dict[str, Any]:
+    """The trial's spec checked against the schema (a sampled value must be as valid as a written one), with
+    values in their field's type (a categorical choice of 4.0 for a whole-number field becomes 4)."""
+    from gridrun.spec import spec_from_dict
+
+    return spec_from_dict({**trial_spec, "search": {}}, check_space=False).trial_dict()
 
 
 def _lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -237,7 +245,7 @@ def qlora_sft(config: dict[str, Any], spec: dict[str, Any], baseline: float | di
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     threads = max(1, int(spec["resources"]["cpu"]))
     torch.set_num_threads(threads)
-    trial_spec = merge_params(spec, config)
+    trial_spec = validated(merge_params(spec, config))
     ckpt = tune.get_checkpoint()
 
     def report(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:

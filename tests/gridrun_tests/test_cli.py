@@ -88,3 +88,27 @@ def test_missing_spec_file_and_bad_yaml(tmp_path: Path) -> None:
 def test_report_of_a_folder_that_is_no_experiment(tmp_path: Path) -> None:
     r = run_cli("report", str(tmp_path))
     assert r.returncode == 2 and "no gridrun summary" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["evaluate.options.json_format.strictnes=lenient"],
+            "evaluate.options.json_format: unknown option 'strictnes'",
+        ),
+        (["evaluate.options.json_format.strictness=bogus"], "strictness: 'strict' or 'lenient', got 'bogus'"),
+        (["data.options.hard_negative_prob=2"], "data.options: hard_negative_prob must be in [0, 1], got 2"),
+        (
+            ["search.space.data.options.hard_negative_prob={type: float, low: 0.1, high: 1.5}"],
+            "data.options: hard_negative_prob must be in [0, 1], got 1.5",
+        ),
+        (["evaluate.evaluators=[nope]"], "evaluate.evaluators: unknown evaluator 'nope'"),
+        (["data.task=builtin:nope"], "data.task: unknown builtin task 'builtin:nope'"),
+    ],
+)
+def test_validate_checks_what_trials_would_meet(overrides: list[str], expected: str) -> None:
+    """Plain `gridrun validate` (no --deep) catches bad evaluator and generator options before any trial runs."""
+    r = run_cli("validate", str(FORGETTING), *[a for o in overrides for a in ("--set", o)])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and expected in r.stderr, r.stderr

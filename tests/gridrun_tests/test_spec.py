@@ -85,6 +85,22 @@ def _base() -> dict:
             "search.space.lora.r.choices[1]: 'x' is not a valid lora.r",
         ),
         (lambda d: d["data"].update(template="no placeholder"), "data.template: template must be 'chat'"),
+        (
+            lambda d: d["data"].update(template='Reply like {"a": 1}: {prompt}'),
+            "data.template: template has a brace field other than {prompt}",
+        ),
+        (
+            lambda d: d["search"]["space"].update({"lora.r": {"type": "float", "low": 2, "high": 16}}),
+            "search.space.lora.r: lora.r is a whole number; a float distribution",
+        ),
+        (
+            lambda d: d["search"]["space"].update({"model.quantization": {"type": "categorical", "choices": ["nf4"]}}),
+            "'model.quantization' cannot be searched",
+        ),
+        (
+            lambda d: d["search"]["space"].update({"train.lr": {"type": ["float"], "low": 0.1, "high": 1}}),
+            "search.space.train.lr.type: unknown distribution ['float']",
+        ),
         (lambda d: d.pop("name"), "name: required field is missing"),
     ],
 )
@@ -151,3 +167,45 @@ def test_cluster_manifests_parse() -> None:
     docs = [d for f in sorted((ROOT / "docker").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())]
     kinds = {d["kind"] for d in docs}
     assert {"RayCluster", "Deployment", "Service", "PersistentVolumeClaim"} <= kinds
+
+
+def test_overrides_under_option_mappings_keep_the_whole_key() -> None:
+    """`--set search.space.data.options.x={...}` adds one searched option; it never replaces data.options."""
+    raw = {"search": {"space": {"data.options.hard_negative_prob": {"type": "float", "low": 0.1, "high": 0.4}}}}
+    out = apply_overrides(
+        raw,
+        [
+            "search.space.data.options.fix_bad_output_prob={type: float, low: 0.0, high: 0.2}",
+            "search.space.data.options.hard_negative_prob.high=0.5",
+            "search.space.train.lr.high=0.05",
+        ],
+    )["search"]["space"]
+    assert out == {
+        "data.options.hard_negative_prob": {"type": "float", "low": 0.1, "high": 0.5},
+        "data.options.fix_bad_output_prob": {"type": "float", "low": 0.0, "high": 0.2},
+        "train.lr": {"high": 0.05},
+    }
+
+
+def test_asha_max_t_covers_searched_epochs_and_sizes() -> None:
+    """ASHA stops every trial at max_t: a searched epochs or train_size must raise it, not cap trials at the
+    fixed value."""
+    from gridrun.launch import _largest, _train_size_upper
+
+    raw = _base()
+    raw["search"]["space"]["train.epochs"] = {"type": "float", "low": 1, "high": 3}
+    raw["search"]["space"]["data.train_size"] = {"type": "categorical", "choices": [256, 1024]}
+    spec = spec_from_dict(raw)
+    assert _largest(spec, "train.epochs", spec.train.epochs) == 3
+    assert _train_size_upper(spec) == 1024
+    assert _largest(spec, "train.lr", 0.5) == pytest.approx(2e-2)
+
+
+def test_trials_validate_their_sampled_values() -> None:
+    from trainables.qlora_sft import merge_params, validated
+
+    spec = spec_from_dict(_base())
+    trial = validated(merge_params(spec.trial_dict(), {"lora.r": 4.0, "train.lr": 1e-3}))
+    assert trial["lora"]["r"] == 4 and isinstance(trial["lora"]["r"], int)
+    with pytest.raises(SpecError, match=r"lora\.r"):
+        validated(merge_params(spec.trial_dict(), {"lora.r": 3.7}))

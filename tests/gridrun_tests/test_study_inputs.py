@@ -176,3 +176,12 @@ def test_squad_hub_layout_and_bad_rows() -> None:
     assert squad_records(rows, "data.task")[0]["answers"] == [["x", "y"]]
     with pytest.raises(GridrunError, match="needs context/question/answers"):
         squad_records([{"prompt": "p"}], "data.task")
+
+
+def test_export_refuses_an_ambiguous_trial_suffix() -> None:
+    from gridrun.export import pick_trial
+
+    summary = {"trials": [{"trial_id": "ab_00001"}, {"trial_id": "cd_00011"}], "best": None}
+    assert pick_trial(summary, "00011")["trial_id"] == "cd_00011"
+    with pytest.raises(GridrunError, match="matches 2 trials"):
+        pick_trial(summary, "1")
