@@ -15,26 +15,67 @@ from evaluators._base import Evaluator, generate, register_evaluator
 
 __all__ = ["Gsm8kEvaluator", "extract_answer", "to_number"]
 
-_NUM = r"[-+]?\$?\s?\d[\d,]*(?:\.\d+)?|[-+]?\$?\s?\.\d+"
+_NUM = r"[-+]?\$?\s?[-+]?\d[\d,]*(?:\.\d+)?|[-+]?\$?\s?[-+]?\.\d+"
 _HASH = re.compile(r"####\s*(" + _NUM + ")")
-_BOXED = re.compile(r"\\boxed\{\s*(" + _NUM + r")\s*\}")
 _ANY = re.compile(_NUM)
+_FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
+_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\{[^{}]*\}")
 
 
 def to_number(text: str) -> float | None:
     cleaned = text.replace("$", "").replace(",", "").replace(" ", "")
+    sign = -1.0 if cleaned.startswith("-") or cleaned.startswith("+-") else 1.0
+    cleaned = cleaned.lstrip("+-")
     try:
-        return float(cleaned)
+        return sign * float(cleaned)
     except ValueError:
         return None
 
 
+def _boxed_contents(text: str) -> list[str]:
+    """What each ``\\boxed{...}`` holds, braces balanced (``\\boxed{\\frac{1}{2}}`` → ``\\frac{1}{2}``)."""
+    out = []
+    start = text.find("\\boxed{")
+    while start >= 0:
+        i, depth = start + len("\\boxed{"), 1
+        j = i
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        if depth == 0:
+            out.append(text[i : j - 1])
+        start = text.find("\\boxed{", j)
+    return out
+
+
+def _latex_number(tex: str) -> float | None:
+    """A number written in LaTeX as models box it: ``\\$18``, ``18\\%``, ``1{,}000``, ``18 \\text{ dollars}``,
+    ``\\frac{3}{4}``."""
+    t = _TEXT.sub("", tex).replace("{,}", ",").replace("\\$", "$").replace("\\%", "").replace("%", "")
+    t = t.replace("\\!", "").replace("\\,", "").replace("\\ ", " ").strip()
+    frac = _FRAC.fullmatch(t.lstrip("-"))
+    if frac:
+        num, den = to_number(frac.group(1)), to_number(frac.group(2))
+        if num is not None and den:
+            return (-1 if t.startswith("-") else 1) * num / den
+    found = _ANY.findall(t)
+    return to_number(found[0]) if len(found) == 1 else None
+
+
 def extract_answer(text: str) -> tuple[float | None, str]:
-    """``(value, form)`` with form ``hash`` | ``boxed`` | ``last`` | ``none``."""
-    for form, pattern in (("hash", _HASH), ("boxed", _BOXED)):
-        found = pattern.findall(text)
-        if found:
-            return to_number(found[-1]), form
+    """``(value, form)`` with form ``hash`` | ``boxed`` | ``last`` | ``none``.
+
+    The first ``#### n`` wins (a model that runs on into a new question writes more of them; lm-eval's GSM8K
+    strict match takes the first too); of ``\\boxed{}`` the last wins (the MATH convention). Otherwise the
+    last number in the text.
+    """
+    found = _HASH.findall(text)
+    if found:
+        return to_number(found[0]), "hash"
+    for content in reversed(_boxed_contents(text)):
+        value = _latex_number(content)
+        if value is not None:
+            return value, "boxed"
     found = _ANY.findall(text)
     if found:
         return to_number(found[-1]), "last"
@@ -45,7 +86,7 @@ def extract_answer(text: str) -> tuple[float | None, str]:
 class Gsm8kEvaluator(Evaluator):
     metrics: ClassVar[tuple[str, ...]] = ("accuracy", "extracted", "format_hash", "format_boxed")
     #: Answer formats a training target must show for this evaluator to find its answers (gridrun validate).
-    answer_formats: ClassVar[tuple[str, ...]] = (r"####\s*" + _NUM, r"\\boxed\{")
+    answer_formats: ClassVar[tuple[str, ...]] = (r"####\s*(?:" + _NUM + ")", r"\\boxed\{")
 
     def score(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, float]:
         c = dict.fromkeys(self.metrics, 0.0)

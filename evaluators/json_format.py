@@ -22,7 +22,13 @@ from evaluators._base import Evaluator, GenerationSettings, generate, register_e
 __all__ = ["JsonFormatEvaluator", "classify", "count_json_objects"]
 
 _FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
-_DECODER = json.JSONDecoder()
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity; strict JSON has neither
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
 
 def count_json_objects(text: str) -> int:
@@ -34,7 +40,7 @@ def count_json_objects(text: str) -> int:
             return n
         try:
             obj, end = _DECODER.raw_decode(text, i)
-        except json.JSONDecodeError:
+        except ValueError:
             i += 1
             continue
         if isinstance(obj, dict):
@@ -52,10 +58,14 @@ def classify(completion: str, strictness: str = "strict") -> tuple[str, Any]:
     if not text:
         return "empty", None
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        # Decodable JSON followed or preceded by something else is "extra text", not "invalid".
+        obj, end = _DECODER.raw_decode(text)
+    except ValueError:  # JSONDecodeError, or NaN/Infinity
+        if text.startswith(("{", "[")):
+            return "invalid_json", None  # it set out to be JSON and broke (a nested object is no rescue)
+        # prose around a decodable object is "extra text", not "invalid"
         return ("extra_text" if count_json_objects(text) else "invalid_json"), None
+    if end != len(text):
+        return "extra_text", None
     if not isinstance(obj, dict):
         return "not_object", None
     return "ok", obj

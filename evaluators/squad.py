@@ -6,8 +6,10 @@ the normalized prediction.
 
 Examples carry ``answers`` (list of gold strings, one per question in sequential format: a list of lists) and
 ``format`` (``batch``: one question per prompt; ``sequential``: all questions of one context in one prompt,
-answered as numbered lines ``1. ...``). Metrics: em, f1, lenient (per question), questions_per_context,
-prompt_tokens and gen_tokens (per prompt), latency_s (per prompt: wall time of its generation batch / size).
+answered as numbered lines ``1. ...``). Metrics: em, f1, lenient (per question), questions_per_context, and the
+cost of answering one context: prompt_tokens, gen_tokens and latency_s summed over its prompts (in ``batch``
+format a context costs one prompt per question, in ``sequential`` one prompt). Latency is the wall time of
+generation divided by the number of contexts.
 """
 
 from __future__ import annotations
@@ -40,9 +42,7 @@ def _f1_one(pred: str, gold: str) -> float:
     p, g = normalize(pred).split(), normalize(gold).split()
     common = Counter(p) & Counter(g)
     same = sum(common.values())
-    if not p or not g:
-        return float(p == g)
-    if same == 0:
+    if same == 0:  # v1.1 has no both-empty case: "a" vs "the" is an exact match with F1 0
         return 0.0
     precision, recall = same / len(p), same / len(g)
     return 2 * precision * recall / (precision + recall)
@@ -53,8 +53,9 @@ def f1(pred: str, golds: list[str]) -> float:
 
 
 def lenient(pred: str, golds: list[str]) -> float:
-    p = normalize(pred)
-    return float(any(normalize(g) and normalize(g) in p for g in golds))
+    """1 if some normalized gold appears in the normalized prediction as a run of whole tokens."""
+    p = f" {normalize(pred)} "
+    return float(any(normalize(g) and f" {normalize(g)} " in p for g in golds))
 
 
 _NUMBERED = re.compile(r"^\s*(\d+)\s*[.):]\s*(.*)$")
@@ -105,10 +106,12 @@ class SquadEvaluator(Evaluator):
         completions = generate(model, tokenizer, [e["prompt"] for e in examples], self.generation)
         elapsed = time.perf_counter() - t0
         out = self.score(completions, examples)
-        n = max(1, len(examples))
+        contexts = max(1, len({ex.get("context_id", i) for i, ex in enumerate(examples)}))
         out["prompt_tokens"] = (
-            sum(len(tokenizer(e["prompt"], add_special_tokens=False)["input_ids"]) for e in examples) / n
+            sum(len(tokenizer(e["prompt"], add_special_tokens=False)["input_ids"]) for e in examples) / contexts
         )
-        out["gen_tokens"] = sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions) / n
-        out["latency_s"] = elapsed / n
+        out["gen_tokens"] = (
+            sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions) / contexts
+        )
+        out["latency_s"] = elapsed / contexts
         return out

@@ -21,6 +21,8 @@ from gridrun.errors import GridrunError
         ('{"a": 1} {"a": 1}', "extra_text"),
         ('{"a": 1}\nI hope this helps.', "extra_text"),
         ('{"a": 1', "invalid_json"),
+        ('{"a": NaN}', "invalid_json"),  # Python's json reads NaN; strict JSON does not
+        ('{"a": {"b": 1}, "c": ', "invalid_json"),  # broke off: the nested object inside is no rescue
         ("[1, 2]", "not_object"),
         ("", "empty"),
         ('```json\n{"a": 1}\n```', "extra_text"),

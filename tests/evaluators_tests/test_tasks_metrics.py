@@ -20,7 +20,7 @@ from gridrun.builtin.algo import generate as algo_tasks
         ("in Paris, France", ["Paris"], 0.0, 0.5),  # precision 1/3, recall 1: F1 = 2PR/(P+R) = 0.5
         ("Denver Broncos", ["Broncos", "Denver Broncos"], 1.0, 1.0),  # best over golds
         ("", ["Paris"], 0.0, 0.0),
-        ("a", ["the"], 1.0, 1.0),  # both normalize to empty: equal
+        ("a", ["the"], 1.0, 0.0),  # both normalize to empty: v1.1 counts EM, but F1 has no overlap to count
         ("Paris Paris", ["Paris"], 0.0, 2 * 0.5 * 1.0 / 1.5),  # repeated tokens count once in the overlap
     ],
 )
@@ -33,6 +33,8 @@ def test_normalize_and_lenient() -> None:
     assert normalize("  The  cat's   hat, an apple! ") == "cats hat apple"
     assert lenient("It is in Paris, France.", ["paris"]) == 1.0
     assert lenient("London", ["Paris"]) == 0.0
+    assert lenient("in 1945", ["4"]) == 0.0  # whole tokens, not characters
+    assert lenient("the New York Times", ["new york"]) == 1.0
 
 
 def test_sequential_answers_are_parsed_back_per_question() -> None:
@@ -57,6 +59,14 @@ def test_sequential_answers_are_parsed_back_per_question() -> None:
         ("first 12 then 15", 15, "last"),
         ("no number here", None, "none"),
         ("#### 7 and later \\boxed{9}", 7, "hash"),
+        ("#### $-5", -5, "hash"),
+        ("#### 42\nQuestion: another one\n#### 7", 42, "hash"),  # the model ran on: the first answer counts
+        ("\\boxed{\\$18} for 3 bags", 18, "boxed"),
+        ("\\boxed{18 \\text{ dollars}} and 3", 18, "boxed"),
+        ("\\boxed{18\\%} of 3", 18, "boxed"),
+        ("\\boxed{1{,}000} then 3", 1000, "boxed"),
+        ("\\boxed{\\frac{3}{4}}", 0.75, "boxed"),
+        ("\\boxed{2} or rather \\boxed{3}", 3, "boxed"),
     ],
 )
 def test_gsm8k_extraction(text: str, value, form: str) -> None:
@@ -100,3 +110,28 @@ def test_evaluator_goes_on_after_hostile_completions() -> None:
     ev = CodeExecEvaluator(wall_s=3, cpu_s=1)
     out = ev.score(hostile, ex)
     assert out["pass_rate"] == pytest.approx(1 / 3) and out["timeouts"] == pytest.approx(1 / 3)
+
+
+def test_squad_costs_are_per_context() -> None:
+    """Batch format answers a context with one prompt per question; its cost is their sum (the study compares
+    formats on prompt tokens, generated tokens and latency per context)."""
+
+    class Tok:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": text.split()}
+
+    ev = SquadEvaluator()
+    ev_examples = [
+        {"prompt": "ctx q1", "answer": "a", "answers": [["a"]], "format": "batch", "context_id": 0},
+        {"prompt": "ctx q2", "answer": "b", "answers": [["b"]], "format": "batch", "context_id": 0},
+    ]
+    import evaluators.squad as squad
+
+    real = squad.generate
+    squad.generate = lambda model, tok, prompts, settings: ["a", "b c"]
+    try:
+        out = ev.evaluate(None, Tok(), ev_examples)
+    finally:
+        squad.generate = real
+    assert out["prompt_tokens"] == 4 and out["gen_tokens"] == 3 and out["questions_per_context"] == 2
+    assert out["em"] == 0.5
