@@ -441,7 +441,7 @@ def _fit_and_report(
     except BaseException:
         _close_parent(spec, parent, "KILLED")
         raise
-    summary = summarize(spec, grid, tracker.reasons, tracker.runs, meta["base_probe_loss"])
+    summary = summarize(spec, grid, tracker.reasons, tracker.runs, meta["base_probe_loss"], tracker.keeper.best)
     if tracker._resumed:
         dropped = drop_orphans(spec.tracking.uri, parent, {r["trial_id"] for r in summary["trials"]})
         if dropped:
@@ -454,11 +454,6 @@ def _fit_and_report(
             "wall_s": round(time.time() - t0, 1),
         }
     )
-    for row in summary["trials"]:
-        best = tracker.keeper.best(row["trial_id"])
-        if best is not None:
-            row["best_checkpoint"] = {"objective": best.objective, "path": best.path, "metrics": best.metrics}
-            row["adapter"] = str(Path(best.path) / "adapter")  # the adapter logged and worth shipping
     summary["importance"] = importance(summary, spec.search.space)
     summary["report_dir"] = str(exp_dir / "report")
     # Register what is worth shipping: the best trial, or every Pareto-optimal trial in pareto mode.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,23 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
 
 
-def summarize(spec: Any, grid: Any, reasons: dict[str, str], runs: dict[str, str], base_loss: float) -> dict[str, Any]:
-    """Plain-data summary of a finished ResultGrid (JSON-serialisable)."""
+def summarize(
+    spec: Any,
+    grid: Any,
+    reasons: dict[str, str],
+    runs: dict[str, str],
+    base_loss: float,
+    best_checkpoint: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """Plain-data summary of a finished ResultGrid (JSON-serialisable).
+
+    A trial is summed up by its best checkpoint by objective, the adapter it ships (logged to MLflow,
+    registered, exported): its task metric, forgetting and objective are those of that checkpoint, and so are
+    the best trial and the Pareto front. ``last`` keeps the final eval round; ``trained`` how far it got.
+
+    Args:
+        best_checkpoint: trial id -> its best kept checkpoint (``gridrun.checkpoints.Saved``) or None.
+    """
     metric = spec.objective.metric
     rows: list[dict[str, Any]] = []
     for r in grid:
@@ -27,24 +43,34 @@ def summarize(spec: Any, grid: Any, reasons: dict[str, str], runs: dict[str, str
             reason = f"error: {type(r.error).__name__}"
         else:
             reason = reasons.get(tid) or ("completed" if m.get("progress", 0) >= 1 else "stopped")
-        adapter = None
-        if r.checkpoint is not None:
+        last = {k: v for k, v in m.items() if (isinstance(v, int | float) and "/" in k) or k == "objective"}
+        saved = best_checkpoint(tid) if best_checkpoint is not None else None
+        at = saved.metrics if saved is not None else last
+        adapter = str(Path(saved.path) / "adapter") if saved is not None else None
+        if adapter is None and r.checkpoint is not None:
             adapter = str(Path(r.checkpoint.path) / "adapter")
         rows.append(
             {
                 "trial_id": tid,
                 "status": "ERROR" if r.error is not None else "TERMINATED",
                 "params": dict(r.config),
-                "task": _num(m.get(metric)),
-                "forget_delta": _num(m.get("forget/delta")),
-                "objective": _num(m.get("objective")),
-                "samples_seen": m.get("samples_seen"),
+                "task": _num(at.get(metric)),
+                "forget_delta": _num(at.get("forget/delta")),
+                "objective": _num(saved.objective if saved is not None else at.get("objective")),
+                "samples_seen": at.get("samples_seen", m.get("samples_seen")),
+                "trained": m.get("samples_seen"),
                 "train_samples": m.get("data/train_samples"),
                 "stop_reason": reason,
                 "adapter": adapter,
+                "best_checkpoint": (
+                    {"objective": saved.objective, "path": saved.path, "metrics": saved.metrics} if saved else None
+                ),
                 "mlflow_run_id": runs.get(tid),
-                "metrics": {
-                    k: v for k, v in m.items() if (isinstance(v, int | float) and "/" in k) or k == "objective"
+                "metrics": dict(at),
+                "last": {
+                    "task": _num(m.get(metric)),
+                    "forget_delta": _num(m.get("forget/delta")),
+                    "objective": _num(m.get("objective")),
                 },
                 "curve": _curve(r, metric),
             }
@@ -153,7 +179,7 @@ def write_report(
         ax.annotate(r["trial_id"][-4:], (r["forget_delta"], r["task"]), fontsize=7, alpha=0.7)
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlabel("forget/delta (relative rise of general probe loss; lower is better)")
-    ax.set_ylabel(f"{metric} (last eval)")
+    ax.set_ylabel(f"{metric} (at each trial's best checkpoint)")
     ax.set_title(f"{summary['name']}: task vs forgetting")
     ax.legend(loc="best", fontsize=8)
     paths.append(_save(fig, out_dir / "pareto.png"))
@@ -240,7 +266,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         summary["objective_metric"],
         "forget/delta",
         "objective",
-        "samples",
+        "best at",
+        "trained",
         "stopped by",
     ]
     body = [
@@ -252,13 +279,15 @@ def format_summary(summary: dict[str, Any]) -> str:
             _fmt(r["forget_delta"]),
             _fmt(r["objective"]),
             _fmt(r["samples_seen"]),
+            _fmt(r.get("trained", r["samples_seen"])),
             r["stop_reason"],
         ]
         for r in rows
     ]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
-    out = [line(head), line(["-" * w for w in widths]), *(line(b) for b in body), ""]
+    out = [line(head), line(["-" * w for w in widths]), *(line(b) for b in body)]
+    out += ["(each trial at its best checkpoint by objective, the adapter it ships; samples seen there and in all)", ""]
     best = summary.get("best")
     if best:
         out.append(

@@ -2,7 +2,8 @@
 
 Eleven problem types at three difficulty levels. The target is the reference solution (the "teacher trace"
 of a distillation study); the evaluator runs the model's function against test cases generated from the
-reference. Train and eval draw from different seeds (``split``), so eval problems are not training problems.
+reference. Each prompt shows a worked example at its difficulty; train and eval draw from different seeds
+(``split``), so eval prompts and cases are not training ones.
 """
 
 from __future__ import annotations
@@ -132,9 +133,14 @@ def generate(
         kind, d = kinds[i % len(kinds)], rng.choice(levels)
         func, sig, desc, make = PROBLEMS[kind]
         args = [make(rng, d) for _ in range(4)]
+        # A worked example of this instance's difficulty (not one of its test cases) makes each prompt its own
+        # problem: eval prompts are not training prompts, and harder levels show harder inputs.
+        example = make(rng, d)
+        call = f"{func.__name__}({', '.join(repr(a) for a in example)})"
         out.append(
             {
-                "prompt": f"Write a Python function `{func.__name__}({sig})` that {desc}. Answer with the code only.",
+                "prompt": f"Write a Python function `{func.__name__}({sig})` that {desc}. "
+                f"For example, {call} returns {func(*example)!r}. Answer with the code only.",
                 "answer": _source(func),
                 "function": func.__name__,
                 "cases": [[a, func(*a)] for a in args],

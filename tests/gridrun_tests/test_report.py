@@ -1,0 +1,51 @@
+"""The summary sums a trial up by its best checkpoint (the adapter it ships), not by its last eval round."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from gridrun.checkpoints import Saved
+from gridrun.report import format_summary, summarize
+from gridrun.spec import spec_from_dict
+
+
+def _result(tid: str, last: dict, lr: float) -> SimpleNamespace:
+    metrics = {"trial_id": tid, "progress": 1, **last}
+    return SimpleNamespace(metrics=metrics, path=f"/x/{tid}", error=None, config={"train.lr": lr}, checkpoint=None)
+
+
+def test_rows_best_trial_and_front_come_from_best_checkpoints() -> None:
+    spec = spec_from_dict({"name": "t"})
+    grid = [
+        # a: peaked mid-run (0.9 at 64 samples), then forgot; b: steady 0.6 at the end
+        _result("a", {"task/format_success": 0.3, "forget/delta": 0.8, "objective": -0.1, "samples_seen": 128}, 1e-2),
+        _result("b", {"task/format_success": 0.6, "forget/delta": 0.0, "objective": 0.6, "samples_seen": 128}, 1e-3),
+    ]
+    kept = {
+        "a": Saved(
+            0.85,
+            SimpleNamespace(path="/x/a/ckpt1"),
+            {"task/format_success": 0.9, "forget/delta": 0.1, "samples_seen": 64.0},
+        ),
+        "b": Saved(
+            0.6,
+            SimpleNamespace(path="/x/b/ckpt3"),
+            {"task/format_success": 0.6, "forget/delta": 0.0, "samples_seen": 128.0},
+        ),
+    }
+    s = summarize(spec, grid, {}, {"a": "run-a"}, 1.0, kept.get)
+    a = next(r for r in s["trials"] if r["trial_id"] == "a")
+    assert (a["task"], a["forget_delta"], a["objective"], a["samples_seen"], a["trained"]) == (0.9, 0.1, 0.85, 64, 128)
+    assert a["last"] == {"task": 0.3, "forget_delta": 0.8, "objective": -0.1}
+    assert a["adapter"] == "/x/a/ckpt1/adapter" and a["best_checkpoint"]["path"] == "/x/a/ckpt1"
+    assert s["best"]["trial_id"] == "a"  # by the last round it would have been b
+    assert set(s["pareto_front"]) == {"a", "b"}  # a: more task, b: less forgetting
+    table = format_summary(s)
+    assert "best at" in table and "trained" in table and "best trial a: objective 0.85" in table
+
+
+def test_a_trial_without_checkpoints_is_summed_up_by_its_last_round() -> None:
+    spec = spec_from_dict({"name": "t"})
+    grid = [_result("c", {"task/format_success": 0.5, "forget/delta": 0.2, "objective": 0.4, "samples_seen": 8}, 1e-3)]
+    row = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)["trials"][0]
+    assert (row["task"], row["objective"], row["best_checkpoint"], row["adapter"]) == (0.5, 0.4, None, None)
