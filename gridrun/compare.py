@@ -15,12 +15,14 @@ __all__ = ["compare"]
 
 def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) -> list[dict[str, Any]]:
     """``[{prompt, reference, base, adapter}]`` for the first ``n`` evaluation prompts of the experiment."""
+    from trainables.model import load_base, pick_device, quiet_hf
+
+    quiet_hf()  # before peft imports bitsandbytes, which warns about optional CPU kernels on import
     from peft import PeftModel
 
     from evaluators import GenerationSettings, generate
     from gridrun.launch import META_FILE
     from trainables.data import load_task_data, render_prompt
-    from trainables.model import load_base, pick_device, quiet_hf
     from trainables.qlora_sft import merge_params
 
     if n < 1:
@@ -31,7 +33,6 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
         raise GridrunError(f"{exp} is not a gridrun experiment folder (no {META_FILE})")
     row = pick_trial(load_summary(exp), trial)
     spec = merge_params(json.loads(meta_file.read_text())["trial_spec"], row["params"])
-    quiet_hf()
     base, tok = load_base(spec["model"], pick_device(spec["resources"]["gpu"]))
     _, rows = load_task_data(spec["data"], int(spec["train"]["seed"]))
     rows = rows[:n]

@@ -54,6 +54,10 @@ def export(experiment_dir: str | Path, out: str | Path, trial: str | None = None
         return dest
 
     import torch
+
+    from trainables.model import quiet_hf
+
+    quiet_hf()  # before peft imports bitsandbytes, which warns about optional CPU kernels on import
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
 
 from gridrun.builtin import resolve_model
@@ -21,6 +22,8 @@ def quiet_hf() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # peft calls transformers' deprecated is_gradient_checkpointing: nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     logging.getLogger("transformers.integrations").setLevel(logging.ERROR)
 
 

@@ -266,11 +266,12 @@ def evaluate_adapter(spec: dict[str, Any], adapter_dir: str | Path) -> dict[str,
     metrics its trial reported.
     """
     import torch
+
+    quiet_hf()  # before peft imports bitsandbytes, which warns about optional CPU kernels on import
     from peft import PeftModel
 
     from evaluators import GenerationSettings, build_evaluator, probe_loss
 
-    quiet_hf()
     torch.manual_seed(int(spec["train"]["seed"]))
     base, tok = load_base(spec["model"], pick_device(spec["resources"]["gpu"]))
     model = PeftModel.from_pretrained(base, str(adapter_dir))
