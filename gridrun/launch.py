@@ -53,7 +53,7 @@ def check_answer_formats(spec: ExperimentSpec, load_hub: bool = False) -> None:
     if not wanted:
         return
     src = spec.data.task
-    local = builtin_name(src) is not None or Path(src).expanduser().is_file()
+    local = builtin_name(src) is not None or Path(src).expanduser().exists()  # a file or a dataset folder
     if not (local or load_hub):
         return
     from trainables.data import load_task_data
@@ -110,9 +110,9 @@ def check_spec(spec: ExperimentSpec) -> None:
         if source and builtin_name(source) is None:
             p = Path(source).expanduser()
             looks_local = p.suffix in (".jsonl", ".json", ".parquet", ".txt") or source.startswith((".", "/", "~"))
-            if looks_local and not p.is_file():
+            if looks_local and not (p.is_file() or (p.is_dir() and field in ("data.task", "data.eval"))):
                 raise GridrunError(f"{field}: data file not found: {p}")
-    if builtin_name(spec.data.task) or Path(spec.data.task).expanduser().is_file():
+    if builtin_name(spec.data.task) or Path(spec.data.task).expanduser().exists():
         from trainables.data import load_task_data
 
         # fields, emptiness, JSON syntax of files; a few records of a builtin task under every option variant

@@ -1,8 +1,8 @@
 """Task data → prompt/answer records → token ids with the prompt masked.
 
-Sources: ``builtin:<task>`` generators, local ``.jsonl``/``.json``/``.parquet`` files, or a hub dataset id
-(``datasets.load_dataset``). One template renders the prompt for both training and evaluation, so the model
-is tested on exactly the format it was trained on.
+Sources: ``builtin:<task>`` generators, local ``.jsonl``/``.json``/``.parquet`` files, or a hub dataset id or a
+local dataset folder laid out like one (``datasets.load_dataset``). One template renders the prompt for both
+training and evaluation, so the model is tested on exactly the format it was trained on.
 """
 
 from __future__ import annotations
@@ -81,14 +81,16 @@ def load_records(
         except ValueError as e:
             raise GridrunError(f"data.options: {e}") from None
     path = Path(source).expanduser()
-    if path.suffix in FILE_SUFFIXES or path.exists():
+    if path.is_file() or (path.suffix in FILE_SUFFIXES and not path.is_dir()):
         if not path.is_file():
             raise GridrunError(f"{field}: data file not found: {path}")
         return _read_file(path, field)
+    # A hub id, or a local dataset folder laid out like one (a snapshot downloaded for an offline cluster):
+    # datasets reads both, and finds the splits from the file names (train*, test*, validation*).
     try:
         import datasets
 
-        ds = datasets.load_dataset(source, subset, split=split)
+        ds = datasets.load_dataset(str(path) if path.is_dir() else source, subset, split=split)
     except Exception as e:  # hub unreachable, unknown id, bad split: all user-facing
         raise GridrunError(
             f"{field}: cannot load dataset {source!r} (split {split!r}): {type(e).__name__}: "

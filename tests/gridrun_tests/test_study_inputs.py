@@ -185,3 +185,29 @@ def test_export_refuses_an_ambiguous_trial_suffix() -> None:
     assert pick_trial(summary, "00011")["trial_id"] == "cd_00011"
     with pytest.raises(GridrunError, match="matches 2 trials"):
         pick_trial(summary, "1")
+
+
+def test_validate_reads_a_local_dataset_folder_and_checks_its_answer_format(tmp_path: Path) -> None:
+    """A downloaded hub snapshot passes validate, and the train/test format check reads it like any local data."""
+    import yaml
+
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    for split in ("train", "test"):
+        rows = [{"question": f"q{i}", "answer": f"so {i}\n#### {i}"} for i in range(5)]
+        (folder / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    spec = yaml.safe_load((ROOT / "search_spaces" / "qwen2.5-0.5b-instruct" / "gsm8k.yaml").read_text())
+    spec["model"] = {"name": "builtin:tiny-general"}
+    spec["data"].update(task=str(folder), eval=str(folder), subset=None, eval_size=2)
+    spec["resources"] = {"cpu": 1, "gpu": 0}
+    spec["forgetting"] = {"probe": "builtin:general-probe"}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    r = run_cli("validate", str(path))
+    assert r.returncode == 0, r.stderr
+    # targets without the format the evaluator reads (the GSM8K study's 40% -> 5% mismatch)
+    (folder / "train.jsonl").write_text(
+        "\n".join(json.dumps({"question": f"q{i}", "answer": f"so {i}"}) for i in range(5))
+    )
+    r = run_cli("validate", str(path))
+    assert r.returncode == 2 and "train/test format mismatch" in r.stderr, r.stderr

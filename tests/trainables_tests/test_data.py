@@ -110,3 +110,25 @@ def test_missing_file_and_unknown_builtin() -> None:
         load_task_data(_data("/nonexistent/train.jsonl"), seed=0)
     with pytest.raises(GridrunError, match="unknown builtin task 'builtin:nope'; known: builtin:json-format"):
         load_task_data(_data("builtin:nope"), seed=0)
+
+
+def test_local_dataset_folder_in_hub_layout(tmp_path: Path) -> None:
+    """A hub dataset downloaded for an offline cluster: a folder whose file names give the splits."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "gsm8k" / "main").mkdir(parents=True)
+    for split, n in (("train", 6), ("test", 3)):
+        rows = [{"question": f"{split} q{i}", "answer": f"step\n#### {i}"} for i in range(n)]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "gsm8k" / "main" / f"{split}-00000-of-00001.parquet")
+    data = data_section(str(tmp_path / "gsm8k"), prompt_field="question", split="train", eval_split="test", eval_size=2)
+    train, ev = load_task_data({**data, "eval": str(tmp_path / "gsm8k")}, 0)
+    assert [r["prompt"] for r in train] == [f"train q{i}" for i in range(6)]
+    assert [r["prompt"] for r in ev] == ["test q0", "test q1"] and ev[0]["answer"].endswith("#### 0")
+
+
+def test_unknown_hub_dataset_is_one_line() -> None:
+    with pytest.raises(GridrunError) as e:
+        load_task_data(data_section("no-such-org/no-such-dataset-xyz"), 0)
+    assert str(e.value).startswith("data.task: cannot load dataset 'no-such-org/no-such-dataset-xyz'")
+    assert "\n" not in str(e.value)
