@@ -12,15 +12,19 @@ Three processes, so that the one holding the clock never runs untrusted code:
              process left in the namespace, including any the code detached with setsid
     worker   applies Landlock, resource limits and the audit hook, then runs the code
 
-Layers, each used where the kernel offers it; the later ones still apply where an earlier one is missing:
+Layers, each used where the kernel offers it; the later ones still apply where an earlier one is missing (the
+``code_exec`` evaluator refuses to run without Landlock and seccomp unless told ``isolation: best_effort``):
 
 1. namespaces: a new network namespace has no interface up (no network at all, UDP and raw sockets
    included); a user namespace makes both namespaces available without root.
 2. Landlock: no file writes, removals, renames or links outside the working folder, no TCP bind or connect,
    no signals to processes outside the worker.
-3. resource limits: CPU seconds, address space, file size, open files, processes (the kernel does not apply
-   the last to root, which is why the namespaces above come first).
-4. an audit hook, armed for good before the code runs, refusing process creation, sockets, ctypes, writes
+3. as root, no capabilities at all (no chown, file capabilities, immutable flags or permission overrides);
+   then a seccomp filter refusing what Landlock does not cover: chmod, chown, xattrs and file times anywhere,
+   every socket (so no Unix socket of the host either), mounts, namespaces, ptrace, keyrings, BPF, io_uring.
+4. resource limits: CPU seconds, address space, file size, open files, processes (the kernel does not apply
+   the last to root, which is why the PID namespace comes first).
+5. an audit hook, armed for good before the code runs, refusing process creation, sockets, ctypes, writes
    outside the folder, and the introspection (frames, gc, rewriting code objects) that could reach the hook.
 
 What the layers protect is the machine: the code cannot write outside its folder, reach the network, outlive
@@ -119,6 +123,84 @@ def landlock(home):
     return int(abi)
 
 
+def drop_capabilities():
+    """As root: give up every capability (bounding, ambient, effective, permitted, inheritable).
+
+    Root without capabilities cannot chown, set file capabilities or immutable flags, or override permissions;
+    it still owns root's files, so chmod and the like are left to the seccomp filter. Returns True if dropped.
+    """
+    import ctypes
+
+    if os.geteuid() != 0:
+        return False
+    libc = _libc()
+    c_long = ctypes.c_long
+    for cap in range(64):  # PR_CAPBSET_DROP; EINVAL past the last capability this kernel knows
+        libc.prctl(ctypes.c_int(24), c_long(cap), c_long(0), c_long(0), c_long(0))
+    libc.prctl(ctypes.c_int(47), c_long(4), c_long(0), c_long(0), c_long(0))  # PR_CAP_AMBIENT_CLEAR_ALL
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words
+    return libc.capset(ctypes.byref(header), data) == 0
+
+
+# x86-64 system calls the code has no business making (EPERM). Metadata of files anywhere (Landlock covers writes,
+# not chmod/chown/xattr/times), every socket (no network, no Unix socket of the host: Ray, Docker), mounts and
+# namespaces, other processes' memory, kernel keyrings, BPF, io_uring (which could redo all of the above).
+_DENY_X86_64 = (
+    90, 91, 92, 93, 94, 260, 268, 452,  # chmod fchmod chown fchown lchown fchownat fchmodat fchmodat2
+    188, 189, 190, 197, 198, 199, 463, 466,  # set/lset/fset/remove/lremove/fremove xattr, setxattrat, removexattrat
+    132, 235, 261, 280,  # utime utimes futimesat utimensat
+    41, 133, 259,  # socket mknod mknodat
+    101, 310, 311,  # ptrace process_vm_readv process_vm_writev
+    165, 166, 155, 161, 272, 308, 428, 429, 430, 431, 432, 433, 442,  # mounts, chroot, unshare, setns, new mount API
+    248, 249, 250, 321, 298, 323, 425,  # add_key request_key keyctl bpf perf_event_open userfaultfd io_uring_setup
+    303, 304, 246, 320, 175, 313, 176, 167, 168, 169, 170, 171, 164, 227, 163, 179,  # handles, kexec, modules, ...
+)  # fmt: skip
+
+
+def seccomp_filter():
+    """Install a seccomp filter refusing the calls above (x86-64 only). Returns True if installed."""
+    import ctypes
+    import platform
+
+    if platform.machine() != "x86_64":
+        return False
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, kill, eperm = 0x7FFF0000, 0x80000000, 0x00050000 | 1
+    deny_at = 6 + len(_DENY_X86_64)  # index of the final "return EPERM"
+    prog = [
+        (ld, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, 0xC000003E),  # AUDIT_ARCH_X86_64, else kill: no other ABI's numbers apply
+        (ret, 0, 0, kill),
+        (ld, 0, 0, 0),  # seccomp_data.nr
+        (jge, deny_at - 5, 0, 0x40000000),  # the x32 ABI
+    ]
+    for nr in _DENY_X86_64:
+        prog.append((jeq, deny_at - (len(prog) + 1), 0, nr))
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
+    assert len(prog) == deny_at + 1
+    filters = (SockFilter * len(prog))(*[SockFilter(*f) for f in prog])
+    fprog = SockFprog(len(prog), filters)
+    libc = _libc()
+    c_long = ctypes.c_long
+    if libc.prctl(ctypes.c_int(PR_SET_NO_NEW_PRIVS), c_long(1), c_long(0), c_long(0), c_long(0)) != 0:
+        return False
+    return libc.prctl(ctypes.c_int(22), c_long(2), ctypes.byref(fprog), c_long(0), c_long(0)) == 0  # FILTER
+
+
 def set_limits(lim):
     resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
     resource.setrlimit(resource.RLIMIT_AS, (lim["memory_mb"] << 20, lim["memory_mb"] << 20))
@@ -137,7 +219,9 @@ BLOCKED = frozenset(
         "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.addaudithook",
     }
 )  # fmt: skip
-FORBIDDEN_MODULES = frozenset({"ctypes", "_ctypes", "socket", "_socket", "subprocess", "multiprocessing"})
+FORBIDDEN_MODULES = frozenset(
+    {"ctypes", "_ctypes", "socket", "_socket", "subprocess", "_posixsubprocess", "multiprocessing"}
+)
 PATH_EVENTS = frozenset(
     {
         "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link", "os.symlink",
@@ -202,8 +286,14 @@ def worker(cfg, out, home, layers):
     abi = landlock(home)
     if abi:
         layers = [*layers, f"landlock{abi}"]
+    if drop_capabilities():
+        layers = [*layers, "nocaps"]
+    if seccomp_filter():
+        layers = [*layers, "seccomp"]
     out.write(json.dumps({"layers": layers}) + "\n")
     set_limits(cfg["limits"])
+    for name in ("ctypes", "_ctypes", "ctypes._endian"):  # used above; the code may not reach it through sys.modules
+        sys.modules.pop(name, None)
     cases = cfg["cases"]
     name = cfg["function"]
     code = compile(cfg["code"], "candidate.py", "exec")

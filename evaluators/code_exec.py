@@ -15,7 +15,8 @@ from collections import defaultdict
 from typing import Any, ClassVar
 
 from evaluators._base import Evaluator, GenerationSettings, generate, register_evaluator
-from evaluators.sandbox import Limits, isolation, run_cases
+from evaluators.sandbox import Limits, run_cases
+from evaluators.sandbox import isolation as isolation_layers
 
 __all__ = ["CodeExecEvaluator", "extract_function"]
 
@@ -52,16 +53,33 @@ class CodeExecEvaluator(Evaluator):
     metric_patterns: ClassVar[tuple[str, ...]] = (r"pass_rate_.+",)
 
     def __init__(
-        self, generation: GenerationSettings | None = None, wall_s: float = 5.0, cpu_s: int = 3, memory_mb: int = 512
+        self,
+        generation: GenerationSettings | None = None,
+        wall_s: float = 5.0,
+        cpu_s: int = 3,
+        memory_mb: int = 512,
+        isolation: str = "strict",
     ) -> None:
         super().__init__(generation)
-        self.limits = Limits(wall_s=wall_s, cpu_s=cpu_s, memory_mb=memory_mb)
-        layers = isolation()
-        if not any(x.startswith("landlock") for x in layers) and "netns" not in layers:
-            log.warning(
-                "code_exec: this kernel gives the sandbox no Landlock and no namespaces; generated code runs with "
-                "resource limits and an audit hook only"
+        where = "evaluate.options.code_exec"
+        if not isinstance(wall_s, int | float) or isinstance(wall_s, bool) or not 0 < wall_s <= 600:
+            raise ValueError(f"{where}.wall_s: seconds in (0, 600], got {wall_s!r}")
+        for name, value, low in (("cpu_s", cpu_s, 1), ("memory_mb", memory_mb, 64)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < low:
+                raise ValueError(f"{where}.{name}: a whole number >= {low}, got {value!r}")
+        if isolation not in ("strict", "best_effort"):
+            raise ValueError(f"{where}.isolation: 'strict' or 'best_effort', got {isolation!r}")
+        self.limits = Limits(wall_s=float(wall_s), cpu_s=int(cpu_s), memory_mb=int(memory_mb))
+        layers = isolation_layers()
+        missing = [x for x in ("landlock", "seccomp") if not any(layer.startswith(x) for layer in layers)]
+        if missing and isolation == "strict":
+            raise ValueError(
+                f"{where}.isolation: this kernel gives the code sandbox no {' and no '.join(missing)} "
+                f"(has: {', '.join(layers) or 'none'}); generated code would run with resource limits and an audit "
+                "hook only. Set isolation: best_effort to run it so anyway"
             )
+        if missing:
+            log.warning("code_exec: sandbox without %s (isolation: best_effort)", " and ".join(missing))
 
     def score(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, float]:
         c = dict.fromkeys(self.metrics, 0.0)

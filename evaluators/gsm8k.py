@@ -18,7 +18,7 @@ __all__ = ["Gsm8kEvaluator", "extract_answer", "to_number"]
 _NUM = r"[-+]?\$?\s?[-+]?\d[\d,]*(?:\.\d+)?|[-+]?\$?\s?[-+]?\.\d+"
 _HASH = re.compile(r"####\s*(" + _NUM + ")")
 _ANY = re.compile(_NUM)
-_FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
+_FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}|\\[dt]?frac(\d)(\d)")  # \frac{3}{4}, \frac34
 _TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\{[^{}]*\}")
 
 
@@ -53,9 +53,10 @@ def _latex_number(tex: str) -> float | None:
     ``\\frac{3}{4}``."""
     t = _TEXT.sub("", tex).replace("{,}", ",").replace("\\$", "$").replace("\\%", "").replace("%", "")
     t = t.replace("\\!", "").replace("\\,", "").replace("\\ ", " ").strip()
+    t = re.sub(r"^([-+]?)\{(.*)\}$", r"\1\2", t)  # -{5}
     frac = _FRAC.fullmatch(t.lstrip("-"))
     if frac:
-        num, den = to_number(frac.group(1)), to_number(frac.group(2))
+        num, den = to_number(frac.group(1) or frac.group(3)), to_number(frac.group(2) or frac.group(4))
         if num is not None and den:
             return (-1 if t.startswith("-") else 1) * num / den
     found = _ANY.findall(t)

@@ -40,7 +40,7 @@ def count_json_objects(text: str) -> int:
             return n
         try:
             obj, end = _DECODER.raw_decode(text, i)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: garbage nested a thousand deep
             i += 1
             continue
         if isinstance(obj, dict):
@@ -59,7 +59,7 @@ def classify(completion: str, strictness: str = "strict") -> tuple[str, Any]:
         return "empty", None
     try:
         obj, end = _DECODER.raw_decode(text)
-    except ValueError:  # JSONDecodeError, or NaN/Infinity
+    except (ValueError, RecursionError):  # JSONDecodeError, NaN/Infinity, or nesting past Python's stack
         if text.startswith(("{", "[")):
             return "invalid_json", None  # it set out to be JSON and broke (a nested object is no rescue)
         # prose around a decodable object is "extra text", not "invalid"

@@ -16,7 +16,9 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -65,7 +67,8 @@ def run_cases(
         compile(code, "candidate.py", "exec")
     except (SyntaxError, ValueError) as e:
         return SandboxResult([False] * len(cases), "syntax_error", str(e)[:200])
-    with tempfile.TemporaryDirectory(prefix="gridrun-sandbox-") as work:
+    work = tempfile.mkdtemp(prefix="gridrun-sandbox-")
+    try:
         job = {
             "code": code,
             "function": function,
@@ -93,29 +96,56 @@ def run_cases(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the runner and anything left in its session
             proc.wait()
-        return _read_results(Path(work, "results.jsonl"), len(cases), status, detail, proc.returncode)
+        return _read_results(_read_bounded(Path(work, "results.jsonl")), len(cases), status, detail, proc.returncode)
+    finally:
+        _remove(work)
 
 
-def _read_results(path: Path, n: int, status: str, detail: str, returncode: int | None) -> SandboxResult:
+#: The most of results.jsonl that is read (the code can write to its own folder, results file included).
+_MAX_RESULTS_BYTES = 1 << 20
+
+
+def _read_bounded(path: Path) -> str:
+    """The results file's text, if it is a regular file (never a symlink or a FIFO the code put there)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, _MAX_RESULTS_BYTES).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _remove(folder: str) -> None:
+    """Delete the sandbox folder whatever the code left in it (deep trees, odd permissions); never raises."""
+    try:
+        shutil.rmtree(folder)
+    except (OSError, RecursionError):
+        subprocess.run(["rm", "-rf", "--", folder], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _read_results(text: str, n: int, status: str, detail: str, returncode: int | None) -> SandboxResult:
     passed: list[bool] = []
     layers: tuple[str, ...] = ()
     killed_by: int | None = None
-    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-    for line in lines:
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             continue
         if not isinstance(rec, dict):
             continue
         if "ok" in rec:
-            passed.append(bool(rec["ok"]))
-        elif "layers" in rec:
+            passed.append(rec["ok"] is True)
+        elif "layers" in rec and isinstance(rec["layers"], list):
             layers = tuple(str(x) for x in rec["layers"])
         elif "signal" in rec:
-            killed_by = int(rec["signal"])
+            killed_by = rec["signal"] if isinstance(rec["signal"], int) else None
         elif status == "ok":
-            status, detail = str(rec.get("status", "crash")), str(rec.get("detail", ""))
+            status, detail = str(rec.get("status", "crash"))[:40], str(rec.get("detail", ""))[:300]
     passed = passed[:n]
     if status == "ok" and len(passed) < n:
         # stopped mid-way by a limit: CPU seconds (SIGXCPU, or SIGKILL at the hard limit), memory, or a crash

@@ -9,14 +9,18 @@ checkpoint as it does not exist on storage anymore"). So gridrun asks Tune to ke
 driver-side callback deletes only what no saved snapshot can refer to.
 
 Tune calls ``get_state`` while it writes each experiment snapshot, so the checkpoints named there (each trial's
-latest at that moment) are known exactly; those of the last two snapshots are kept, since a snapshot is uploaded
-after it is written.
+latest at that moment) are known exactly. A snapshot reaches storage after it is written, and Tune skips an
+upload while the previous one is still running, so storage can hold an older snapshot than the last one written:
+the names of the last two snapshots are kept, and those of every snapshot written in the last ``SAFE_S``
+seconds. (An upload stalled for longer than that could still name a deleted checkpoint; Tune warns about syncs
+slower than 30 s.)
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +29,9 @@ from ray.tune import Callback
 __all__ = ["CheckpointKeeper", "Saved"]
 
 log = logging.getLogger("gridrun")
+
+#: Checkpoints named by any snapshot written this recently are kept (a slow upload may still deliver it).
+SAFE_S = 900.0
 
 #: Result keys kept with each checkpoint (what its adapter card and the summary report).
 _METRIC_PREFIXES = ("train/", "task/", "forget/", "perf/", "data/")
@@ -64,7 +71,7 @@ class CheckpointKeeper(Callback):
             raise ValueError(f"checkpoint.num_to_keep must be at least 1, got {num_to_keep}")
         self.num_to_keep = num_to_keep
         self.saved: dict[str, list[Saved]] = {}  # trial_id -> checkpoints still on storage, oldest first
-        self._named: list[set[str]] = [set(), set()]  # paths named by the last two experiment snapshots
+        self._named: list[tuple[float, set[str]]] = []  # (wall time, paths named) per recent experiment snapshot
 
     def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any) -> None:
         result = trial.last_result or {}
@@ -93,7 +100,7 @@ class CheckpointKeeper(Callback):
         saved = self.saved[trial_id]
         ranked = sorted(range(len(saved)), key=lambda i: (saved[i].objective, i), reverse=True)
         keep = set(ranked[: self.num_to_keep]) | {len(saved) - 1}
-        named = self._named[0] | self._named[1]
+        named = set().union(*(paths for _, paths in self._named))
         kept: list[Saved] = []
         for i, s in enumerate(saved):
             if i in keep or s.path in named:
@@ -110,11 +117,14 @@ class CheckpointKeeper(Callback):
 
     # Tune saves callback state inside every experiment snapshot and hands it back on restore.
     def get_state(self) -> dict[str, Any] | None:
+        now = time.time()
         latest = {saved[-1].path for saved in self.saved.values() if saved}
-        self._named = [self._named[1], latest]
+        recent = [(t, p) for t, p in self._named if now - t < SAFE_S]
+        previous = recent or self._named[-1:]  # the one before this snapshot is kept however old
+        self._named = [*previous, (now, latest)]
         return {
             "saved": {tid: [(s.objective, s.checkpoint, s.metrics) for s in v] for tid, v in self.saved.items()},
-            "named": [sorted(n) for n in self._named],
+            "named": [(t, sorted(p)) for t, p in self._named],
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -123,5 +133,4 @@ class CheckpointKeeper(Callback):
             tid: [Saved(float(o), c, dict(m)) for o, c, m in v if _exists(c)]
             for tid, v in state.get("saved", {}).items()
         }
-        named = state.get("named") or [[], []]
-        self._named = [set(named[0]), set(named[1])]
+        self._named = [(float(t), set(p)) for t, p in state.get("named", [])]

@@ -162,6 +162,9 @@ def _start_ray(spec: ExperimentSpec) -> dict[str, float]:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # Tune keeps every checkpoint's record in each experiment snapshot (the CheckpointKeeper does retention):
+    # keep only the score in those records, so snapshots stay small and quick to upload.
+    os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     # Ray turns token authentication on for a local cluster (good) and says so at every start (noise).
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     import optuna

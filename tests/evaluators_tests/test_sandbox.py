@@ -148,3 +148,62 @@ def test_nothing_the_code_starts_outlives_it() -> None:
     assert r.status == "timeout" and r.passed == [False]
     left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout
     assert left == "", f"processes outlived the sandbox: {left}"
+
+
+# ---- what Landlock does not cover, and the caller's own robustness ----
+@pytest.mark.parametrize("hook", [True, False])
+def test_metadata_of_files_outside_cannot_change(tmp_path, hook: bool) -> None:
+    """chmod, chown, xattrs and times are not writes to Landlock: capabilities and seccomp refuse them."""
+    target = tmp_path / "victim"
+    target.write_text("x")
+    target.chmod(0o644)
+    before = target.stat()
+    for call in (
+        f"os.chmod({str(target)!r}, 0o4777)",
+        f"os.chown({str(target)!r}, 1234, 1234)",
+        f"os.setxattr({str(target)!r}, 'user.pwned', b'1')",
+        f"os.utime({str(target)!r}, (0, 0))",
+        f"import posixpath; posixpath.abspath = lambda p: os.getcwd(); os.chmod({str(target)!r}, 0o4777)",
+    ):
+        code = f"import os\ndef f(x):\n    {call}\n    return 1\n"
+        assert run_cases(code, "f", CASES, audit_hook=hook).passed == [False], call
+    after = target.stat()
+    assert (after.st_mode, after.st_uid, after.st_mtime) == (before.st_mode, before.st_uid, before.st_mtime)
+    assert os.listxattr(target) == []
+
+
+@pytest.mark.parametrize("hook", [True, False])
+def test_no_unix_socket_of_the_host_is_reachable(tmp_path, hook: bool) -> None:
+    """Ray's and Docker's sockets are Unix sockets, which neither a network namespace nor Landlock covers."""
+    path = str(tmp_path / "host.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen(1)
+        server.settimeout(0.5)
+        direct = f"import socket\ndef f(x):\n    socket.socket(socket.AF_UNIX).connect({path!r})\n    return 1\n"
+        spawned = (
+            "import _posixsubprocess, os, sys\ndef f(x):\n"
+            f"    c = 'import socket; socket.socket(socket.AF_UNIX).connect({path!r})'\n"
+            "    os.execv(sys.executable, [sys.executable, '-c', c])\n"
+        )
+        for code in (direct, spawned):
+            assert run_cases(code, "f", CASES, audit_hook=hook).passed == [False]
+        with pytest.raises(TimeoutError):
+            server.accept()
+
+
+def test_the_caller_survives_what_the_code_leaves_in_its_folder() -> None:
+    """A results file swapped for a symlink to a blocking device, garbage result lines, a tree 1,100 deep:
+    run_cases returns in time and never raises."""
+    hostile = [
+        "import os\ndef f(x):\n    os.remove('results.jsonl')\n    os.symlink('/proc/kmsg', 'results.jsonl')\n"
+        "    return 1\n",
+        'def f(x):\n    junk = \'\\n\' * 40 + \'{"signal": "x"}\\n{"layers": 5}\\n[1]\\n\'\n'
+        "    open('results.jsonl', 'a').write(junk)\n    return 1\n",
+        "import os\ndef f(x):\n    for _ in range(1100):\n        os.mkdir('d')\n        os.chdir('d')\n    return 1\n",
+    ]
+    for code in hostile:
+        t0 = time.monotonic()
+        r = run_cases(code, "f", CASES, Limits(wall_s=5), audit_hook=False)
+        assert time.monotonic() - t0 < 5 + 3
+        assert isinstance(r.passed, list) and len(r.passed) == 1

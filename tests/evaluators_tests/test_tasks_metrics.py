@@ -135,3 +135,20 @@ def test_squad_costs_are_per_context() -> None:
         squad.generate = real
     assert out["prompt_tokens"] == 4 and out["gen_tokens"] == 3 and out["questions_per_context"] == 2
     assert out["em"] == 0.5
+
+
+def test_code_exec_options_are_checked_and_isolation_is_required(monkeypatch) -> None:
+    import evaluators.code_exec as ce
+    from gridrun.errors import GridrunError
+
+    assert CodeExecEvaluator(cpu_s=2.0).limits.cpu_s == 2  # a whole float is fine
+    with pytest.raises(ValueError, match="cpu_s: a whole number"):
+        CodeExecEvaluator(cpu_s=2.5)  # setrlimit takes whole seconds: every case would have crashed
+    monkeypatch.setattr(ce, "isolation_layers", lambda: ("netns", "pidns"))
+    with pytest.raises(ValueError, match="no landlock and no seccomp"):
+        CodeExecEvaluator()
+    assert CodeExecEvaluator(isolation="best_effort").limits.wall_s == 5.0
+    from evaluators import GenerationSettings, build_evaluator
+
+    with pytest.raises(GridrunError, match="isolation: 'strict' or 'best_effort'"):
+        build_evaluator("code_exec", GenerationSettings(), {"isolation": "loose"})

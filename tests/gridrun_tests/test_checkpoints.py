@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,7 +44,7 @@ def test_keeps_the_best_and_the_latest(tmp_path: Path) -> None:
     assert "config" not in best.metrics
 
 
-def test_a_checkpoint_named_by_the_last_snapshot_survives(tmp_path: Path) -> None:
+def test_a_checkpoint_named_by_the_last_snapshot_survives(tmp_path: Path, monkeypatch) -> None:
     """The failure that broke `gridrun resume`: the snapshot names checkpoint 2 (the latest then, and the worst);
     one better checkpoint arrives; Tune's own retention deleted 2, and the restored trial had nothing to load."""
     keeper, trial = CheckpointKeeper(2), Trial()
@@ -55,11 +56,29 @@ def test_a_checkpoint_named_by_the_last_snapshot_survives(tmp_path: Path) -> Non
     restored = CheckpointKeeper(2)
     restored.set_state(state)  # the driver died here; resume restores the snapshot's state
     assert [s.path.rsplit("_", 1)[1] for s in restored.saved["t1"]] == ["000001", "000002"]  # 0 was pruned
-    # two snapshots later nothing names 2 any more, and it goes with the next checkpoint
+    # two snapshots and SAFE_S seconds later nothing names 2 any more, and it goes with the next checkpoint
+    import gridrun.checkpoints as ck
+
+    later = time.time() + ck.SAFE_S + 1
+    monkeypatch.setattr(ck.time, "time", lambda: later)
     keeper.get_state()
     keeper.get_state()
     _save(keeper, trial, tmp_path, 4, 0.2)
     assert _on_disk(tmp_path) == [1, 3, 4]
+
+
+def test_a_snapshot_whose_upload_lags_keeps_its_checkpoint(tmp_path: Path) -> None:
+    """Tune skips an upload while the previous one runs: storage may hold a snapshot older than the last two
+    written. Anything a snapshot of the last SAFE_S seconds named stays."""
+    keeper, trial = CheckpointKeeper(1), Trial()
+    _save(keeper, trial, tmp_path, 0, 0.9)
+    _save(keeper, trial, tmp_path, 1, 0.1)
+    keeper.get_state()  # S0 names checkpoint 1 (uploaded); the next uploads are skipped
+    for i, obj in enumerate([0.2, 0.3, 0.4], start=2):
+        _save(keeper, trial, tmp_path, i, obj)
+        keeper.get_state()
+    _save(keeper, trial, tmp_path, 5, 0.5)
+    assert 1 in _on_disk(tmp_path)
 
 
 def test_non_finite_objectives_are_never_best_and_are_pruned(tmp_path: Path) -> None:
