@@ -113,7 +113,7 @@ def landlock(home):
         rule = PathBeneath(fs, folder)
         if libc.syscall(c_long(SYS_ADD_RULE), c_long(ruleset), c_long(1), ctypes.byref(rule), c_long(0)) != 0:
             return 0
-        if libc.prctl(ctypes.c_int(PR_SET_NO_NEW_PRIVS), c_long(1), c_long(0), c_long(0), c_long(0)) != 0:
+        if not _no_new_privs(libc):
             return 0
         if libc.syscall(c_long(SYS_RESTRICT_SELF), c_long(ruleset), c_long(0)) != 0:
             return 0
@@ -195,9 +195,9 @@ def seccomp_filter():
     filters = (SockFilter * len(prog))(*[SockFilter(*f) for f in prog])
     fprog = SockFprog(len(prog), filters)
     libc = _libc()
-    c_long = ctypes.c_long
-    if libc.prctl(ctypes.c_int(PR_SET_NO_NEW_PRIVS), c_long(1), c_long(0), c_long(0), c_long(0)) != 0:
+    if not _no_new_privs(libc):
         return False
+    c_long = ctypes.c_long
     return libc.prctl(ctypes.c_int(22), c_long(2), ctypes.byref(fprog), c_long(0), c_long(0)) == 0  # FILTER
 
 
@@ -322,6 +322,25 @@ def worker(cfg, out, home, layers):
     exit_(0)
 
 
+def _no_new_privs(libc):
+    """Required before an unprivileged Landlock or seccomp restriction; returns True when set."""
+    import ctypes
+
+    c_long = ctypes.c_long
+    return libc.prctl(ctypes.c_int(PR_SET_NO_NEW_PRIVS), c_long(1), c_long(0), c_long(0), c_long(0)) == 0
+
+
+def _spawn(target, *args):
+    """Fork a child that runs ``target(*args)`` and exits (70 if it returns or raises); give the parent its pid."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            target(*args)
+        finally:
+            os._exit(70)
+    return pid
+
+
 def _status(wait_status):
     """An exit status as the caller reads it: ``{"exit": n}`` or ``{"signal": n}``."""
     if os.WIFSIGNALED(wait_status):
@@ -332,20 +351,7 @@ def _status(wait_status):
 def init(cfg, out, home, layers):
     """PID 1 of the sandbox's namespace (or a plain parent without one): start the worker, wait, pass on how it
     ended. Never returns."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            worker(cfg, out, home, layers)
-        finally:
-            os._exit(70)
-    while True:
-        try:
-            _, wait_status = os.waitpid(pid, 0)
-            break
-        except ChildProcessError:
-            os._exit(70)
-        except InterruptedError:
-            continue
+    _, wait_status = os.waitpid(_spawn(worker, cfg, out, home, layers), 0)
     st = _status(wait_status)
     os._exit(128 + st["signal"] if "signal" in st else st["exit"])
 
@@ -356,12 +362,7 @@ def main():
     home = os.path.realpath(os.getcwd())
     out = open("results.jsonl", "w", buffering=1)  # noqa: SIM115 - opened before any restriction, for good
     layers = unshare_namespaces()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            init(cfg, out, home, layers)
-        finally:
-            os._exit(70)
+    pid = _spawn(init, cfg, out, home, layers)
 
     timed_out = []
 
@@ -372,12 +373,7 @@ def main():
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, float(cfg["limits"]["wall_s"]))
-    while True:
-        try:
-            _, wait_status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+    _, wait_status = os.waitpid(pid, 0)  # retried across the alarm (PEP 475): its handler does not raise
     signal.setitimer(signal.ITIMER_REAL, 0)
     st = _status(wait_status)
     if timed_out:

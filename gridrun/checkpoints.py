@@ -26,16 +26,14 @@ from typing import Any
 
 from ray.tune import Callback
 
+from gridrun.tracking import namespaced_metrics
+
 __all__ = ["CheckpointKeeper", "Saved"]
 
 log = logging.getLogger("gridrun")
 
 #: Checkpoints named by any snapshot written this recently are kept (a slow upload may still deliver it).
 SAFE_S = 900.0
-
-#: Result keys kept with each checkpoint (what its adapter card and the summary report).
-_METRIC_PREFIXES = ("train/", "task/", "forget/", "perf/", "data/")
-_METRIC_NAMES = ("objective", "samples_seen", "step", "epoch", "progress")
 
 
 @dataclass
@@ -77,14 +75,7 @@ class CheckpointKeeper(Callback):
         result = trial.last_result or {}
         obj = result.get("objective")
         objective = float(obj) if isinstance(obj, int | float) and math.isfinite(obj) else -math.inf
-        metrics = {
-            k: float(v)
-            for k, v in result.items()
-            if (k.startswith(_METRIC_PREFIXES) or k in _METRIC_NAMES)
-            and isinstance(v, int | float)
-            and not isinstance(v, bool)
-        }
-        self.saved.setdefault(trial.trial_id, []).append(Saved(objective, checkpoint, metrics))
+        self.saved.setdefault(trial.trial_id, []).append(Saved(objective, checkpoint, namespaced_metrics(result)))
         self._prune(trial.trial_id)
 
     def best(self, trial_id: str) -> Saved | None:

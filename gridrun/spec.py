@@ -9,6 +9,7 @@ YAML → deep-merged overrides → unknown-key check → typed validation → se
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -451,6 +452,7 @@ def _set_path(node: dict[str, Any], parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
+@functools.cache  # the schema does not change: built once, read by every override and space check
 def _leaf_fields(model: type[BaseModel] = ExperimentSpec, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, f in model.model_fields.items():

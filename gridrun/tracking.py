@@ -16,12 +16,14 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from gridrun.checkpoints import CheckpointKeeper
 from gridrun.checks import check_tracking_uri
+
+if TYPE_CHECKING:
+    from gridrun.checkpoints import CheckpointKeeper
 
 __all__ = [
     "MLflowTracker",
@@ -30,6 +32,7 @@ __all__ = [
     "drop_orphans",
     "flatten",
     "mark_interrupted",
+    "namespaced_metrics",
     "register_adapters",
     "start_parent_run",
 ]
@@ -39,6 +42,17 @@ log = logging.getLogger("gridrun")
 #: Result keys logged as metrics (numeric values under these prefixes, plus the bare names).
 METRIC_PREFIXES = ("train/", "task/", "forget/", "perf/", "data/")
 METRIC_NAMES = ("objective", "samples_seen", "step", "epoch", "progress")
+
+
+def namespaced_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric values of a trial result under the DESIGN metric namespaces (what MLflow and cards hold)."""
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if (k.startswith(METRIC_PREFIXES) or k in METRIC_NAMES)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+    }
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -214,14 +228,7 @@ class MLflowTracker(Callback):
         if step <= self._last_step.get(run_id, -1):
             return  # already logged before an interruption: a resumed trial reports it again, identically
         ts = int(time.time() * 1000)
-        metrics = [
-            Metric(k, float(v), ts, step)
-            for k, v in result.items()
-            if (k.startswith(METRIC_PREFIXES) or k in METRIC_NAMES)
-            and isinstance(v, int | float)
-            and not isinstance(v, bool)
-            and math.isfinite(v)
-        ]
+        metrics = [Metric(k, v, ts, step) for k, v in namespaced_metrics(result).items() if math.isfinite(v)]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
         self._last_step[run_id] = step  # only once written: a failed write is retried, not skipped
