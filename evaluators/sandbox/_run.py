@@ -1,6 +1,6 @@
 """Run untrusted generated code against test cases in a separate, isolated, limited process.
 
-``run_cases`` starts ``python -I -S evaluators/_sandbox_runner.py`` in a fresh temporary folder, in its own
+``run_cases`` starts ``python -I -S evaluators/sandbox/_runner.py`` in a fresh temporary folder, in its own
 session, with a minimal environment (no proxies, no HOME, no PYTHONPATH), and reads back one pass/fail per case.
 The runner isolates itself before the code runs (see its docstring for the layers): network and PID
 namespaces, Landlock (writes only inside its folder, no TCP, no signals out), resource limits, and an audit
@@ -28,7 +28,7 @@ from typing import Any
 
 __all__ = ["Limits", "SandboxResult", "isolation", "run_cases"]
 
-RUNNER = Path(__file__).with_name("_sandbox_runner.py")
+RUNNER = Path(__file__).with_name("_runner.py")
 #: Seconds this side waits past the runner's own wall clock before killing the session.
 _GRACE_S = 2.0
 

@@ -1,6 +1,6 @@
 """The sandbox process: isolate, then run generated code against its test cases. Standard library only.
 
-Started by :func:`evaluators.sandbox.run_cases` as ``python -I -S _sandbox_runner.py`` in a fresh temporary
+Started by :func:`evaluators.sandbox.run_cases` as ``python -I -S _runner.py`` in a fresh temporary
 working folder holding ``job.json`` (code, function name, cases, limits). It writes ``results.jsonl`` there: a
 ``{"layers": [...]}`` line naming the isolation in force, one ``{"ok": bool}`` line per case, and a
 ``{"status": ...}`` line when the code crashes, runs out of time or is killed.
