@@ -60,13 +60,12 @@ def main() -> None:
         f"tracking.storage={work}/results",
     ]
     spec = load_spec(ROOT / "search_spaces" / "forgetting.yaml", overrides)
-    trial = spec.trial_dict()
-    base, _ = cached_baseline(trial, compute_baseline)  # warm: both paths reuse the cached value
+    base, _ = cached_baseline(spec, compute_baseline)  # warm: both paths reuse the cached value
 
     torch.set_num_threads(1)
     steal0 = _steal_s()
     t0, c0 = time.perf_counter(), time.process_time()
-    direct = run(trial, base, lambda m, d: None)
+    direct = run(spec, base, lambda m, d: None)
     t_direct, cpu_direct = time.perf_counter() - t0, time.process_time() - c0
 
     os.chdir(work)

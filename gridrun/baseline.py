@@ -11,10 +11,13 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gridrun.builtin import builtin_name
 from gridrun.builtin.tiny_model import RECIPE, cache_root, recipe_hash
+
+if TYPE_CHECKING:
+    from gridrun.spec import ExperimentSpec
 
 __all__ = ["baseline_key", "cached_baseline", "compute_baseline", "compute_mc_baseline"]
 
@@ -41,21 +44,21 @@ def _fingerprint(source: str) -> str:
     return source  # a hub id: its revision is part of the key
 
 
-def baseline_key(spec: dict[str, Any], kind: str = "probe") -> str:
-    m, f = spec["model"], spec["forgetting"]
+def baseline_key(spec: ExperimentSpec, kind: str = "probe") -> str:
+    m, f = spec.model, spec.forgetting
     parts = {
         "v": _VERSION,
-        "model": _fingerprint(m["name"]),
-        "revision": m.get("revision"),
-        "quantization": m["quantization"],
-        "compute_dtype": m["compute_dtype"],
-        "probe": _fingerprint(f["probe"]),
-        "probe_field": f["probe_field"],
-        "samples": f["samples"],
-        "seq_len": f["seq_len"],
+        "model": _fingerprint(m.name),
+        "revision": m.revision,
+        "quantization": m.quantization,
+        "compute_dtype": m.compute_dtype,
+        "probe": _fingerprint(f.probe),
+        "probe_field": f.probe_field,
+        "samples": f.samples,
+        "seq_len": f.seq_len,
     }
     if kind == "mc":  # multiple-choice accuracy depends on the items, not on the probe text
-        parts.update(probe=None, probe_field=None, samples=None, seq_len=None, mc=_fingerprint(f["mc"]))
+        parts.update(probe=None, probe_field=None, samples=None, seq_len=None, mc=_fingerprint(f.mc or ""))
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -64,7 +67,7 @@ def _cache_file() -> Path:
 
 
 def cached_baseline(
-    spec: dict[str, Any], compute: Callable[[dict[str, Any]], float], kind: str = "probe"
+    spec: ExperimentSpec, compute: Callable[[ExperimentSpec], float], kind: str = "probe"
 ) -> tuple[float, bool]:
     """``(value, was_cached)`` for the base model's probe loss (``kind="probe"``) or multiple-choice accuracy
     (``kind="mc"``); ``compute(spec)`` runs only on a cache miss."""
@@ -83,10 +86,10 @@ def cached_baseline(
         table[key] = {
             "kind": kind,
             "value": value,
-            "model": spec["model"]["name"],
-            "probe": spec["forgetting"]["probe"],
-            "seq_len": spec["forgetting"]["seq_len"],
-            "quantization": spec["model"]["quantization"],
+            "model": spec.model.name,
+            "probe": spec.forgetting.probe,
+            "seq_len": spec.forgetting.seq_len,
+            "quantization": spec.model.quantization,
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(table, indent=2))
@@ -94,7 +97,7 @@ def cached_baseline(
     return value, False
 
 
-def compute_baseline(spec: dict[str, Any]) -> float:
+def compute_baseline(spec: ExperimentSpec) -> float:
     """Load the base model exactly as trials do and score the probe (runs where the trials run)."""
     import torch
 
@@ -103,14 +106,14 @@ def compute_baseline(spec: dict[str, Any]) -> float:
     from trainables.model import load_base, pick_device, quiet_hf
 
     quiet_hf()
-    torch.set_num_threads(max(1, int(spec["resources"]["cpu"])))
-    model, tok = load_base(spec["model"], pick_device(spec["resources"]["gpu"]))
-    f = spec["forgetting"]
-    blocks = probe_blocks(tok, load_probe_texts(f["probe"], f["probe_field"]), f["seq_len"], f["samples"])
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    model, tok = load_base(spec.model, pick_device(spec.resources.gpu))
+    f = spec.forgetting
+    blocks = probe_blocks(tok, load_probe_texts(f.probe, f.probe_field), f.seq_len, f.samples)
     return probe_loss(model, blocks)
 
 
-def compute_mc_baseline(spec: dict[str, Any]) -> float:
+def compute_mc_baseline(spec: ExperimentSpec) -> float:
     """The base model's multiple-choice accuracy on ``forgetting.mc`` (runs where the trials run)."""
     import torch
 
@@ -119,6 +122,6 @@ def compute_mc_baseline(spec: dict[str, Any]) -> float:
     from trainables.model import load_base, pick_device, quiet_hf
 
     quiet_hf()
-    torch.set_num_threads(max(1, int(spec["resources"]["cpu"])))
-    model, tok = load_base(spec["model"], pick_device(spec["resources"]["gpu"]))
-    return mc_accuracy(model, tok, load_mc_items(spec["forgetting"]["mc"]))
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    model, tok = load_base(spec.model, pick_device(spec.resources.gpu))
+    return mc_accuracy(model, tok, load_mc_items(spec.forgetting.mc or ""))

@@ -26,7 +26,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from gridrun.tracking import namespaced_metrics
+from gridrun.metrics import namespaced_metrics
 
 __all__ = ["CheckpointKeeper", "Saved"]
 

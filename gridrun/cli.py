@@ -36,7 +36,7 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
-    from gridrun.launch import check_spec, preflight
+    from gridrun.validate import check_spec, preflight
 
     # offline checks always (builtin and local data are cheap to read, and a format mismatch costs days);
     # --deep adds reachability: the MLflow server, the Ray address, GPUs
@@ -89,7 +89,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gridrun.report import format_summary, load_summary, summary_from_mlflow
+    from gridrun.report import format_summary, load_summary
+    from gridrun.tracking import summary_from_mlflow
 
     if args.from_mlflow:
         summary = summary_from_mlflow(args.tracking_uri, args.from_mlflow)

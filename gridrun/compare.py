@@ -10,7 +10,7 @@ from gridrun.errors import GridrunError
 from gridrun.export import adapter_dir, pick_trial
 from gridrun.report import load_summary
 
-__all__ = ["compare"]
+__all__ = ["compare", "format_comparison"]
 
 
 def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) -> list[dict[str, Any]]:
@@ -21,9 +21,8 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     from peft import PeftModel
 
     from evaluators import GenerationSettings, generate
-    from gridrun.launch import META_FILE
+    from gridrun.launch import META_FILE, experiment_trial_spec
     from trainables.data import load_task_data, render_prompt
-    from trainables.qlora_sft import merge_params
 
     if n < 1:
         raise GridrunError(f"-n: must be at least 1, got {n}")
@@ -32,13 +31,13 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     if not meta_file.is_file():
         raise GridrunError(f"{exp} is not a gridrun experiment folder (no {META_FILE})")
     row = pick_trial(load_summary(exp), trial)
-    spec = merge_params(json.loads(meta_file.read_text())["trial_spec"], row["params"])
-    base, tok = load_base(spec["model"], pick_device(spec["resources"]["gpu"]))
-    _, rows = load_task_data(spec["data"], int(spec["train"]["seed"]))
+    spec = experiment_trial_spec(json.loads(meta_file.read_text())).with_params(row["params"])
+    base, tok = load_base(spec.model, pick_device(spec.resources.gpu))
+    _, rows = load_task_data(spec.data, spec.train.seed)
     rows = rows[:n]
-    prompts = [render_prompt(tok, r["prompt"], spec["data"]["template"]) for r in rows]
-    ev = spec["evaluate"]
-    settings = GenerationSettings(max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"])
+    prompts = [render_prompt(tok, r["prompt"], spec.data.template) for r in rows]
+    ev = spec.evaluate
+    settings = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
     before = generate(base, tok, prompts, settings)
     model = PeftModel.from_pretrained(base, str(adapter_dir(row)))
     after = generate(model, tok, prompts, settings)

@@ -1,29 +1,30 @@
-"""ExperimentSpec → Ray Tune Tuner (OptunaSearch + ASHA + stoppers + MLflow) → results.
+"""ExperimentSpec → Ray Tune Tuner (OptunaSearch + ASHA + stoppers + MLflow) → results; and resume.
 
-Order matters: everything that can be checked without starting anything is checked first (``preflight``),
-so a bad spec, a missing file, an unreachable MLflow or Ray address, or GPUs that are not there give one line
-and exit code 2 before Ray starts or an MLflow run exists.
+Order matters: everything that can be checked without starting anything is checked first
+(:func:`gridrun.validate.preflight`), so a bad spec, a missing file, an unreachable MLflow or Ray address, or GPUs
+that are not there give one line and exit code 2 before Ray starts or an MLflow run exists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gridrun.builtin import builtin_name, check_names
-from gridrun.checks import check_address as _check_address
-from gridrun.checks import check_tracking_uri
+from gridrun.builtin import builtin_name
 from gridrun.errors import GridrunError
-from gridrun.spec import ExperimentSpec
+from gridrun.spec import ExperimentSpec, spec_from_dict, validate_dict
+from gridrun.validate import check_address, check_tracking_uri, preflight
 
-__all__ = ["META_FILE", "check_answer_formats", "check_spec", "launch", "preflight", "resume"]
+__all__ = ["META_FILE", "experiment_trial_spec", "launch", "resume", "start_ray"]
 
 #: What `gridrun resume` needs besides Tune's own state: the spec, the cached baseline, the MLflow ids.
 META_FILE = "gridrun_experiment.json"
@@ -31,131 +32,40 @@ META_FILE = "gridrun_experiment.json"
 log = logging.getLogger("gridrun")
 
 
-def _local_gpus() -> int:
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return 0
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+def experiment_trial_spec(meta: dict[str, Any]) -> ExperimentSpec:
+    """The spec every trial of an experiment starts from (fixed search values substituted), from its META_FILE."""
+    return validate_dict(meta["trial_spec"])
 
 
-def check_answer_formats(spec: ExperimentSpec, load_hub: bool = False) -> None:
-    """Refuse a spec whose evaluator reads an answer format that none of the training targets show.
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a local Ray starts: every address it reports and every socket it opens is on 127.0.0.1.
 
-    The GSM8K study lost 40% -> 5% accuracy this way: trained on ``#### n`` targets, tested with a prompt asking
-    for ``\\boxed{n}``. Builtin and local data are checked always; hub datasets only when ``load_hub``.
+    Ray 2.60 replaces a requested 127.0.0.1 with this machine's interface address (``resolve_ip_for_localhost``)
+    and its GCS then listens on all interfaces, unless its local-only switch is off: the one Ray itself turns off
+    on macOS and Windows, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``. Ray reads that switch when it is imported,
+    so an already-imported Ray gets the same value in its constants module; both are put back afterwards, so a
+    later ``ray.init(address=...)`` in this process joins clusters as usual.
     """
-    import re
+    from ray._private import ray_constants  # private: the switch has no public setter
 
-    from evaluators import EVALUATORS
-
-    wanted = {n: EVALUATORS[n].answer_formats for n in spec.evaluate.evaluators if EVALUATORS[n].answer_formats}
-    if not wanted:
-        return
-    src = spec.data.task
-    local = builtin_name(src) is not None or Path(src).expanduser().exists()  # a file or a dataset folder
-    if not (local or load_hub):
-        return
-    from trainables.data import load_task_data
-
-    train, _ = load_task_data({**spec.data.model_dump(), "train_size": min(spec.data.train_size, 256)}, spec.train.seed)
-    targets = [str(r["answer"]) for r in train[:256]]
-    for name, formats in wanted.items():
-        if not any(re.search(f, t) for f in formats for t in targets):
-            raise GridrunError(
-                f"evaluate.evaluators: {name} reads answers written as {' or '.join(repr(f) for f in formats)}, but "
-                f"none of the {len(targets)} training targets of {src} contains one: the model would learn an answer "
-                "format the evaluator cannot read (train/test format mismatch); fix the targets or the evaluator"
-            )
+    env_before = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    const_before = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = const_before
+        if env_before is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = env_before
 
 
-def check_spec(spec: ExperimentSpec) -> None:
-    """What can be checked offline, starting nothing: names, evaluators and their options, the objective's
-    metric, data files and builtin generator options (at both ends of any searched range), the template, the
-    model folder, and the train/test answer format."""
-    from evaluators import EVALUATORS, GenerationSettings, build_evaluator, check_evaluator_names
-
-    check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval, spec.forgetting.mc)
-    check_evaluator_names(spec.evaluate.evaluators)
-    unknown_opts = set(spec.evaluate.options) - set(spec.evaluate.evaluators)
-    if unknown_opts:
-        raise GridrunError(
-            f"evaluate.options: '{sorted(unknown_opts)[0]}' is not one of the evaluators run "
-            f"({', '.join(spec.evaluate.evaluators)})"
-        )
-    gen = GenerationSettings(max_new_tokens=spec.evaluate.max_new_tokens, batch_size=spec.evaluate.batch_size)
-    for name in spec.evaluate.evaluators:  # unknown option names and bad values, as the trials would meet them
-        for options in _option_variants(spec, f"evaluate.options.{name}.", spec.evaluate.options.get(name) or {}):
-            build_evaluator(name, gen, options)
-    reported = {f"task/{m}" for n in spec.evaluate.evaluators for m in EVALUATORS[n].metrics}
-    for key in spec.objective.weights:
-        if key not in reported:
-            raise GridrunError(
-                f"objective.weights: {key} is not reported by evaluators "
-                f"{', '.join(spec.evaluate.evaluators)}; they report: {', '.join(sorted(reported))}"
-            )
-    if spec.objective.weights:
-        reported.add("task/weighted")
-    if spec.objective.metric not in reported:
-        raise GridrunError(
-            f"objective.metric: {spec.objective.metric} is not reported by evaluators "
-            f"{', '.join(spec.evaluate.evaluators)}; they report: {', '.join(sorted(reported))}"
-        )
-    for field, source in (
-        ("data.task", spec.data.task),
-        ("data.eval", spec.data.eval),
-        ("forgetting.probe", spec.forgetting.probe),
-        ("forgetting.mc", spec.forgetting.mc),
-    ):
-        if source and builtin_name(source) is None:
-            p = Path(source).expanduser()
-            looks_local = p.suffix in (".jsonl", ".json", ".parquet", ".txt") or source.startswith((".", "/", "~"))
-            if looks_local and not (p.is_file() or (p.is_dir() and field in ("data.task", "data.eval"))):
-                raise GridrunError(f"{field}: data file not found: {p}")
-    if builtin_name(spec.data.task) or Path(spec.data.task).expanduser().exists():
-        from trainables.data import load_task_data
-
-        # fields, emptiness, JSON syntax of files; a few records of a builtin task under every option variant
-        for options in _option_variants(spec, "data.options.", spec.data.options):
-            small = {"train_size": min(spec.data.train_size, 8), "eval_size": min(spec.data.eval_size, 2)}
-            load_task_data({**spec.data.model_dump(), **small, "options": options}, spec.train.seed)
-    if builtin_name(spec.model.name) is None:
-        p = Path(spec.model.name).expanduser()
-        if spec.model.name.startswith((".", "/", "~")) and not p.is_dir():
-            raise GridrunError(f"model.name: model folder not found: {p}")
-    if spec.model.quantization != "none" and spec.resources.gpu == 0 and spec.model.compute_dtype == "float16":
-        raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU; use float32 on CPU")
-    check_answer_formats(spec)
-
-
-def _option_variants(spec: ExperimentSpec, prefix: str, options: dict[str, Any]) -> list[dict[str, Any]]:
-    """``options`` as written, then with each searched ``<prefix><key>`` at each end of its range."""
-    variants = [dict(options)]
-    for path, dist in spec.search.space.items():
-        if path.startswith(prefix):
-            key = path[len(prefix) :]
-            variants += [{**options, key: value} for _, value in dist.extremes()]
-    return variants
-
-
-def preflight(spec: ExperimentSpec) -> None:
-    """Everything ``check_spec`` checks, then reachability: the tracking store, the cluster address, GPUs."""
-    check_spec(spec)
-    check_tracking_uri(spec.tracking.uri)
-    if spec.resources.address:
-        _check_address(spec.resources.address)
-    elif spec.resources.gpu > 0:
-        have = _local_gpus()
-        if have == 0:
-            raise GridrunError(
-                f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but this machine "
-                "has no CUDA GPU (set resources.gpu: 0, or pass --address of a GPU cluster)"
-            )
-        if spec.resources.gpu > have:
-            raise GridrunError(f"resources.gpu: {spec.resources.gpu} GPUs per trial requested, this machine has {have}")
-
-
-def _start_ray(spec: ExperimentSpec) -> dict[str, float]:
+def start_ray(spec: ExperimentSpec) -> dict[str, float]:
+    """Join ``resources.address``, or start Ray on this machine bound to 127.0.0.1 only; returns the cluster's
+    resources after checking a trial fits (one line and exit 2 otherwise, Ray shut down again)."""
     # The console shows gridrun's own lines; what the libraries print about themselves is noise to a newcomer:
     # Tune's experiment box and TensorBoard hint (printed whatever `verbose` says; the legacy reporter obeys
     # verbose=0), MLflow's "creating initial database tables" (MLflow resets its logger level on import).
@@ -174,12 +84,13 @@ def _start_ray(spec: ExperimentSpec) -> dict[str, float]:
     if spec.resources.address:
         ray.init(address=spec.resources.address, log_to_driver=True, logging_level=logging.WARNING)
     else:
-        ray.init(
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            configure_logging=True,
-        )
+        with _loopback_only():
+            ray.init(
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                configure_logging=True,
+            )
     total = ray.cluster_resources()
     gpus = float(total.get("GPU", 0))
     if spec.resources.gpu > 0 and gpus < spec.resources.gpu:
@@ -206,7 +117,7 @@ def _concurrency(spec: ExperimentSpec, total: dict[str, float]) -> int:
     return max(1, min(slots, spec.search.num_trials))
 
 
-def _baseline(spec: ExperimentSpec, trial_spec: dict[str, Any]) -> tuple[dict[str, float], bool]:
+def _baseline(spec: ExperimentSpec, trial_spec: ExperimentSpec) -> tuple[dict[str, float], bool]:
     """Cached base-model probe loss (and multiple-choice accuracy); a miss is computed once, as a Ray task with
     one trial's resources."""
     import ray
@@ -256,23 +167,22 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
 
     import ray
     from ray import tune
-    from ray.tune.stopper import CombinedStopper
 
     from gridrun.builtin import resolve_model
     from gridrun.checkpoints import CheckpointKeeper
-    from gridrun.space import to_optuna
-    from gridrun.stopping import ForgettingBudget, NonFiniteLoss, RecordingASHA
-    from gridrun.tracking import MLflowTracker, ProgressPrinter, start_parent_run
-    from trainables.qlora_sft import merge_params
+    from gridrun.progress import ProgressPrinter
+    from gridrun.spec.space import to_optuna
+    from gridrun.stopping import build_stopping
+    from gridrun.tracking import MLflowTracker, start_parent_run
 
     searched, fixed = to_optuna(spec.search.space)
-    trial_spec = merge_params(spec.trial_dict(), fixed)
+    trial_spec = spec.with_params(fixed)
     exp_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = Path(spec.tracking.storage).expanduser().resolve()
     storage.mkdir(parents=True, exist_ok=True)
     exp_dir = storage / exp_name
 
-    total = _start_ray(spec)
+    total = start_ray(spec)
     try:
         if builtin_name(spec.model.name):
             resolve_model(spec.model.name)  # build once here, before trials race to do it
@@ -297,7 +207,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         )
         meta = {
             "spec": spec.model_dump(mode="json"),
-            "trial_spec": trial_spec,
+            "trial_spec": trial_spec.trial_dict(),
             "base_probe_loss": base_loss,
             "baseline": baseline,
             "searched": sorted(searched),
@@ -310,23 +220,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             print(f"[gridrun] experiment folder {exp_dir} (resume with: gridrun resume {exp_dir})", flush=True)
 
         reasons: dict[str, str] = {}
-        stoppers: list[Any] = [NonFiniteLoss(reasons)]
-        if spec.forgetting.budget is not None:
-            stoppers.append(ForgettingBudget(spec.forgetting.budget, spec.forgetting.patience, reasons))
-        scheduler = None
-        # ASHA stops any trial at max_t: it must be the most a trial can see, searched epochs and sizes included
-        max_t = max(1, round(_largest(spec, "train.epochs", spec.train.epochs) * _train_size_upper(spec)))
-        if spec.scheduler.type == "asha":
-            scheduler = RecordingASHA(
-                reasons,
-                time_attr="samples_seen",
-                metric="objective",
-                mode="max",
-                max_t=max_t,
-                grace_period=min(spec.scheduler.grace_period, max_t),
-                reduction_factor=spec.scheduler.reduction_factor,
-                brackets=spec.scheduler.brackets,
-            )
+        scheduler, stopper = build_stopping(spec, reasons)
         keeper = CheckpointKeeper(spec.checkpoint.num_to_keep)
         tracker = MLflowTracker(
             spec.tracking.uri, exp_id, parent, trial_spec, sorted(searched), reasons, keeper, spec.tracking.log_adapters
@@ -348,7 +242,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             run_config=tune.RunConfig(
                 name=exp_name,
                 storage_path=str(storage),
-                stop=CombinedStopper(*stoppers),
+                stop=stopper,
                 callbacks=callbacks,
                 # Tune keeps every checkpoint; the CheckpointKeeper deletes those no experiment snapshot can name,
                 # keeping the best by objective (the adapter worth shipping) and the latest (to resume from).
@@ -378,7 +272,6 @@ def resume(
     """
     from ray import tune
 
-    from gridrun.spec import spec_from_dict
     from gridrun.tracking import MLflowTracker, mark_interrupted
 
     exp_dir = Path(experiment_dir).expanduser().resolve()
@@ -391,18 +284,18 @@ def resume(
     spec = spec_from_dict(meta["spec"])
     check_tracking_uri(spec.tracking.uri)
     if spec.resources.address:
-        _check_address(spec.resources.address)
+        check_address(spec.resources.address)
 
     import ray
 
-    _start_ray(spec)
+    start_ray(spec)
     try:
         ml = meta["mlflow"]
         # The crashed driver left runs RUNNING: mark them KILLED now; trials that continue reopen theirs.
         mark_interrupted(ml["uri"], ml["parent_run_id"])
         tuner = tune.Tuner.restore(
             str(exp_dir),
-            trainable=_trainable(spec, meta["trial_spec"], meta.get("baseline") or meta["base_probe_loss"]),
+            trainable=_trainable(spec, experiment_trial_spec(meta), meta.get("baseline") or meta["base_probe_loss"]),
             resume_unfinished=True,
             resume_errored=resume_errored,
             restart_errored=restart_errored,
@@ -420,7 +313,7 @@ def resume(
         ray.shutdown()
 
 
-def _trainable(spec: ExperimentSpec, trial_spec: dict[str, Any], base_loss: float | dict[str, float]) -> Any:
+def _trainable(spec: ExperimentSpec, trial_spec: ExperimentSpec, base_loss: float | dict[str, float]) -> Any:
     from ray import tune
 
     from trainables.qlora_sft import qlora_sft
@@ -435,14 +328,14 @@ def _fit_and_report(
     spec: ExperimentSpec, tuner: Any, tracker: Any, meta: dict[str, Any], exp_dir: Path, quiet: bool
 ) -> dict[str, Any]:
     from gridrun.report import format_summary, importance, summarize, write_report
-    from gridrun.tracking import drop_orphans, register_adapters
+    from gridrun.tracking import close_parent, drop_orphans, finish_parent, register_adapters
 
     parent = meta["mlflow"]["parent_run_id"]
     t0 = time.time()
     try:
         grid = tuner.fit()
     except BaseException:
-        _close_parent(spec, parent, "KILLED")
+        close_parent(spec.tracking.uri, parent, "KILLED")
         raise
     summary = summarize(spec, grid, tracker.reasons, tracker.runs, meta["base_probe_loss"], tracker.keeper.best)
     if tracker._resumed:
@@ -469,49 +362,8 @@ def _fit_and_report(
         except Exception as e:  # the experiment's record matters more than the registry entry
             log.warning("could not register adapters in MLflow: %s", e)
     (exp_dir / "gridrun_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    write_report(summary, exp_dir / "report", tracking_uri=spec.tracking.uri, parent_run_id=parent)
-    _finish_parent(spec, parent, summary)
+    plots = write_report(summary, exp_dir / "report")
+    finish_parent(spec.tracking.uri, parent, summary, plots)
     if not quiet:
         print(format_summary(summary))
     return summary
-
-
-def _largest(spec: ExperimentSpec, path: str, fixed: float) -> float:
-    """The largest value ``path`` takes in any trial: its fixed value, or the top of its searched range."""
-    dist = spec.search.space.get(path)
-    if dist is None:
-        return fixed
-    values = [v for _, v in dist.extremes() if isinstance(v, int | float) and not isinstance(v, bool)]
-    return max(values, default=fixed)
-
-
-def _train_size_upper(spec: ExperimentSpec) -> int:
-    """Training-set size before sample_ratio (the upper end of samples a trial can see per epoch)."""
-    if builtin_name(spec.data.task):
-        return int(_largest(spec, "data.train_size", spec.data.train_size))
-    from trainables.data import load_task_data
-
-    train, _ = load_task_data(spec.data.model_dump(), spec.train.seed)
-    return len(train)
-
-
-def _close_parent(spec: ExperimentSpec, parent: str, status: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    try:
-        MlflowClient(spec.tracking.uri).set_terminated(parent, status)
-    except Exception as e:  # the original error matters more than this one
-        log.warning("could not mark MLflow run %s %s: %s", parent, status, e)
-
-
-def _finish_parent(spec: ExperimentSpec, parent: str, summary: dict[str, Any]) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(spec.tracking.uri)
-    best = summary.get("best") or {}
-    for k, v in (best.get("metrics") or {}).items():
-        if isinstance(v, int | float):
-            client.log_metric(parent, f"best/{k}", float(v))
-    client.log_text(parent, json.dumps(summary, indent=2, default=str), "summary.json")
-    client.set_tag(parent, "gridrun.best_trial", str(best.get("trial_id")))
-    client.set_terminated(parent, "FINISHED")

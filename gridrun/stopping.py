@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-from ray.tune.stopper import Stopper
+from ray.tune.stopper import CombinedStopper, Stopper
 
-__all__ = ["ForgettingBudget", "NonFiniteLoss", "RecordingASHA"]
+from gridrun.builtin import builtin_name
+
+if TYPE_CHECKING:
+    from gridrun.spec import ExperimentSpec
+
+__all__ = ["ForgettingBudget", "NonFiniteLoss", "RecordingASHA", "asha_max_t", "build_stopping"]
 
 
 class ForgettingBudget(Stopper):
@@ -64,3 +69,49 @@ class RecordingASHA(AsyncHyperBandScheduler):
         if decision == TrialScheduler.STOP and result.get("progress", 0) < 1:
             self.reasons.setdefault(trial.trial_id, f"asha (behind at {result.get(self._time_attr)} samples)")
         return decision
+
+
+def build_stopping(spec: ExperimentSpec, reasons: dict[str, str]) -> tuple[RecordingASHA | None, Stopper]:
+    """The spec's scheduler (ASHA over samples seen, or none) and stoppers, all recording into ``reasons``."""
+    stoppers: list[Stopper] = [NonFiniteLoss(reasons)]
+    if spec.forgetting.budget is not None:
+        stoppers.append(ForgettingBudget(spec.forgetting.budget, spec.forgetting.patience, reasons))
+    scheduler = None
+    if spec.scheduler.type == "asha":
+        max_t = asha_max_t(spec)
+        scheduler = RecordingASHA(
+            reasons,
+            time_attr="samples_seen",
+            metric="objective",
+            mode="max",
+            max_t=max_t,
+            grace_period=min(spec.scheduler.grace_period, max_t),
+            reduction_factor=spec.scheduler.reduction_factor,
+            brackets=spec.scheduler.brackets,
+        )
+    return scheduler, CombinedStopper(*stoppers)
+
+
+def asha_max_t(spec: ExperimentSpec) -> int:
+    """The most samples any trial can see: ASHA stops every trial at ``max_t``, so searched epochs and training
+    sizes count at the top of their ranges."""
+    return max(1, round(_largest(spec, "train.epochs", spec.train.epochs) * _train_size_upper(spec)))
+
+
+def _largest(spec: ExperimentSpec, path: str, fixed: float) -> float:
+    """The largest value ``path`` takes in any trial: its fixed value, or the top of its searched range."""
+    dist = spec.search.space.get(path)
+    if dist is None:
+        return fixed
+    values = [v for _, v in dist.extremes() if isinstance(v, int | float) and not isinstance(v, bool)]
+    return max(values, default=fixed)
+
+
+def _train_size_upper(spec: ExperimentSpec) -> int:
+    """Training-set size before sample_ratio (the upper end of samples a trial can see per epoch)."""
+    if builtin_name(spec.data.task):
+        return int(_largest(spec, "data.train_size", spec.data.train_size))
+    from trainables.data import load_task_data
+
+    train, _ = load_task_data(spec.data, spec.train.seed)
+    return len(train)

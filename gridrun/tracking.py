@@ -1,5 +1,11 @@
 """MLflow as the system of record: a parent run per experiment, a child run per trial, driver-side only.
 
+The whole lifecycle lives here: the parent run opened (``start_parent_run``), child runs written by the Tune
+callback, the parent closed with the summary, best metrics and report plots (``finish_parent``) or marked
+KILLED (``close_parent``), runs an interrupted driver left behind closed (``mark_interrupted``) or dropped
+(``drop_orphans``), adapters registered (``register_adapters``), and the summary read back
+(``summary_from_mlflow``).
+
 ``MLflowTracker`` is a Ray Tune callback; it runs in the driver, so there is exactly one writer (no SQLite
 locks) whatever the cluster size. Child runs get every param of the trial's spec, metric curves on the
 ``samples_seen`` axis (the compute axis ASHA compares trials on, identical across trials whatever their
@@ -11,6 +17,7 @@ read through Tune's storage filesystem, so an experiment whose storage is an obj
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import time
@@ -20,39 +27,25 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from gridrun.checks import check_tracking_uri
+from gridrun.metrics import namespaced_metrics, stop_reason
 
 if TYPE_CHECKING:
     from gridrun.checkpoints import CheckpointKeeper
+    from gridrun.spec import ExperimentSpec
 
 __all__ = [
     "MLflowTracker",
-    "ProgressPrinter",
-    "check_tracking_uri",
+    "close_parent",
     "drop_orphans",
+    "finish_parent",
     "flatten",
     "mark_interrupted",
-    "namespaced_metrics",
     "register_adapters",
     "start_parent_run",
+    "summary_from_mlflow",
 ]
 
 log = logging.getLogger("gridrun")
-
-#: Result keys logged as metrics (numeric values under these prefixes, plus the bare names).
-METRIC_PREFIXES = ("train/", "task/", "forget/", "perf/", "data/")
-METRIC_NAMES = ("objective", "samples_seen", "step", "epoch", "progress")
-
-
-def namespaced_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The numeric values of a trial result under the DESIGN metric namespaces (what MLflow and cards hold)."""
-    return {
-        k: float(v)
-        for k, v in result.items()
-        if (k.startswith(METRIC_PREFIXES) or k in METRIC_NAMES)
-        and isinstance(v, int | float)
-        and not isinstance(v, bool)
-    }
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -93,7 +86,7 @@ class MLflowTracker(Callback):
         uri: str,
         experiment_id: str,
         parent_run_id: str,
-        spec: dict[str, Any],
+        spec: ExperimentSpec,
         searched: list[str],
         reasons: dict[str, str],
         keeper: CheckpointKeeper,
@@ -110,6 +103,7 @@ class MLflowTracker(Callback):
         self.runs: dict[str, str] = {}  # trial_id -> MLflow run id
         self._last_step: dict[str, int] = {}  # run id -> last samples_seen step logged
         self._restored: set[str] = set()  # run ids inherited from an interrupted driver
+        self._params_due: set[str] = set()  # run ids created whose params are not written yet
         self._resumed = False
         self._client: Any = None
         self._pending: list[tuple[str, Callable[[], object]]] = []
@@ -147,12 +141,14 @@ class MLflowTracker(Callback):
             "runs": dict(self.runs),
             "reasons": dict(self.reasons),
             "last_step": dict(self._last_step),
+            "params_due": sorted(self._params_due),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.runs.update(state.get("runs", {}))
         self.reasons.update(state.get("reasons", {}))
         self._last_step.update(state.get("last_step", {}))
+        self._params_due.update(state.get("params_due", []))
         self._restored.update(self.runs.values())
         self._resumed = True
 
@@ -184,9 +180,6 @@ class MLflowTracker(Callback):
                 self.runs[trial.trial_id] = existing
                 self._restored.add(existing)
         if trial.trial_id not in self.runs:
-            from trainables.qlora_sft import merge_params
-
-            params = flatten(merge_params(self.spec, trial.config))
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=f"trial-{trial.trial_id}",
@@ -199,8 +192,11 @@ class MLflowTracker(Callback):
                 },
             )
             self.runs[trial.trial_id] = run.info.run_id
-            self._log_params(run.info.run_id, params)
+            self._params_due.add(run.info.run_id)
         run_id = self.runs[trial.trial_id]
+        if run_id in self._params_due:  # a retried creation writes the params it could not write the first time
+            self._log_params(run_id, flatten(self.spec.with_params(trial.config).trial_dict()))
+            self._params_due.discard(run_id)
         if run_id in self._restored:
             self._resume_run(run_id)
         return run_id
@@ -258,8 +254,7 @@ class MLflowTracker(Callback):
         self.client.set_terminated(run_id, mlflow_status)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        last = trial.last_result or {}
-        reason = self.reasons.get(trial.trial_id) or ("completed" if last.get("progress", 0) >= 1 else "stopped")
+        reason = stop_reason(self.reasons, trial.trial_id, trial.last_result)
         self._finish(trial, "TERMINATED", "FINISHED", reason)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -320,44 +315,6 @@ def register_adapters(uri: str, model_name: str, rows: list[dict[str, Any]]) -> 
     return versions
 
 
-class ProgressPrinter(Callback):
-    """One line per trial start and end (Tune's own tables are switched off: too much for a terminal)."""
-
-    def __init__(self, metric: str, reasons: dict[str, str], quiet: bool = False, total: int | None = None) -> None:
-        self.metric, self.reasons, self.quiet, self.done, self.total = metric, reasons, quiet, 0, total
-
-    # Kept in Tune's experiment snapshot, so a resumed experiment counts on from where it was.
-    def get_state(self) -> dict[str, Any] | None:
-        return {"done": self.done}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.done = int(state.get("done", 0))
-
-    def _say(self, text: str) -> None:
-        if not self.quiet:
-            print(f"[gridrun] {text}", flush=True)
-
-    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
-        self._say(f"trial {trial.trial_id} started: {params}")
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.done += 1
-        m = trial.last_result or {}
-        why = self.reasons.get(trial.trial_id) or ("completed" if m.get("progress", 0) >= 1 else "stopped")
-        fmt = lambda v: f"{v:.4g}" if isinstance(v, int | float) else "-"  # noqa: E731
-        self._say(
-            f"trial {trial.trial_id} done ({self.done}/{self.total or len(trials)}): "
-            f"{self.metric} {fmt(m.get(self.metric))}, "
-            f"forget/delta {fmt(m.get('forget/delta'))}, objective {fmt(m.get('objective'))} at "
-            f"{m.get('samples_seen')} samples — {why}"
-        )
-
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.done += 1
-        self._say(f"trial {trial.trial_id} failed; see {trial.path}/error.txt")
-
-
 def drop_orphans(uri: str, parent_run_id: str, trial_ids: set[str]) -> list[str]:
     """Soft-delete child runs of trials the resumed experiment no longer has (started after Tune's last state
     snapshot, then re-proposed under a new id): one child run per trial. Returns the deleted run ids."""
@@ -373,3 +330,38 @@ def drop_orphans(uri: str, parent_run_id: str, trial_ids: set[str]) -> list[str]
             client.delete_run(r.info.run_id)
             dropped.append(r.info.run_id)
     return dropped
+
+
+def close_parent(uri: str, parent_run_id: str, status: str) -> None:
+    """Mark the parent run ``status`` (an experiment that failed or was interrupted); never raises."""
+    try:
+        _client(uri).set_terminated(parent_run_id, status)
+    except Exception as e:  # the original error matters more than this one
+        log.warning("could not mark MLflow run %s %s: %s", parent_run_id, status, e)
+
+
+def finish_parent(uri: str, parent_run_id: str, summary: dict[str, Any], plots: list[Path]) -> None:
+    """Close a finished experiment's parent run: ``best/*`` metrics, ``summary.json``, plots under ``report/``."""
+    client = _client(uri)
+    best = summary.get("best") or {}
+    for k, v in (best.get("metrics") or {}).items():
+        if isinstance(v, int | float):
+            client.log_metric(parent_run_id, f"best/{k}", float(v))
+    for plot in plots:
+        client.log_artifact(parent_run_id, str(plot), "report")
+    client.log_text(parent_run_id, json.dumps(summary, indent=2, default=str), "summary.json")
+    client.set_tag(parent_run_id, "gridrun.best_trial", str(best.get("trial_id")))
+    client.set_terminated(parent_run_id, "FINISHED")
+
+
+def summary_from_mlflow(uri: str, parent_run_id: str) -> dict[str, Any]:
+    """The summary a finished experiment logged to its MLflow parent run (``summary.json``)."""
+    from gridrun.errors import GridrunError
+    from gridrun.validate import check_tracking_uri
+
+    check_tracking_uri(uri)
+    try:
+        text = _client(uri).download_artifacts(parent_run_id, "summary.json")
+    except Exception as e:
+        raise GridrunError(f"--from-mlflow {parent_run_id}: no summary.json on that run ({type(e).__name__})") from None
+    return json.loads(Path(text).read_text())

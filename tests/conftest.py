@@ -53,8 +53,8 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 120) -> subproce
     )
 
 
-def data_section(task: str, **overrides: object) -> dict:
-    """A complete spec ``data`` section (as plain data) for the loaders, with the defaults of DataSpec."""
+def data_section(task: str, **overrides: object):
+    """A spec ``data`` section for the loaders: DataSpec's defaults, small sizes, ``overrides`` validated."""
     from gridrun.spec import DataSpec
 
-    return {**DataSpec(task=task).model_dump(), "train_size": 64, "eval_size": 4, **overrides}
+    return DataSpec.model_validate({"task": task, "train_size": 64, "eval_size": 4, **overrides})

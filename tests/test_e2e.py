@@ -84,7 +84,7 @@ def test_logged_adapter_reproduces_its_trial_metric(experiment, tmp_path: Path) 
     from mlflow.tracking import MlflowClient
 
     from gridrun.spec import load_spec
-    from trainables.qlora_sft import evaluate_adapter, merge_params
+    from trainables.qlora_sft import evaluate_adapter
 
     s = experiment["summary"]
     client = MlflowClient(f"sqlite:///{experiment['work']}/mlruns.db")
@@ -95,7 +95,7 @@ def test_logged_adapter_reproduces_its_trial_metric(experiment, tmp_path: Path) 
         local = client.download_artifacts(trial["mlflow_run_id"], "adapter", str(tmp_path / trial["trial_id"]))
         card = json.loads((Path(local) / "gridrun_card.json").read_text())
         assert card["base_model"] == "builtin:tiny-general" and card["quantization"] == "nf4"
-        metrics = evaluate_adapter(merge_params(spec.trial_dict(), trial["params"]), local)
+        metrics = evaluate_adapter(spec.with_params(trial["params"]), local)
         # the logged adapter is the trial's best checkpoint by objective: its card holds what was reported then
         reported = card["metrics"]
         run = client.get_run(trial["mlflow_run_id"])
@@ -132,7 +132,7 @@ def test_best_adapter_is_registered_and_reproduces(experiment, tmp_path: Path) -
     from mlflow.tracking import MlflowClient
 
     from gridrun.spec import load_spec
-    from trainables.qlora_sft import evaluate_adapter, merge_params
+    from trainables.qlora_sft import evaluate_adapter
 
     uri = f"sqlite:///{experiment['work']}/mlruns.db"
     client = MlflowClient(uri)
@@ -143,7 +143,7 @@ def test_best_adapter_is_registered_and_reproduces(experiment, tmp_path: Path) -
     mlflow.set_tracking_uri(uri)
     local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path))
     spec = load_spec(FORGETTING, [*TINY, "data.train_size=128", "train.epochs=2"])
-    metrics = evaluate_adapter(merge_params(spec.trial_dict(), s["best"]["params"]), local)
+    metrics = evaluate_adapter(spec.with_params(s["best"]["params"]), local)
     assert metrics["task/format_success"] == pytest.approx(float(mv.tags["task/format_success"]), abs=1e-6)
     assert metrics["forget/probe_loss"] == pytest.approx(float(mv.tags["forget/probe_loss"]), rel=1e-5)
 

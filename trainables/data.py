@@ -14,6 +14,7 @@ from typing import Any
 
 from gridrun.builtin import builtin_name, mc_source, probe_source, task_generator
 from gridrun.errors import GridrunError
+from gridrun.spec import DataSpec
 
 __all__ = [
     "IGNORE_INDEX",
@@ -114,69 +115,65 @@ def _check_fields(rows: list[dict[str, Any]], fields: tuple[str, ...], source: s
                 )
 
 
-def load_task_data(data: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train and eval records with ``prompt``/``answer`` keys (plus whatever metadata the source carries).
 
     A file or hub source without a separate ``data.eval`` is split: the last ``eval_size`` records become the
     evaluation set, never trained on.
     """
-    pf, af = data["prompt_field"], data["answer_field"]
-    mf = data.get("messages_field")
-    opts = data.get("options") or {}
+    pf, af = data.prompt_field, data.answer_field
+    mf = data.messages_field
+    opts = data.options
     train = load_records(
-        data["task"],
+        data.task,
         field="data.task",
-        split="train" if builtin_name(data["task"]) else data["split"],
-        size=data["train_size"],
+        split="train" if builtin_name(data.task) else data.split,
+        size=data.train_size,
         seed=seed,
         options=opts,
-        subset=data.get("subset"),
+        subset=data.subset,
     )
-    squad = data.get("adapter") == "squad" and not builtin_name(data["task"])
+    squad = data.adapter == "squad" and not builtin_name(data.task)
     if squad:
         train = squad_records(train, "data.task", **_squad_opts(opts))
         pf, af = "prompt", "answer"
     if mf:
-        train = _from_messages(train, mf, data["task"], "data.task")
+        train = _from_messages(train, mf, data.task, "data.task")
     else:
-        _check_fields(train, (pf, af), data["task"], "data.task")
-    if data.get("eval"):
+        _check_fields(train, (pf, af), data.task, "data.task")
+    if data.eval:
         ev_raw = load_records(
-            data["eval"],
+            data.eval,
             field="data.eval",
-            split="eval" if builtin_name(data["eval"]) else data["eval_split"],
-            size=data["eval_size"],
+            split="eval" if builtin_name(data.eval) else data.eval_split,
+            size=data.eval_size,
             seed=seed,
             options=opts,
-            subset=data.get("subset"),
+            subset=data.subset,
         )
         ev = (
-            squad_records(ev_raw, "data.eval", **_squad_opts(opts))
-            if squad and not builtin_name(data["eval"])
-            else ev_raw
+            squad_records(ev_raw, "data.eval", **_squad_opts(opts)) if squad and not builtin_name(data.eval) else ev_raw
         )
         if mf:
-            ev = _from_messages(ev, mf, data["eval"], "data.eval")
+            ev = _from_messages(ev, mf, data.eval, "data.eval")
         else:
-            _check_fields(ev, (pf, af), data["eval"], "data.eval")
-    elif builtin_name(data["task"]):
-        ev = load_records(
-            data["task"], field="data.task", split="eval", size=data["eval_size"], seed=seed, options=opts
-        )
+            _check_fields(ev, (pf, af), data.eval, "data.eval")
+    elif builtin_name(data.task):
+        ev = load_records(data.task, field="data.task", split="eval", size=data.eval_size, seed=seed, options=opts)
         if mf:
-            ev = _from_messages(ev, mf, data["task"], "data.task")
+            ev = _from_messages(ev, mf, data.task, "data.task")
     else:
         if len(train) < 2:
             raise GridrunError(
-                f"data.task: {data['task']} has {len(train)} record; need at least 2 to hold "
+                f"data.task: {data.task} has {len(train)} record; need at least 2 to hold "
                 "some out for evaluation (or set data.eval)"
             )
-        k = min(data["eval_size"], len(train) // 5 or 1)
+        k = min(data.eval_size, len(train) // 5 or 1)
         train, ev = train[:-k], train[-k:]
     if mf:
-        return train, ev[: data["eval_size"]]
+        return train, ev[: data.eval_size]
     rename = lambda r: {**r, "prompt": r[pf], "answer": r[af]}  # noqa: E731
-    return [rename(r) for r in train], [rename(r) for r in ev[: data["eval_size"]]]
+    return [rename(r) for r in train], [rename(r) for r in ev[: data.eval_size]]
 
 
 def _from_messages(rows: list[dict[str, Any]], field: str, source: str, where: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from gridrun.builtin import resolve_model
 from gridrun.errors import GridrunError
+from gridrun.spec import LoraSpec, ModelSpec
 
 __all__ = ["add_lora", "load_base", "pick_device", "quiet_hf"]
 
@@ -37,30 +38,30 @@ def pick_device(gpu: float) -> str:
     return "cpu"
 
 
-def load_base(model: dict[str, Any], device: str) -> tuple[Any, Any]:
+def load_base(model: ModelSpec, device: str) -> tuple[Any, Any]:
     """Load tokenizer and frozen base model as the spec's ``model`` section says."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    path = resolve_model(model["name"])
-    dtype = getattr(torch, model["compute_dtype"])
+    path = resolve_model(model.name)
+    dtype = getattr(torch, model.compute_dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": device}}
-    if model.get("revision"):
-        kwargs["revision"] = model["revision"]
-    if model["quantization"] == "nf4":
+    if model.revision:
+        kwargs["revision"] = model.revision
+    if model.quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,
         )
-    elif model["quantization"] == "int8":
+    elif model.quantization == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     try:
-        tok = AutoTokenizer.from_pretrained(path, revision=model.get("revision"))
+        tok = AutoTokenizer.from_pretrained(path, revision=model.revision)
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise GridrunError(f"model.name: cannot load {model['name']!r}: {str(e).splitlines()[0]}") from None
+        raise GridrunError(f"model.name: cannot load {model.name!r}: {str(e).splitlines()[0]}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -76,23 +77,23 @@ def load_base(model: dict[str, Any], device: str) -> tuple[Any, Any]:
     return base, tok
 
 
-def add_lora(base: Any, lora: dict[str, Any], quantization: str, gradient_checkpointing: bool) -> Any:
+def add_lora(base: Any, lora: LoraSpec, model: ModelSpec) -> Any:
     """Wrap ``base`` with a fresh LoRA adapter (initialised from the current torch RNG state)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if quantization != "none":
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
+    if model.quantization != "none":
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=model.gradient_checkpointing)
+    elif model.gradient_checkpointing:
         base.gradient_checkpointing_enable()
     names = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
-    missing = [t for t in lora["target_modules"] if t not in names]
+    missing = [t for t in lora.target_modules if t not in names]
     if missing:
         raise GridrunError(f"lora.target_modules: {', '.join(missing)} not found in the model")
     cfg = LoraConfig(
-        r=int(lora["r"]),
-        lora_alpha=float(lora["alpha"]),  # type: ignore[arg-type]  # peft annotates int, accepts float
-        lora_dropout=float(lora["dropout"]),
-        target_modules=list(lora["target_modules"]),
+        r=lora.r,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int, accepts float
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
         task_type="CAUSAL_LM",
         bias="none",
     )

@@ -2,6 +2,8 @@
 
 Reads top to bottom like a recipe. ``qlora_sft`` is what Tune runs; ``run`` is the same loop callable
 directly (the benchmark and tests use it), with a ``report`` callback standing in for ``tune.report``.
+Setup is three named steps (``setup_model``, ``setup_train_data``, ``setup_eval``); ``eval_round`` is the one
+evaluation both trials and ``evaluate_adapter`` run, so a logged adapter re-scores to what its trial reported.
 
 Every eval round reports the DESIGN namespaces (``train/*``, ``task/*``, ``forget/*``, ``objective``,
 ``samples_seen``, ``perf/*``) with a checkpoint holding adapter, optimizer, scheduler, RNG state and data
@@ -10,18 +12,19 @@ position, so a restored trial continues exactly where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import resource
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gridrun.errors import GridrunError
-from gridrun.objective import forget_delta, penalized
+from gridrun.metrics import forget_delta, penalized
+from gridrun.spec import ExperimentSpec
 from trainables import state
 from trainables.data import (
     collate,
@@ -35,33 +38,27 @@ from trainables.data import (
 )
 from trainables.model import add_lora, load_base, pick_device, quiet_hf
 
-__all__ = ["Reporter", "evaluate_adapter", "merge_params", "qlora_sft", "run", "validated"]
+__all__ = [
+    "EvalContext",
+    "Reporter",
+    "eval_round",
+    "evaluate_adapter",
+    "lr_lambda",
+    "qlora_sft",
+    "run",
+    "setup_eval",
+    "setup_model",
+    "setup_train_data",
+]
 
 #: report(metrics, checkpoint_dir or None)
 Reporter = Callable[[dict[str, Any], "Path | None"], None]
 
 
-def merge_params(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The trial's spec: the experiment's fixed values with this trial's dotted-path params substituted."""
-    out = json.loads(json.dumps(spec))
-    for path, value in params.items():
-        node = out
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})  # option mappings may not hold the key yet
-        node[leaf] = value
-    return out
+def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate at each optimizer step: linear warm-up, then cosine, linear or
+    constant decay to the last step."""
 
-
-def validated(trial_spec: dict[str, Any]) -> dict[str, Any]:
-    """The trial's spec checked against the schema (a sampled value must be as valid as a written one), with
-    values in their field's type (a categorical choice of 4.0 for a whole-number field becomes 4)."""
-    from gridrun.spec import spec_from_dict
-
-    return spec_from_dict({**trial_spec, "search": {}}, check_space=False).trial_dict()
-
-
-def _lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -81,8 +78,109 @@ def _peak_mem_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+# ----------------------------------------------------------------------------------------------------- setup
+
+
+def setup_model(spec: ExperimentSpec) -> tuple[Any, Any, str]:
+    """Base model as ``spec.model`` says, with a fresh LoRA adapter seeded by ``train.seed``: (model, tok, device)."""
+    import torch
+
+    device = pick_device(spec.resources.gpu)
+    torch.manual_seed(spec.train.seed)
+    base, tok = load_base(spec.model, device)
+    return add_lora(base, spec.lora, spec.model), tok, device
+
+
+def setup_train_data(spec: ExperimentSpec, tok: Any) -> tuple[list[dict[str, list[int]]], int]:
+    """The trial's training examples as token ids (a seeded ``sample_ratio`` subset), and the set's full size."""
+    data = spec.data
+    train_rows, _ = load_task_data(data, spec.train.seed)
+    keep = subsample(len(train_rows), data.sample_ratio, spec.train.seed)
+    encoded = [
+        encode_example(
+            tok, render_prompt(tok, train_rows[i]["prompt"], data.template), train_rows[i]["answer"], data.max_seq_len
+        )
+        for i in keep
+    ]
+    return encoded, len(train_rows)
+
+
+@dataclass
+class EvalContext:
+    """What every eval round of one trial reuses: prompts, evaluators, probe blocks, MC items, base scores."""
+
+    examples: list[dict[str, Any]]
+    evaluators: list[Any]
+    probe_blocks: list[list[int]]
+    mc_items: list[dict[str, Any]] | None
+    baseline: dict[str, float]
+
+
+def setup_eval(spec: ExperimentSpec, tok: Any, baseline: float | dict[str, float]) -> EvalContext:
+    """Evaluation prompts in the training template, the spec's evaluators, the probe and the base scores.
+
+    Args:
+        baseline: the base model's cached probe loss, or a dict with ``probe_loss`` and, when ``forgetting.mc``
+            is set, ``mc_accuracy``.
+    """
+    from evaluators import GenerationSettings, build_evaluator
+
+    _, eval_rows = load_task_data(spec.data, spec.train.seed)
+    examples = [{**r, "prompt": render_prompt(tok, r["prompt"], spec.data.template)} for r in eval_rows]
+    ev = spec.evaluate
+    gen = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+    evaluators = [build_evaluator(n, gen, ev.options.get(n)) for n in ev.evaluators]
+    fg = spec.forgetting
+    blocks = probe_blocks(tok, load_probe_texts(fg.probe, fg.probe_field), fg.seq_len, fg.samples)
+    base = dict(baseline) if isinstance(baseline, dict) else {"probe_loss": float(baseline)}
+    mc_items = load_mc_items(fg.mc) if fg.mc else None
+    if mc_items is not None and "mc_accuracy" not in base:
+        raise GridrunError("forgetting.mc: no cached base-model accuracy was passed to the trial")
+    return EvalContext(examples, evaluators, blocks, mc_items, base)
+
+
+# ------------------------------------------------------------------------------------------------------ eval
+
+
+def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> dict[str, float]:
+    """One evaluation: ``task/*`` (plus ``task/weighted``), ``forget/*`` against the base, and ``objective``."""
+    from evaluators import probe_loss
+    from evaluators.mc import mc_accuracy
+
+    task: dict[str, float] = {}
+    for ev in ctx.evaluators:
+        task.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, ctx.examples).items()})
+    weights = spec.objective.weights
+    if weights:
+        task["task/weighted"] = sum(w * task.get(k, 0.0) for k, w in weights.items())
+    base = ctx.baseline
+    probe = probe_loss(model, ctx.probe_blocks)
+    delta = forget_delta(probe, base["probe_loss"])
+    forget = {"forget/probe_loss": probe, "forget/probe_loss_base": base["probe_loss"], "forget/delta": delta}
+    if ctx.mc_items is not None:
+        acc, acc0 = mc_accuracy(model, tok, ctx.mc_items), base["mc_accuracy"]
+        forget.update(
+            {
+                "forget/mc_accuracy": acc,
+                "forget/mc_accuracy_base": acc0,
+                "forget/mc_delta": (acc0 - acc) / acc0 if acc0 > 0 else 0.0,
+            }
+        )
+    metric = task.get(spec.objective.metric)
+    if metric is None:
+        raise GridrunError(
+            f"objective.metric: {spec.objective.metric} is not reported by "
+            f"evaluators {spec.evaluate.evaluators} (they report: {', '.join(sorted(task))})"
+        )
+    objective = penalized(metric, delta, spec.objective.penalty, spec.objective.direction)
+    return {**task, **forget, "objective": objective}
+
+
+# ----------------------------------------------------------------------------------------------------- train
+
+
 def run(
-    spec: dict[str, Any],
+    spec: ExperimentSpec,
     baseline: float | dict[str, float],
     report: Reporter,
     restore: Path | None = None,
@@ -91,7 +189,7 @@ def run(
     """Train one trial; call ``report`` every eval round. Returns the last reported metrics.
 
     Args:
-        spec: the trial's spec (``ExperimentSpec.trial_dict`` with sampled values merged).
+        spec: the trial's spec (the experiment's, with this trial's sampled values substituted).
         baseline: the base model's cached probe loss for this (model, probe, seq_len), or a dict with
             ``probe_loss`` and, when ``forgetting.mc`` is set, ``mc_accuracy``.
         report: receives the metrics and a checkpoint folder (valid only during the call).
@@ -100,58 +198,32 @@ def run(
     """
     import torch
 
-    from evaluators import GenerationSettings, build_evaluator, probe_loss
-    from evaluators.mc import mc_accuracy
-
     quiet_hf()
-    data, train_cfg, ev_cfg, fg = spec["data"], spec["train"], spec["evaluate"], spec["forgetting"]
-    seed = int(train_cfg["seed"])
+    tc = spec.train
 
-    # --- setup: model + adapter ----------------------------------------------------------------------
-    device = pick_device(spec["resources"]["gpu"])
-    torch.manual_seed(seed)
-    base, tok = load_base(spec["model"], device)
-    model = add_lora(base, spec["lora"], spec["model"]["quantization"], spec["model"]["gradient_checkpointing"])
+    # --- setup ----------------------------------------------------------------------------------------
+    model, tok, device = setup_model(spec)
     model.train()
-
-    # --- setup: data ----------------------------------------------------------------------------------
-    train_rows, eval_rows = load_task_data(data, seed)
-    keep = subsample(len(train_rows), float(data["sample_ratio"]), seed)
-    encoded = [
-        encode_example(
-            tok,
-            render_prompt(tok, train_rows[i]["prompt"], data["template"]),
-            train_rows[i]["answer"],
-            data["max_seq_len"],
-        )
-        for i in keep
-    ]
-    eval_examples = [{**r, "prompt": render_prompt(tok, r["prompt"], data["template"])} for r in eval_rows]
-    blocks = probe_blocks(tok, load_probe_texts(fg["probe"], fg["probe_field"]), fg["seq_len"], fg["samples"])
-    base = baseline if isinstance(baseline, dict) else {"probe_loss": baseline}
-    mc_items = load_mc_items(fg["mc"]) if fg.get("mc") else None
-    if mc_items is not None and "mc_accuracy" not in base:
-        raise GridrunError("forgetting.mc: no cached base-model accuracy was passed to the trial")
-    gen = GenerationSettings(max_new_tokens=ev_cfg["max_new_tokens"], batch_size=ev_cfg["batch_size"])
-    evaluators = [build_evaluator(n, gen, ev_cfg["options"].get(n)) for n in ev_cfg["evaluators"]]
+    encoded, n_total = setup_train_data(spec, tok)
+    ctx = setup_eval(spec, tok, baseline)
 
     n_train = len(encoded)
-    per_step = train_cfg["batch_size"] * train_cfg["grad_accum"]
-    total_samples = max(1, round(train_cfg["epochs"] * n_train))
+    per_step = tc.batch_size * tc.grad_accum
+    total_samples = max(1, round(tc.epochs * n_train))
     total_steps = math.ceil(total_samples / per_step)
-    warmup = int(train_cfg["warmup_ratio"] * total_steps)
+    warmup = int(tc.warmup_ratio * total_steps)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(train_cfg["lr_scheduler"], warmup, total_steps))
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.lr_scheduler, warmup, total_steps))
     pos = state.Position(step=0, samples_seen=0)
     if restore is not None:
         pos = state.load(restore, model, opt, sched)
     else:
-        state.seed_all(seed)
+        state.seed_all(tc.seed)
 
     pad = tok.pad_token_id
-    stream = state.SampleStream(n_train, seed)
+    stream = state.SampleStream(n_train, tc.seed)
     last: dict[str, Any] = {}
     losses: list[float] = []
     tokens, train_time = 0, 0.0
@@ -162,16 +234,16 @@ def run(
         take = min(per_step, total_samples - pos.samples_seen)
         idx = stream.take(pos.samples_seen, take)
         step_loss = 0.0
-        for m in range(0, len(idx), train_cfg["batch_size"]):
-            micro = idx[m : m + train_cfg["batch_size"]]
+        for m in range(0, len(idx), tc.batch_size):
+            micro = idx[m : m + tc.batch_size]
             batch = {k: v.to(device) for k, v in collate([encoded[i] for i in micro], pad).items()}
             out = model(**batch)
             # Weight micro-batches by size so a partial last step averages like a full one.
             (out.loss * len(micro) / len(idx)).backward()
             step_loss += out.loss.item() * len(micro) / len(idx)
             tokens += int(batch["attention_mask"].sum())
-        if train_cfg["max_grad_norm"] > 0:
-            torch.nn.utils.clip_grad_norm_(params, train_cfg["max_grad_norm"])
+        if tc.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -180,44 +252,19 @@ def run(
         losses.append(step_loss)
         train_time += time.perf_counter() - t0
 
-        if pos.step % train_cfg["eval_every"] == 0 or pos.step == total_steps or not math.isfinite(step_loss):
+        # --- report -----------------------------------------------------------------------------------
+        if pos.step % tc.eval_every == 0 or pos.step == total_steps or not math.isfinite(step_loss):
             t1 = time.perf_counter()
-            task: dict[str, float] = {}
-            for ev in evaluators:
-                task.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, eval_examples).items()})
-            weights = spec["objective"].get("weights") or {}
-            if weights:
-                task["task/weighted"] = sum(w * task.get(k, 0.0) for k, w in weights.items())
-            probe = probe_loss(model, blocks)
-            delta = forget_delta(probe, base["probe_loss"])
-            forget = {"forget/probe_loss": probe, "forget/probe_loss_base": base["probe_loss"], "forget/delta": delta}
-            if mc_items is not None:
-                acc, acc0 = mc_accuracy(model, tok, mc_items), base["mc_accuracy"]
-                forget.update(
-                    {
-                        "forget/mc_accuracy": acc,
-                        "forget/mc_accuracy_base": acc0,
-                        "forget/mc_delta": (acc0 - acc) / acc0 if acc0 > 0 else 0.0,
-                    }
-                )
-            metric = task.get(spec["objective"]["metric"])
-            if metric is None:
-                raise GridrunError(
-                    f"objective.metric: {spec['objective']['metric']} is not reported by "
-                    f"evaluators {ev_cfg['evaluators']} (they report: {', '.join(sorted(task))})"
-                )
             last = {
                 "train/loss": sum(losses) / len(losses),
                 "train/lr": sched.get_last_lr()[0],
-                **task,
-                **forget,
-                "objective": penalized(metric, delta, spec["objective"]["penalty"], spec["objective"]["direction"]),
+                **eval_round(spec, model, tok, ctx),
                 "samples_seen": pos.samples_seen,
                 "step": pos.step,
                 "epoch": pos.samples_seen / n_train,
                 "data/train_samples": n_train,
-                "data/train_samples_total": len(train_rows),
-                "data/eval_samples": len(eval_examples),
+                "data/train_samples_total": n_total,
+                "data/eval_samples": len(ctx.examples),
                 "progress": pos.samples_seen / total_samples,
                 "perf/tokens_per_s": tokens / train_time if train_time else 0.0,
                 "perf/peak_mem_mb": _peak_mem_mb(device),
@@ -232,8 +279,12 @@ def run(
     return last
 
 
-def qlora_sft(config: dict[str, Any], spec: dict[str, Any], baseline: float | dict[str, float]) -> None:
-    """Ray Tune function trainable: ``config`` holds this trial's sampled dotted-path params."""
+def qlora_sft(config: dict[str, Any], spec: ExperimentSpec, baseline: float | dict[str, float]) -> None:
+    """Ray Tune function trainable: ``config`` holds this trial's sampled dotted-path params.
+
+    Sampled values are validated like written ones (``with_params``): a float for a whole-number field fails
+    here, and a categorical 4.0 for ``lora.r`` becomes 4.
+    """
     import logging
     import warnings
 
@@ -243,9 +294,8 @@ def qlora_sft(config: dict[str, Any], spec: dict[str, Any], baseline: float | di
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" lines from every report drown the terminal
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    threads = max(1, int(spec["resources"]["cpu"]))
-    torch.set_num_threads(threads)
-    trial_spec = validated(merge_params(spec, config))
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    trial_spec = spec.with_params(config)
     ckpt = tune.get_checkpoint()
 
     def report(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
@@ -255,36 +305,34 @@ def qlora_sft(config: dict[str, Any], spec: dict[str, Any], baseline: float | di
         with ckpt.as_directory() as d:
             run(trial_spec, baseline, report, restore=Path(d))
     else:
-        random.seed(int(trial_spec["train"]["seed"]))
+        random.seed(trial_spec.train.seed)
         run(trial_spec, baseline, report)
 
 
-def evaluate_adapter(spec: dict[str, Any], adapter_dir: str | Path) -> dict[str, float]:
-    """Load the base model as the spec says, put a saved adapter on it with peft, run evaluators and probe.
+def evaluate_adapter(
+    spec: ExperimentSpec, adapter_dir: str | Path, baseline: float | dict[str, float] | None = None
+) -> dict[str, float]:
+    """Put a saved adapter on the base model with peft and run the trial's ``eval_round`` on it.
 
-    The same data, template and generation settings as the trial, so a logged adapter reproduces the task
-    metrics its trial reported.
+    The same data, template, generation settings, probe and base scores as the trial, so a logged adapter
+    reproduces every metric its trial reported at that checkpoint (``task/*``, ``forget/*``, ``objective``).
+
+    Args:
+        baseline: the base scores the trial used; by default the cached ones (computed here on a cache miss).
     """
     import torch
 
     quiet_hf()  # before peft imports bitsandbytes, which warns about optional CPU kernels on import
     from peft import PeftModel
 
-    from evaluators import GenerationSettings, build_evaluator, probe_loss
+    from gridrun.baseline import cached_baseline, compute_baseline, compute_mc_baseline
 
-    torch.manual_seed(int(spec["train"]["seed"]))
-    base, tok = load_base(spec["model"], pick_device(spec["resources"]["gpu"]))
+    if baseline is None:
+        baseline = {"probe_loss": cached_baseline(spec, compute_baseline)[0]}
+        if spec.forgetting.mc:
+            baseline["mc_accuracy"] = cached_baseline(spec, compute_mc_baseline, kind="mc")[0]
+    torch.manual_seed(spec.train.seed)
+    base, tok = load_base(spec.model, pick_device(spec.resources.gpu))
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
-    data, ev_cfg = spec["data"], spec["evaluate"]
-    _, eval_rows = load_task_data(data, int(spec["train"]["seed"]))
-    examples = [{**r, "prompt": render_prompt(tok, r["prompt"], data["template"])} for r in eval_rows]
-    gen = GenerationSettings(max_new_tokens=ev_cfg["max_new_tokens"], batch_size=ev_cfg["batch_size"])
-    out: dict[str, float] = {}
-    for name in ev_cfg["evaluators"]:
-        ev = build_evaluator(name, gen, ev_cfg["options"].get(name))
-        out.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, examples).items()})
-    fg = spec["forgetting"]
-    blocks = probe_blocks(tok, load_probe_texts(fg["probe"], fg["probe_field"]), fg["seq_len"], fg["samples"])
-    out["forget/probe_loss"] = probe_loss(model, blocks)
-    return out
+    return eval_round(spec, model, tok, setup_eval(spec, tok, baseline))

@@ -13,7 +13,10 @@ import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gridrun.spec import ExperimentSpec
 
 __all__ = ["Position", "SampleStream", "load", "save", "seed_all"]
 
@@ -81,23 +84,23 @@ def _set_rng_state(s: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def card(spec: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+def card(spec: ExperimentSpec, metrics: dict[str, Any]) -> dict[str, Any]:
     """What someone needs to use the adapter: base model, quantization, LoRA shape, the trial's values."""
     return {
-        "base_model": spec["model"]["name"],
-        "base_model_revision": spec["model"].get("revision"),
-        "quantization": spec["model"]["quantization"],
-        "compute_dtype": spec["model"]["compute_dtype"],
-        "lora": spec["lora"],
-        "template": spec["data"]["template"],
-        "train": spec["train"],
-        "sample_ratio": spec["data"]["sample_ratio"],
+        "base_model": spec.model.name,
+        "base_model_revision": spec.model.revision,
+        "quantization": spec.model.quantization,
+        "compute_dtype": spec.model.compute_dtype,
+        "lora": spec.lora.model_dump(mode="json"),
+        "template": spec.data.template,
+        "train": spec.train.model_dump(mode="json"),
+        "sample_ratio": spec.data.sample_ratio,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
     }
 
 
 def save(
-    d: Path, model: Any, opt: Any, sched: Any, pos: Position, spec: dict[str, Any], metrics: dict[str, Any]
+    d: Path, model: Any, opt: Any, sched: Any, pos: Position, spec: ExperimentSpec, metrics: dict[str, Any]
 ) -> None:
     import torch
 

@@ -77,23 +77,12 @@ def test_conformance(name: str, tiny_model_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from gridrun.spec import DataSpec
     from trainables.data import load_task_data, render_prompt
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    data = {
-        "task": "builtin:json-format",
-        "eval": None,
-        "split": "train",
-        "eval_split": "test",
-        "prompt_field": "prompt",
-        "answer_field": "answer",
-        "train_size": 8,
-        "eval_size": 6,
-        "options": {},
-    }
-    data["task"] = TASK_FOR[name]
-    _, rows = load_task_data(data, seed=0)
+    _, rows = load_task_data(DataSpec(task=TASK_FOR[name], train_size=8, eval_size=6), seed=0)
     examples = [{**r, "prompt": render_prompt(tok, r["prompt"], "chat")} for r in rows]
     ev = build_evaluator(name, GenerationSettings(max_new_tokens=12, batch_size=4))
     first = ev.evaluate(model, tok, examples)

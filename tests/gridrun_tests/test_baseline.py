@@ -13,7 +13,7 @@ def _own_cache(tmp_path, monkeypatch):
 
 
 def test_computed_once_then_reused(tiny_spec) -> None:
-    spec = tiny_spec.trial_dict()
+    spec = tiny_spec
     calls: list[int] = []
 
     def compute(s):
@@ -30,26 +30,25 @@ def test_computed_once_then_reused(tiny_spec) -> None:
 
 
 def test_key_changes_with_what_changes_the_number(tiny_spec) -> None:
-    spec = tiny_spec.trial_dict()
+    spec = tiny_spec
     key = baseline_key(spec)
-    for section, field, value in (
-        ("forgetting", "seq_len", 32),
-        ("forgetting", "samples", 3),
-        ("model", "quantization", "none"),
-        ("forgetting", "probe", "other.txt"),
+    for path, value in (
+        ("forgetting.seq_len", 32),
+        ("forgetting.samples", 3),
+        ("model.quantization", "none"),
+        ("model.compute_dtype", "bfloat16"),
+        ("forgetting.probe", "other.txt"),
     ):
-        changed = {**spec, section: {**spec[section], field: value}}
-        assert baseline_key(changed) != key, field
+        assert baseline_key(spec.with_params({path: value})) != key, path
     # trial knobs do not change the base model's probe loss
-    assert baseline_key({**spec, "train": {**spec["train"], "lr": 0.5}}) == key
-    assert baseline_key({**spec, "lora": {**spec["lora"], "r": 64}}) == key
+    assert baseline_key(spec.with_params({"train.lr": 0.5})) == key
+    assert baseline_key(spec.with_params({"lora.r": 64})) == key
 
 
 def test_local_probe_file_content_is_part_of_the_key(tiny_spec, tmp_path) -> None:
     f = tmp_path / "probe.txt"
     f.write_text("some general text\n\nmore text")
-    spec = tiny_spec.trial_dict()
-    spec = {**spec, "forgetting": {**spec["forgetting"], "probe": str(f)}}
+    spec = tiny_spec.with_params({"forgetting.probe": str(f)})
     k1 = baseline_key(spec)
     f.write_text("edited text")
     assert baseline_key(spec) != k1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from pyarrow.fs import LocalFileSystem, SubTreeFileSystem
@@ -107,29 +106,3 @@ def test_works_on_a_storage_filesystem_that_is_not_the_local_path(tmp_path: Path
 def test_num_to_keep_must_be_positive() -> None:
     with pytest.raises(ValueError, match="num_to_keep"):
         CheckpointKeeper(0)
-
-
-def test_the_tracker_uploads_the_best_checkpoint_from_storage(tmp_path: Path) -> None:
-    """The MLflow callback logs the adapter of the keeper's best checkpoint, read through the storage filesystem."""
-    from gridrun.tracking import MLflowTracker
-
-    fs = SubTreeFileSystem(str(tmp_path), LocalFileSystem())
-    keeper, trial = CheckpointKeeper(1), Trial()
-    for i, obj in enumerate([0.2, 0.9, 0.1]):
-        ckpt = _save(keeper, trial, tmp_path, i, obj, fs=fs)
-        (tmp_path / ckpt.path / "adapter" / "adapter_config.json").write_text(str(i))
-        (tmp_path / ckpt.path / "gridrun_card.json").write_text("{}")
-    logged: list[tuple[str, str]] = []
-    tags: dict[str, str] = {}
-    client = SimpleNamespace(
-        log_artifacts=lambda run, d, to: logged.append((to, Path(d, "adapter_config.json").read_text())),
-        log_artifact=lambda run, f, to: logged.append((to, Path(f).name)),
-        set_tag=lambda run, k, v: tags.__setitem__(k, v),
-        set_terminated=lambda run, status: tags.__setitem__("status", status),
-    )
-    t = MLflowTracker("sqlite:///x.db", "1", "parent", {}, [], {}, keeper)
-    t._client, t.runs["t1"] = client, "run1"
-    trial.status, trial.config, trial.last_result = "TERMINATED", {}, {"progress": 1}
-    t.on_trial_complete(0, [trial], trial)
-    assert logged == [("adapter", "1"), ("adapter", "gridrun_card.json")]  # checkpoint 1: objective 0.9
-    assert tags["gridrun.adapter_objective"] == "0.9" and tags["status"] == "FINISHED"

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from gridrun.errors import SpecError
-from gridrun.space import CategoricalDist, FloatDist, IntDist, parse_distribution, to_optuna, to_yaml
 from gridrun.spec import apply_overrides, load_spec, spec_from_dict
+from gridrun.spec.space import CategoricalDist, FloatDist, IntDist, parse_distribution, to_optuna, to_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "search_spaces").rglob("*.yaml"))
@@ -190,7 +190,7 @@ def test_overrides_under_option_mappings_keep_the_whole_key() -> None:
 def test_asha_max_t_covers_searched_epochs_and_sizes() -> None:
     """ASHA stops every trial at max_t: a searched epochs or train_size must raise it, not cap trials at the
     fixed value."""
-    from gridrun.launch import _largest, _train_size_upper
+    from gridrun.stopping import _largest, _train_size_upper
 
     raw = _base()
     raw["search"]["space"]["train.epochs"] = {"type": "float", "low": 1, "high": 3}
@@ -202,10 +202,8 @@ def test_asha_max_t_covers_searched_epochs_and_sizes() -> None:
 
 
 def test_trials_validate_their_sampled_values() -> None:
-    from trainables.qlora_sft import merge_params, validated
-
     spec = spec_from_dict(_base())
-    trial = validated(merge_params(spec.trial_dict(), {"lora.r": 4.0, "train.lr": 1e-3}))
-    assert trial["lora"]["r"] == 4 and isinstance(trial["lora"]["r"], int)
+    trial = spec.with_params({"lora.r": 4.0, "train.lr": 1e-3})
+    assert trial.lora.r == 4 and isinstance(trial.lora.r, int)
     with pytest.raises(SpecError, match=r"lora\.r"):
-        validated(merge_params(spec.trial_dict(), {"lora.r": 3.7}))
+        spec.with_params({"lora.r": 3.7})

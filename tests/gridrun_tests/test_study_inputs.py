@@ -37,7 +37,7 @@ def test_validate_refuses_a_train_test_answer_format_mismatch(tmp_path: Path) ->
     assert r.returncode == 0, r.stderr  # \\boxed{n} targets are readable by the gsm8k evaluator too
 
 
-def _data(task: str, **kw) -> dict:
+def _data(task: str, **kw):
     return data_section(task, **{"train_size": 16, **kw})
 
 
@@ -159,8 +159,9 @@ def test_squad_v11_json_file_in_both_prompt_formats(tmp_path: Path, fmt: str, n_
 
     f = tmp_path / "squad.json"
     f.write_text(json.dumps(SQUAD_V11))
-    data = _data(str(f), adapter="squad", eval_size=1, options={"prompt_format": fmt, "questions_per_context": 5})
-    data["eval"] = str(f)
+    data = _data(
+        str(f), adapter="squad", eval=str(f), eval_size=1, options={"prompt_format": fmt, "questions_per_context": 5}
+    )
     train, _ = load_task_data(data, 0)
     assert len(train) == n_examples and all(r["format"] == fmt for r in train)
     if fmt == "sequential":

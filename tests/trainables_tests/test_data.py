@@ -61,7 +61,7 @@ def test_sample_ratio_takes_a_seeded_subset() -> None:
         subsample(10, 1.5, seed=0)
 
 
-def _data(task: str, **kw) -> dict:
+def _data(task: str, **kw):
     return data_section(task, **{"train_size": 64, **kw})
 
 
@@ -122,7 +122,7 @@ def test_local_dataset_folder_in_hub_layout(tmp_path: Path) -> None:
         rows = [{"question": f"{split} q{i}", "answer": f"step\n#### {i}"} for i in range(n)]
         pq.write_table(pa.Table.from_pylist(rows), tmp_path / "gsm8k" / "main" / f"{split}-00000-of-00001.parquet")
     data = data_section(str(tmp_path / "gsm8k"), prompt_field="question", split="train", eval_split="test", eval_size=2)
-    train, ev = load_task_data({**data, "eval": str(tmp_path / "gsm8k")}, 0)
+    train, ev = load_task_data(data.model_copy(update={"eval": str(tmp_path / "gsm8k")}), 0)
     assert [r["prompt"] for r in train] == [f"train q{i}" for i in range(6)]
     assert [r["prompt"] for r in ev] == ["test q0", "test q1"] and ev[0]["answer"].endswith("#### 0")
 

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from trainables.qlora_sft import merge_params, run
+from trainables.qlora_sft import run
 
 
-def _trial(spec, **params) -> dict:
-    return merge_params(spec.trial_dict(), params)
+def _trial(spec, **params):
+    return spec.with_params(params)
 
 
 @pytest.fixture
 def baseline(tiny_spec, tiny_model_path) -> float:
     from gridrun.baseline import compute_baseline
 
-    return compute_baseline(tiny_spec.trial_dict())
+    return compute_baseline(tiny_spec)
 
 
 def test_sample_ratio_is_applied_and_reported(tiny_spec, baseline) -> None:
@@ -88,3 +88,60 @@ def test_restored_trial_continues_exactly(tiny_spec, baseline, tmp_path: Path) -
         "train/lr",
     ):
         assert end[key] == ref[key], key
+
+
+def test_untrained_adapter_probe_loss_equals_the_baseline(tiny_spec, baseline) -> None:
+    """At LoRA init (B = 0) the trial's model computes the base model's function: its probe loss is the cached
+    baseline, so forget/delta starts at 0 (the trial measures on the same prepared model as the baseline)."""
+    from trainables.qlora_sft import eval_round, setup_eval, setup_model
+
+    model, tok, _ = setup_model(tiny_spec)
+    metrics = eval_round(tiny_spec, model, tok, setup_eval(tiny_spec, tok, baseline))
+    assert metrics["forget/probe_loss"] == pytest.approx(baseline, rel=1e-6)
+    assert abs(metrics["forget/delta"]) < 1e-6
+
+
+def test_non_finite_loss_reports_at_once_and_ends_the_trial(tiny_spec, baseline) -> None:
+    """A diverged step is reported immediately (not at the next eval_every), with its checkpoint, and the loop
+    ends: the NonFiniteLoss stopper then records why."""
+    import math
+
+    from gridrun.stopping import NonFiniteLoss
+
+    # lr 1e30 without clipping: the first update makes the logits overflow, the second step's loss is not finite
+    spec = _trial(tiny_spec, **{"train.lr": 1e30, "train.max_grad_norm": 0.0, "train.eval_every": 100})
+    reports: list[tuple[dict, bool]] = []
+    last = run(spec, baseline, lambda m, d: reports.append((m, (d / "adapter").is_dir())))
+    assert len(reports) == 1 and reports[0][1]  # one report, with a checkpoint
+    assert not math.isfinite(last["train/loss"]) and last["step"] < 8 and last["progress"] < 1
+    reasons: dict[str, str] = {}
+    assert NonFiniteLoss(reasons)("t1", last) and reasons == {"t1": "non-finite loss"}
+
+
+def test_evaluate_adapter_reproduces_every_metric_of_its_checkpoint(tiny_spec, tmp_path: Path) -> None:
+    """A saved adapter re-scored by evaluate_adapter gives the trial's numbers at that checkpoint, including the
+    weighted task metric, the multiple-choice forgetting measures and the objective."""
+    from gridrun.baseline import cached_baseline, compute_baseline, compute_mc_baseline
+    from trainables.qlora_sft import evaluate_adapter
+
+    spec = _trial(tiny_spec).model_copy(deep=True)
+    spec = spec.with_params(
+        {
+            "forgetting.mc": "builtin:general-mc",
+            "objective.metric": "task/weighted",
+            "objective.weights": {"task/format_success": 1.0, "task/exact_match": 0.5},
+            "train.eval_every": 100,
+        }
+    )
+    base = {
+        "probe_loss": cached_baseline(spec, compute_baseline)[0],
+        "mc_accuracy": cached_baseline(spec, compute_mc_baseline, kind="mc")[0],
+    }
+    saved = tmp_path / "ckpt"
+    reported = run(spec, base, lambda m, d: shutil.copytree(d, saved, dirs_exist_ok=True))
+    again = evaluate_adapter(spec, saved / "adapter")  # base scores from the cache, as a user would
+    keys = [k for k in reported if k.startswith(("task/", "forget/")) or k == "objective"]
+    assert {"task/weighted", "forget/mc_accuracy", "forget/mc_delta", "forget/mc_accuracy_base"} <= set(keys)
+    assert set(keys) == set(again)
+    for k in keys:
+        assert again[k] == pytest.approx(reported[k], rel=1e-6, abs=1e-9), k

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from gridrun.objective import forget_delta, pareto_front, penalized
+from gridrun.metrics import forget_delta, pareto_front, penalized
 
 
 def test_forget_delta_is_relative_rise() -> None:

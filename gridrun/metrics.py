@@ -1,11 +1,46 @@
-"""The forgetting-penalized objective and Pareto helpers (pure functions, no heavy imports)."""
+"""What a trial's numbers mean: the forgetting-penalized objective, Pareto helpers, the metric namespaces and
+why a trial stopped (pure functions, no heavy imports)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["forget_delta", "pareto_front", "penalized"]
+__all__ = [
+    "METRIC_NAMES",
+    "METRIC_PREFIXES",
+    "forget_delta",
+    "namespaced_metrics",
+    "pareto_front",
+    "penalized",
+    "stop_reason",
+]
+
+#: Result keys that are metrics (numeric values under these prefixes, plus the bare names): what MLflow,
+#: checkpoint records and adapter cards hold.
+METRIC_PREFIXES = ("train/", "task/", "forget/", "perf/", "data/")
+METRIC_NAMES = ("objective", "samples_seen", "step", "epoch", "progress")
+
+
+def namespaced_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric values of a trial result under the DESIGN metric namespaces."""
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if (k.startswith(METRIC_PREFIXES) or k in METRIC_NAMES)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+    }
+
+
+def stop_reason(reasons: Mapping[str, str], trial_id: str, last_result: Mapping[str, Any] | None) -> str:
+    """Why a trial ended: the reason a stopper or ASHA recorded, else ``completed`` if it trained to the end,
+    else ``stopped`` (ended early by something that records no reason, e.g. the experiment's end)."""
+    recorded = reasons.get(trial_id)
+    if recorded:
+        return recorded
+    return "completed" if (last_result or {}).get("progress", 0) >= 1 else "stopped"
 
 
 def forget_delta(probe_loss: float, base_loss: float) -> float:

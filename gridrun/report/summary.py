@@ -1,4 +1,5 @@
-"""End-of-run summary: trials table, best config, Pareto front, where the adapter is, how to open MLflow."""
+"""End-of-run summary: trials table, best config, Pareto front, importance, where the adapter is, how to open
+MLflow."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gridrun.objective import pareto_front
+from gridrun.metrics import pareto_front, stop_reason
 
-__all__ = ["format_summary", "load_summary", "summarize", "summary_from_mlflow", "write_report"]
+__all__ = ["format_summary", "importance", "load_summary", "summarize"]
 
 
 def _num(v: Any) -> float:
@@ -39,10 +40,7 @@ def summarize(
     for r in grid:
         m = r.metrics or {}
         tid = m.get("trial_id") or Path(r.path).name
-        if r.error is not None:
-            reason = f"error: {type(r.error).__name__}"
-        else:
-            reason = reasons.get(tid) or ("completed" if m.get("progress", 0) >= 1 else "stopped")
+        reason = f"error: {type(r.error).__name__}" if r.error is not None else stop_reason(reasons, tid, m)
         last = {k: v for k, v in m.items() if (isinstance(v, int | float) and "/" in k) or k == "objective"}
         saved = best_checkpoint(tid) if best_checkpoint is not None else None
         at = saved.metrics if saved is not None else last
@@ -108,7 +106,7 @@ def importance(summary: dict[str, Any], space: dict[str, Any]) -> dict[str, floa
     """Optuna's fANOVA importance of each searched value for the objective (needs ≥ 3 finished trials)."""
     import optuna
 
-    from gridrun.space import to_optuna
+    from gridrun.spec.space import to_optuna
 
     searched, _ = to_optuna(space)
     rows = [r for r in summary["trials"] if math.isfinite(r["objective"]) and set(searched) <= set(r["params"])]
@@ -129,122 +127,6 @@ def importance(summary: dict[str, Any], space: dict[str, Any]) -> dict[str, floa
     except (RuntimeError, ValueError):  # e.g. all objectives equal
         return {}
     return {k: float(v) for k, v in imp.items()}
-
-
-def write_report(
-    summary: dict[str, Any],
-    out_dir: Path,
-    tracking_uri: str | None = None,
-    parent_run_id: str | None = None,
-    space: dict[str, Any] | None = None,
-) -> list[Path]:
-    """PNG plots (task vs forgetting with the Pareto front, objective vs each searched value, learning
-    curves, importance) written to ``out_dir`` and, given a parent run, logged to it under ``report/``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in summary["trials"] if math.isfinite(r["task"]) and math.isfinite(r["forget_delta"])]
-    metric = summary["objective_metric"]
-    front = set(summary.get("pareto_front") or [])
-    best = (summary.get("best") or {}).get("trial_id")
-    paths: list[Path] = []
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    ax.scatter([r["forget_delta"] for r in rows], [r["task"] for r in rows], c="tab:gray", label="trial")
-    fr = sorted((r for r in rows if r["trial_id"] in front), key=lambda r: r["forget_delta"])
-    if fr:
-        # the attainment staircase: between two front points, the best task reachable is the left one's
-        ax.plot(
-            [r["forget_delta"] for r in fr],
-            [r["task"] for r in fr],
-            "o-",
-            c="tab:red",
-            drawstyle="steps-post",
-            label="Pareto front",
-        )
-    for r in rows:
-        if r["trial_id"] == best:
-            ax.scatter(
-                [r["forget_delta"]],
-                [r["task"]],
-                s=200,
-                facecolors="none",
-                edgecolors="tab:blue",
-                linewidths=2,
-                label=f"best objective ({best})",
-            )
-        ax.annotate(r["trial_id"][-4:], (r["forget_delta"], r["task"]), fontsize=7, alpha=0.7)
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("forget/delta (relative rise of general probe loss; lower is better)")
-    ax.set_ylabel(f"{metric} (at each trial's best checkpoint)")
-    ax.set_title(f"{summary['name']}: task vs forgetting")
-    ax.legend(loc="best", fontsize=8)
-    paths.append(_save(fig, out_dir / "pareto.png"))
-
-    keys = sorted({k for r in summary["trials"] for k in r["params"]})
-    if keys:
-        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
-        for ax, k in zip(axes[0], keys, strict=True):
-            pts = [
-                (r["params"][k], r["objective"])
-                for r in summary["trials"]
-                if k in r["params"] and math.isfinite(r["objective"])
-            ]
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], c="tab:green")
-            if pts and all(isinstance(p[0], int | float) and p[0] > 0 for p in pts) and k.endswith("lr"):
-                ax.set_xscale("log")
-            ax.set_xlabel(k)
-            ax.set_ylabel("objective")
-        fig.suptitle("objective vs each searched value")
-        paths.append(_save(fig, out_dir / "objective_vs_params.png"))
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    colors = [plt.get_cmap("tab20")(i) for i in range(20)]  # one colour per trial up to 20 (tab10 repeats at 10)
-    for i, r in enumerate(summary["trials"]):
-        c = [p for p in r.get("curve") or [] if math.isfinite(p[0]) and math.isfinite(p[1])]
-        if c:
-            ax.plot(
-                [p[0] for p in c],
-                [p[1] for p in c],
-                marker=".",
-                alpha=0.85,
-                color=colors[i % len(colors)],
-                label=r["trial_id"][-4:],
-            )
-    ax.set_xlabel("samples seen")
-    ax.set_ylabel("objective")
-    ax.set_title("learning curves (ASHA compares trials on this axis)")
-    if len(summary["trials"]) <= 20:
-        ax.legend(fontsize=7, ncol=2)
-    paths.append(_save(fig, out_dir / "curves.png"))
-
-    imp = summary.get("importance") or {}
-    if imp:
-        fig, ax = plt.subplots(figsize=(6, 0.6 * len(imp) + 1.5))
-        names = list(imp)[::-1]
-        ax.barh(names, [imp[n] for n in names], color="tab:purple")
-        ax.set_xlabel("fANOVA importance for the objective")
-        paths.append(_save(fig, out_dir / "importance.png"))
-
-    if tracking_uri and parent_run_id:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri)
-        for p in paths:
-            client.log_artifact(parent_run_id, str(p), "report")
-    return paths
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
 
 
 def _fmt(v: Any) -> str:
@@ -330,19 +212,3 @@ def load_summary(experiment_dir: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise GridrunError(f"no gridrun summary in {experiment_dir} (is it an experiment folder that finished?)")
     return json.loads(p.read_text())
-
-
-def summary_from_mlflow(uri: str, parent_run_id: str) -> dict[str, Any]:
-    """The summary a finished experiment logged to its MLflow parent run (``summary.json``)."""
-    from gridrun.errors import GridrunError
-    from gridrun.tracking import check_tracking_uri
-
-    check_tracking_uri(uri)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    try:
-        text = client.download_artifacts(parent_run_id, "summary.json")
-    except Exception as e:
-        raise GridrunError(f"--from-mlflow {parent_run_id}: no summary.json on that run ({type(e).__name__})") from None
-    return json.loads(Path(text).read_text())

@@ -1,0 +1,49 @@
+"""Console lines: one per trial start and end (Tune's own tables are switched off: too much for a terminal)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune import Callback
+
+from gridrun.metrics import stop_reason
+
+__all__ = ["ProgressPrinter"]
+
+
+class ProgressPrinter(Callback):
+    """One line per trial start and end (Tune's own tables are switched off: too much for a terminal)."""
+
+    def __init__(self, metric: str, reasons: dict[str, str], quiet: bool = False, total: int | None = None) -> None:
+        self.metric, self.reasons, self.quiet, self.done, self.total = metric, reasons, quiet, 0, total
+
+    # Kept in Tune's experiment snapshot, so a resumed experiment counts on from where it was.
+    def get_state(self) -> dict[str, Any] | None:
+        return {"done": self.done}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.done = int(state.get("done", 0))
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[gridrun] {text}", flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
+        self._say(f"trial {trial.trial_id} started: {params}")
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.done += 1
+        m = trial.last_result or {}
+        why = stop_reason(self.reasons, trial.trial_id, m)
+        fmt = lambda v: f"{v:.4g}" if isinstance(v, int | float) else "-"  # noqa: E731
+        self._say(
+            f"trial {trial.trial_id} done ({self.done}/{self.total or len(trials)}): "
+            f"{self.metric} {fmt(m.get(self.metric))}, "
+            f"forget/delta {fmt(m.get('forget/delta'))}, objective {fmt(m.get('objective'))} at "
+            f"{m.get('samples_seen')} samples — {why}"
+        )
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.done += 1
+        self._say(f"trial {trial.trial_id} failed; see {trial.path}/error.txt")

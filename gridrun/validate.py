@@ -1,0 +1,191 @@
+"""Every check that starts nothing (no Ray, no MLflow run): one line and exit code 2 on failure.
+
+``check_spec`` is what ``gridrun validate`` runs: names, evaluators and their options, the objective's metric,
+data files and builtin generator options (at both ends of any searched range), the template, the model folder,
+the train/test answer format. ``preflight`` (``validate --deep`` and every launch) adds reachability: the
+tracking store, the Ray cluster address, GPUs. Imports no Ray and no torch at module top.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from gridrun.builtin import builtin_name, check_names
+from gridrun.errors import GridrunError
+from gridrun.spec import ExperimentSpec
+
+__all__ = ["check_address", "check_answer_formats", "check_spec", "check_tracking_uri", "preflight"]
+
+
+def _local_gpus() -> int:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_answer_formats(spec: ExperimentSpec, load_hub: bool = False) -> None:
+    """Refuse a spec whose evaluator reads an answer format that none of the training targets show.
+
+    The GSM8K study lost 40% -> 5% accuracy this way: trained on ``#### n`` targets, tested with a prompt asking
+    for ``\\boxed{n}``. Builtin and local data are checked always; hub datasets only when ``load_hub``.
+    """
+    from evaluators import EVALUATORS
+
+    wanted = {n: EVALUATORS[n].answer_formats for n in spec.evaluate.evaluators if EVALUATORS[n].answer_formats}
+    if not wanted:
+        return
+    src = spec.data.task
+    local = builtin_name(src) is not None or Path(src).expanduser().exists()  # a file or a dataset folder
+    if not (local or load_hub):
+        return
+    from trainables.data import load_task_data
+
+    train, _ = load_task_data(
+        spec.data.model_copy(update={"train_size": min(spec.data.train_size, 256)}), spec.train.seed
+    )
+    targets = [str(r["answer"]) for r in train[:256]]
+    for name, formats in wanted.items():
+        if not any(re.search(f, t) for f in formats for t in targets):
+            raise GridrunError(
+                f"evaluate.evaluators: {name} reads answers written as {' or '.join(repr(f) for f in formats)}, but "
+                f"none of the {len(targets)} training targets of {src} contains one: the model would learn an answer "
+                "format the evaluator cannot read (train/test format mismatch); fix the targets or the evaluator"
+            )
+
+
+def check_spec(spec: ExperimentSpec) -> None:
+    """What can be checked offline, starting nothing: names, evaluators and their options, the objective's
+    metric, data files and builtin generator options (at both ends of any searched range), the template, the
+    model folder, and the train/test answer format."""
+    from evaluators import EVALUATORS, GenerationSettings, build_evaluator, check_evaluator_names
+
+    check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval, spec.forgetting.mc)
+    check_evaluator_names(spec.evaluate.evaluators)
+    unknown_opts = set(spec.evaluate.options) - set(spec.evaluate.evaluators)
+    if unknown_opts:
+        raise GridrunError(
+            f"evaluate.options: '{sorted(unknown_opts)[0]}' is not one of the evaluators run "
+            f"({', '.join(spec.evaluate.evaluators)})"
+        )
+    gen = GenerationSettings(max_new_tokens=spec.evaluate.max_new_tokens, batch_size=spec.evaluate.batch_size)
+    for name in spec.evaluate.evaluators:  # unknown option names and bad values, as the trials would meet them
+        for options in _option_variants(spec, f"evaluate.options.{name}.", spec.evaluate.options.get(name) or {}):
+            build_evaluator(name, gen, options)
+    reported = {f"task/{m}" for n in spec.evaluate.evaluators for m in EVALUATORS[n].metrics}
+    for key in spec.objective.weights:
+        if key not in reported:
+            raise GridrunError(
+                f"objective.weights: {key} is not reported by evaluators "
+                f"{', '.join(spec.evaluate.evaluators)}; they report: {', '.join(sorted(reported))}"
+            )
+    if spec.objective.weights:
+        reported.add("task/weighted")
+    if spec.objective.metric not in reported:
+        raise GridrunError(
+            f"objective.metric: {spec.objective.metric} is not reported by evaluators "
+            f"{', '.join(spec.evaluate.evaluators)}; they report: {', '.join(sorted(reported))}"
+        )
+    for field, source in (
+        ("data.task", spec.data.task),
+        ("data.eval", spec.data.eval),
+        ("forgetting.probe", spec.forgetting.probe),
+        ("forgetting.mc", spec.forgetting.mc),
+    ):
+        if source and builtin_name(source) is None:
+            p = Path(source).expanduser()
+            looks_local = p.suffix in (".jsonl", ".json", ".parquet", ".txt") or source.startswith((".", "/", "~"))
+            if looks_local and not (p.is_file() or (p.is_dir() and field in ("data.task", "data.eval"))):
+                raise GridrunError(f"{field}: data file not found: {p}")
+    if builtin_name(spec.data.task) or Path(spec.data.task).expanduser().exists():
+        from trainables.data import load_task_data
+
+        # fields, emptiness, JSON syntax of files; a few records of a builtin task under every option variant
+        for options in _option_variants(spec, "data.options.", spec.data.options):
+            small = {"train_size": min(spec.data.train_size, 8), "eval_size": min(spec.data.eval_size, 2)}
+            load_task_data(spec.data.model_copy(update={**small, "options": options}), spec.train.seed)
+    if builtin_name(spec.model.name) is None:
+        p = Path(spec.model.name).expanduser()
+        if spec.model.name.startswith((".", "/", "~")) and not p.is_dir():
+            raise GridrunError(f"model.name: model folder not found: {p}")
+    if spec.model.quantization != "none" and spec.resources.gpu == 0 and spec.model.compute_dtype == "float16":
+        raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU; use float32 on CPU")
+    check_answer_formats(spec)
+
+
+def _option_variants(spec: ExperimentSpec, prefix: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """``options`` as written, then with each searched ``<prefix><key>`` at each end of its range."""
+    variants = [dict(options)]
+    for path, dist in spec.search.space.items():
+        if path.startswith(prefix):
+            key = path[len(prefix) :]
+            variants += [{**options, key: value} for _, value in dist.extremes()]
+    return variants
+
+
+def preflight(spec: ExperimentSpec) -> None:
+    """Everything ``check_spec`` checks, then reachability: the tracking store, the cluster address, GPUs."""
+    check_spec(spec)
+    check_tracking_uri(spec.tracking.uri)
+    if spec.resources.address:
+        check_address(spec.resources.address)
+    elif spec.resources.gpu > 0:
+        have = _local_gpus()
+        if have == 0:
+            raise GridrunError(
+                f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but this machine "
+                "has no CUDA GPU (set resources.gpu: 0, or pass --address of a GPU cluster)"
+            )
+        if spec.resources.gpu > have:
+            raise GridrunError(f"resources.gpu: {spec.resources.gpu} GPUs per trial requested, this machine has {have}")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast (one line) when the tracking store cannot be reached or created."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                if r.status != 200:
+                    raise GridrunError(f"tracking.uri: MLflow server at {uri} answered HTTP {r.status}")
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise GridrunError(f"tracking.uri: MLflow server at {uri} is unreachable ({reason})") from None
+        return
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+        if not path:
+            raise GridrunError(f"tracking.uri: expected sqlite:///path/to/file.db, got {uri!r}")
+        parent = Path(path).expanduser().resolve().parent
+    elif parsed.scheme in ("", "file"):
+        parent = Path(parsed.path if parsed.scheme else uri).expanduser().resolve()
+        parent = parent if parent.exists() else parent.parent
+    else:
+        return  # databricks, etc.: left to MLflow
+    if not parent.is_dir():
+        raise GridrunError(f"tracking.uri: folder {parent} does not exist (from {uri})")
+    if not os.access(parent, os.W_OK | os.X_OK):  # this user, not "anyone": a root-owned 0755 folder is read-only
+        raise GridrunError(f"tracking.uri: folder {parent} is not writable by this user (from {uri})")
+
+
+def check_address(address: str) -> None:
+    """Fail fast (one line) when a Ray cluster address is malformed or nothing answers there."""
+    if address == "auto":
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise GridrunError(f"resources.address: expected host:port or ray://host:port, got {address!r}")
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            pass
+    except OSError as e:
+        raise GridrunError(f"resources.address: Ray cluster at {address} is unreachable ({e.strerror or e})") from None
