@@ -1,0 +1,257 @@
+"""Early stopping: the forgetting budget, a non-finite loss and ASHA, each with the reason it records.
+
+No Ray cluster: the stoppers are called directly and ASHA is driven with fake trials and results.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from gridrun.spec import spec_from_dict
+from gridrun.stopping import ForgettingBudget, NonFiniteLoss, RecordingASHA, asha_max_t, build_stopping
+
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+# ------------------------------------------------------------------------------------------- ForgettingBudget
+
+
+def _run(stopper: ForgettingBudget, trial_id: str, deltas: list[float | None]) -> list[bool]:
+    """The stopper's answer to each result; None stands for a result without forget/delta."""
+    return [stopper(trial_id, {} if d is None else {"forget/delta": d}) for d in deltas]
+
+
+def test_budget_stops_exactly_at_the_patience_th_consecutive_over_budget_result() -> None:
+    reasons: dict[str, str] = {}
+    stopper = ForgettingBudget(budget=0.5, patience=3, reasons=reasons)
+    assert _run(stopper, "t", [0.6, 0.7, 0.8]) == [False, False, True]
+    assert reasons == {"t": "forgetting budget (forget/delta 0.800 > 0.5 for 3 evals)"}
+
+
+def test_budget_with_patience_one_stops_at_the_first_over_budget_result() -> None:
+    reasons: dict[str, str] = {}
+    stopper = ForgettingBudget(budget=1.0, patience=1, reasons=reasons)
+    assert _run(stopper, "t", [0.2, 1.25]) == [False, True]
+    assert reasons == {"t": "forgetting budget (forget/delta 1.250 > 1.0 for 1 evals)"}
+
+
+def test_an_under_budget_result_resets_the_count() -> None:
+    reasons: dict[str, str] = {}
+    stopper = ForgettingBudget(budget=0.5, patience=2, reasons=reasons)
+    assert _run(stopper, "t", [0.9, 0.1, 0.9]) == [False, False, False]
+    assert reasons == {}
+    assert _run(stopper, "t", [0.9]) == [True]  # the 2nd in a row since the reset
+    assert reasons == {"t": "forgetting budget (forget/delta 0.900 > 0.5 for 2 evals)"}
+
+
+def test_a_delta_equal_to_the_budget_is_not_over_it() -> None:
+    stopper = ForgettingBudget(budget=0.5, patience=2, reasons={})
+    assert _run(stopper, "t", [0.6, 0.5, 0.6]) == [False, False, False]
+
+
+def test_results_without_forget_delta_neither_count_nor_reset() -> None:
+    """A result with no forget/delta (e.g. a train-only report) is skipped: it does not break the run of
+    over-budget evaluations either."""
+    reasons: dict[str, str] = {}
+    stopper = ForgettingBudget(budget=0.5, patience=2, reasons=reasons)
+    assert _run(stopper, "t", [None, None]) == [False, False]
+    assert _run(stopper, "t", [0.9, None, None, 0.7]) == [False, False, False, True]
+    assert reasons == {"t": "forgetting budget (forget/delta 0.700 > 0.5 for 2 evals)"}
+
+
+def test_counts_are_per_trial() -> None:
+    reasons: dict[str, str] = {}
+    stopper = ForgettingBudget(budget=0.5, patience=2, reasons=reasons)
+    assert stopper("a", {"forget/delta": 0.9}) is False
+    assert stopper("b", {"forget/delta": 0.9}) is False
+    assert stopper("b", {"forget/delta": 0.1}) is False  # resets b only
+    assert stopper("a", {"forget/delta": 0.8}) is True
+    assert stopper("b", {"forget/delta": 0.9}) is False
+    assert reasons == {"a": "forgetting budget (forget/delta 0.800 > 0.5 for 2 evals)"}
+
+
+def test_the_first_recorded_reason_is_kept() -> None:
+    reasons = {"t": "non-finite loss"}
+    stopper = ForgettingBudget(budget=0.5, patience=1, reasons=reasons)
+    assert stopper("t", {"forget/delta": 0.9}) is True
+    assert reasons == {"t": "non-finite loss"}
+
+    reasons.clear()
+    assert _run(stopper, "u", [0.9, 2.0]) == [True, True]  # still over budget: stop again, keep the first reason
+    assert reasons == {"u": "forgetting budget (forget/delta 0.900 > 0.5 for 1 evals)"}
+
+
+def test_the_budget_never_stops_the_whole_experiment() -> None:
+    stopper = ForgettingBudget(budget=0.5, patience=1, reasons={})
+    stopper("t", {"forget/delta": 9.0})
+    assert stopper.stop_all() is False
+
+
+# ---------------------------------------------------------------------------------------------- NonFiniteLoss
+
+
+@pytest.mark.parametrize("loss", [math.nan, math.inf, -math.inf])
+def test_non_finite_loss_stops_with_its_reason(loss: float) -> None:
+    reasons: dict[str, str] = {}
+    stopper = NonFiniteLoss(reasons)
+    assert stopper("t", {"train/loss": loss}) is True
+    assert reasons == {"t": "non-finite loss"}
+    assert stopper.stop_all() is False
+
+
+@pytest.mark.parametrize("result", [{"train/loss": 2.5}, {"train/loss": 0.0}, {"train/loss": -1e308}, {}])
+def test_finite_or_missing_loss_does_not_stop(result: dict) -> None:
+    reasons: dict[str, str] = {}
+    assert NonFiniteLoss(reasons)("t", result) is False
+    assert reasons == {}
+
+
+def test_non_finite_loss_keeps_an_earlier_reason() -> None:
+    reasons = {"t": "forgetting budget (forget/delta 0.900 > 0.5 for 1 evals)"}
+    assert NonFiniteLoss(reasons)("t", {"train/loss": math.nan}) is True
+    assert reasons == {"t": "forgetting budget (forget/delta 0.900 > 0.5 for 1 evals)"}
+
+
+# ---------------------------------------------------------------------------------------------- RecordingASHA
+
+
+class _Asha:
+    """A RecordingASHA (grace 8, reduction 2, max_t 32: rungs at 8 and 16 samples) fed fake trials."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}
+        self.sched = RecordingASHA(
+            self.reasons,
+            time_attr="samples_seen",
+            metric="objective",
+            mode="max",
+            max_t=32,
+            grace_period=8,
+            reduction_factor=2,
+        )
+        self.trials: dict[str, SimpleNamespace] = {}
+
+    def result(self, tid: str, samples: int, objective: float | None, progress: float | None) -> str:
+        if tid not in self.trials:
+            self.trials[tid] = SimpleNamespace(trial_id=tid)
+            self.sched.on_trial_add(None, self.trials[tid])
+        res: dict = {"samples_seen": samples}
+        if objective is not None:
+            res["objective"] = objective
+        if progress is not None:
+            res["progress"] = progress
+        return self.sched.on_trial_result(None, self.trials[tid], res)
+
+
+def test_asha_rungs_are_at_grace_times_reduction_powers() -> None:
+    asha = _Asha()
+    assert [milestone for milestone, _ in asha.sched._brackets[0]._rungs] == [32, 16, 8]
+
+
+def test_asha_stops_trials_behind_the_rung_cutoff_and_records_why() -> None:
+    asha = _Asha()
+    # rung 8: a sets the bar (no cutoff yet), b is below a, c is above median(a, b) = 0.7, d below
+    # median(a, b, c) = 0.8
+    assert asha.result("a", 8, 0.9, 0.25) == CONTINUE
+    assert asha.result("b", 8, 0.5, 0.25) == STOP
+    assert asha.result("c", 8, 0.8, 0.25) == CONTINUE
+    assert asha.result("d", 8, 0.6, 0.25) == STOP
+    # e reports first past the rung, at 10 samples: compared with median(0.9, 0.5, 0.8, 0.6) = 0.7
+    assert asha.result("e", 10, 0.65, 0.3) == STOP
+    # rung 16: a sets the bar, c falls behind it
+    assert asha.result("a", 16, 0.95, 0.5) == CONTINUE
+    assert asha.result("c", 16, 0.85, 0.5) == STOP
+    # a reaches max_t: stopped there, but it finished — no ASHA reason
+    assert asha.result("a", 24, 0.96, 0.75) == CONTINUE
+    assert asha.result("a", 32, 0.97, 1.0) == STOP
+    assert asha.reasons == {
+        "b": "asha (behind at 8 samples)",
+        "d": "asha (behind at 8 samples)",
+        "e": "asha (behind at 10 samples)",
+        "c": "asha (behind at 16 samples)",
+    }
+
+
+def test_asha_stop_on_a_finished_trial_records_no_reason() -> None:
+    """A trial with a smaller sample budget (e.g. a lower sample_ratio) ends at a rung: ASHA says STOP on that
+    final result, but the trial completed, so it was not stopped by ASHA."""
+    asha = _Asha()
+    assert asha.result("a", 16, 0.9, 0.5) == CONTINUE
+    assert asha.result("short", 16, 0.1, 1.0) == STOP
+    assert asha.reasons == {}
+
+
+def test_asha_without_progress_counts_as_unfinished() -> None:
+    asha = _Asha()
+    assert asha.result("a", 8, 0.9, None) == CONTINUE
+    assert asha.result("b", 8, 0.1, None) == STOP
+    assert asha.reasons == {"b": "asha (behind at 8 samples)"}
+
+
+def test_asha_ignores_results_without_the_metric_and_keeps_earlier_reasons() -> None:
+    asha = _Asha()
+    assert asha.result("a", 8, 0.9, 0.25) == CONTINUE
+    assert asha.result("b", 8, None, 0.25) == CONTINUE  # no objective: no decision, not recorded at the rung
+    assert asha.sched._brackets[0]._rungs[-1][1] == {"a": 0.9}
+    asha.reasons["b"] = "forgetting budget (forget/delta 2.000 > 1.0 for 2 evals)"
+    assert asha.result("b", 8, 0.1, 0.25) == STOP
+    assert asha.reasons == {"b": "forgetting budget (forget/delta 2.000 > 1.0 for 2 evals)"}
+
+
+# --------------------------------------------------------------------------------------------- build_stopping
+
+
+def _spec(**sections: dict):
+    return spec_from_dict({"name": "t", **sections})
+
+
+def test_build_stopping_without_scheduler_or_budget() -> None:
+    reasons: dict[str, str] = {}
+    scheduler, stopper = build_stopping(_spec(scheduler={"type": "none"}, forgetting={"budget": None}), reasons)
+    assert scheduler is None
+    assert stopper("t", {"forget/delta": 100.0}) is False
+    assert stopper("t", {"forget/delta": 100.0}) is False
+    assert reasons == {}
+    assert stopper("t", {"train/loss": math.inf}) is True
+    assert reasons == {"t": "non-finite loss"}
+    assert stopper.stop_all() is False
+
+
+def test_build_stopping_stops_on_the_forgetting_budget() -> None:
+    reasons: dict[str, str] = {}
+    _, stopper = build_stopping(_spec(forgetting={"budget": 1.0, "patience": 2}), reasons)
+    assert stopper("t", {"forget/delta": 1.5, "train/loss": 1.0}) is False
+    assert stopper("t", {"forget/delta": 1.2, "train/loss": 1.0}) is True
+    assert reasons == {"t": "forgetting budget (forget/delta 1.200 > 1.0 for 2 evals)"}
+
+
+def test_build_stopping_asha_settings() -> None:
+    reasons: dict[str, str] = {}
+    spec = _spec(
+        data={"train_size": 64},
+        train={"epochs": 2},
+        scheduler={"type": "asha", "grace_period": 16, "reduction_factor": 2, "brackets": 2},
+    )
+    scheduler, _ = build_stopping(spec, reasons)
+    assert isinstance(scheduler, RecordingASHA)
+    assert scheduler.reasons is reasons
+    assert (scheduler._time_attr, scheduler._metric, scheduler._mode) == ("samples_seen", "objective", "max")
+    assert scheduler._max_t == asha_max_t(spec) == 128
+    assert scheduler._reduction_factor == 2
+    assert len(scheduler._brackets) == 2
+    assert [m for m, _ in scheduler._brackets[0]._rungs] == [128, 64, 32, 16]
+    assert [m for m, _ in scheduler._brackets[1]._rungs] == [128, 64, 32]  # bracket s=1 starts a rung later
+
+
+def test_build_stopping_caps_the_grace_period_at_max_t() -> None:
+    """A grace period longer than any trial would make ASHA refuse to start (grace_period must be <= max_t):
+    it is capped at max_t, one rung there."""
+    spec = _spec(data={"train_size": 64}, train={"epochs": 1}, scheduler={"type": "asha", "grace_period": 1000})
+    assert asha_max_t(spec) == 64
+    scheduler, _ = build_stopping(spec, {})
+    assert scheduler is not None and scheduler._max_t == 64
+    assert [m for m, _ in scheduler._brackets[0]._rungs] == [64]
