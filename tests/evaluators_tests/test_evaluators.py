@@ -37,9 +37,33 @@ def test_lenient_accepts_one_fenced_object() -> None:
     assert classify('```json\n{"a": 1} {"a": 1}\n```', "lenient")[0] == "extra_text"
 
 
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ('```JSON\n{"a": 1}\n```', "ok"),  # the info string in any case
+        ('~~~json\n{"a": 1}\n~~~', "ok"),  # tildes fence too
+        ('````\n{"a": 1}\n`````', "ok"),  # closed by a fence at least as long
+        ('```json\n{"a": 1}```', "ok"),  # closing fence glued to the last line
+        ('```{"a": 1}```', "ok"),  # all on one line
+        ('```json\n{"a": 1}', "ok"),  # unclosed: the block runs to the end (CommonMark)
+        ('```python\n{"a": 1}\n```', "extra_text"),  # a fence for another language is no JSON answer
+        ('```json\n{"a": 1}\n~~~', "extra_text"),  # a tilde line does not close a backtick fence
+        ('````json\n{"a": 1}\n```', "extra_text"),  # nor a shorter one
+        ('```json\n{"a": 1}\n```\nHope it helps', "extra_text"),
+        ('Here:\n```json\n{"a": 1}\n```', "extra_text"),
+        ("```json\n[1, 2]\n```", "not_object"),
+    ],
+)
+def test_lenient_fence_forms(text: str, kind: str) -> None:
+    assert classify(text, "lenient")[0] == kind
+
+
 def test_count_json_objects() -> None:
     assert count_json_objects('{"a": 1} and {"b": {"c": 2}}') == 2
     assert count_json_objects("no json {here") == 0
+    assert count_json_objects('[{"a": 1}, {"a": 1}]') == 0  # one top-level array, no top-level objects
+    assert count_json_objects('[{"a": 1}, {"b": 2}] {"a": 1}') == 1
+    assert count_json_objects('[{"a": 1}, {"a": 1}, {"a": 1') == 0  # an array cut off by max_new_tokens
 
 
 def test_score_counts_failure_kinds_and_schema() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
 from evaluators.code_exec import CodeExecEvaluator, extract_function
-from evaluators.gsm8k import Gsm8kEvaluator, extract_answer
+from evaluators.gsm8k import Gsm8kEvaluator, extract_answer, same_number, to_number
 from evaluators.squad import SquadEvaluator, exact_match, f1, lenient, normalize, split_numbered
 from gridrun.builtin.algo import PROBLEMS
 from gridrun.builtin.algo import generate as algo_tasks
@@ -46,7 +48,7 @@ def test_sequential_answers_are_parsed_back_per_question() -> None:
     assert out["em"] == 0.5 and out["questions_per_context"] == 2
 
 
-# ---- GSM8K extraction ----
+# ---- GSM8K extraction (the cross-check against lm-eval and math-verify is in test_gsm8k_reference.py) ----
 @pytest.mark.parametrize(
     ("text", "value", "form"),
     [
@@ -67,10 +69,77 @@ def test_sequential_answers_are_parsed_back_per_question() -> None:
         ("\\boxed{1{,}000} then 3", 1000, "boxed"),
         ("\\boxed{\\frac{3}{4}}", 0.75, "boxed"),
         ("\\boxed{2} or rather \\boxed{3}", 3, "boxed"),
+        # large numbers are read whole and exactly
+        ("#### 1,500,001", 1500001, "hash"),
+        ("#### 123,456,789,012,345,678", 123456789012345678, "hash"),
+        # a sign counts only when it touches the number
+        ("Final answer - 65", 65, "last"),
+        ("The steps:\n- 12 eggs\n- 18", 18, "last"),
+        ("the range 3-5", 5, "last"),
+        ("COVID-19 cases", 19, "last"),
+        ("so x=-4", -4, "last"),
+        ("#### - 5", None, "hash"),  # a detached sign right after the marker: no answer rather than a guess
+        ("#### \u22125", -5, "hash"),  # U+2212, the minus sign proper
+        ("\\boxed{\u221212}", -12, "boxed"),
+        ("\\boxed{- 5}", -5, "boxed"),  # LaTeX ignores spaces: no bullets in a box
+        ("#### -$5", -5, "hash"),
+        # thousands separators only in groups of three; a malformed group is no number, never a partial one
+        ("#### 1,23", None, "hash"),
+        ("#### 1.234.567", None, "hash"),
+        ("the numbers 1,2,3", None, "none"),
+        ("version 1.2.3 and then 4", 4, "last"),
+        ("\\boxed{3\\,000}", 3000, "boxed"),
+        ("\\boxed{1\\ 000\\ 000}", 1000000, "boxed"),
+        ("\\boxed{2 3}", None, "boxed"),
+        # trailing periods, percent, currency, scale words
+        ("It costs $1,250.", 1250, "last"),
+        ("It costs $1,250.50.", 1250.5, "last"),
+        ("#### 25%", 25, "hash"),
+        ("about 40 percent", 40, "last"),
+        ("\\boxed{18.}", 18, "boxed"),
+        ("#### 1.5 million", 1500000, "hash"),
+        ("\\boxed{2.5 \\text{ billion}}", 2500000000, "boxed"),
+        # fractions, mixed numbers, powers, scientific notation
+        ("#### 3/4", 0.75, "hash"),
+        ("#### 2 1/2", 2.5, "hash"),
+        ("\\boxed{10^3}", 1000, "boxed"),
+        ("\\boxed{2^{10}}", 1024, "boxed"),
+        ("\\boxed{1\\frac{1}{2}}", 1.5, "boxed"),
+        ("\\boxed{-2 \\dfrac{3}{4}}", -2.75, "boxed"),
+        ("\\boxed{\\frac34}", 0.75, "boxed"),
+        ("#### 1.5e3", 1500, "hash"),
+        ("\\boxed{1.5 \\times 10^{3}}", 1500, "boxed"),
+        ("so 10³ grains", 1000, "last"),
+        # in a box: a number or no answer, never a guess; the last box is the answer even when unreadable
+        ("\\boxed{2+3}", None, "boxed"),
+        ("\\boxed{5x}", None, "boxed"),
+        ("\\boxed{x = 5}", 5, "boxed"),
+        ("\\boxed{\\frac{1}{0}}", None, "boxed"),
+        ("\\boxed{9^{9^{9}}}", None, "boxed"),
+        ("\\boxed{10^{100000}}", None, "boxed"),  # an exponent past 1000 is not computed
+        ("\\boxed{7}, or rather \\boxed{\\sqrt{50}}", None, "boxed"),
+        ("\\boxed{7}, or rather \\boxed{12", None, "boxed"),  # cut off: the earlier box was superseded
+        ("#### Step 1\nThus \\boxed{4}", 4, "boxed"),  # a Markdown heading, not an answer marker
     ],
 )
 def test_gsm8k_extraction(text: str, value, form: str) -> None:
     assert extract_answer(text) == (value, form)
+
+
+def test_gsm8k_values_are_exact() -> None:
+    assert extract_answer("#### 0.1")[0] == Fraction(1, 10)
+    assert extract_answer("\\boxed{\\frac{1}{3}}")[0] == Fraction(1, 3)
+    assert to_number(" -1,000.5 ") == Fraction(-2001, 2)
+    assert to_number("1,23") is None and to_number("12 apples") is None
+
+
+def test_same_number_integers_exact_decimals_tight() -> None:
+    assert not same_number(Fraction(1500001), Fraction(1500000))
+    assert not same_number(Fraction(10**18 + 1), Fraction(10**18))
+    assert not same_number(Fraction(3000000001, 1000), Fraction(3000000))  # a non-integer never equals an integer
+    assert same_number(Fraction(6666666667, 10**10), Fraction(2, 3))  # a repeating decimal written out
+    assert not same_number(Fraction(667, 1000), Fraction(2, 3))
+    assert same_number(Fraction(37, 2), Fraction(185, 10))
 
 
 def test_gsm8k_accuracy() -> None:
@@ -78,6 +147,14 @@ def test_gsm8k_accuracy() -> None:
     ex = [{"answer": "... #### 18"}, {"answer": "#### 1,000"}, {"answer": "#### 3"}]
     out = ev.score(["#### 18", "The answer is \\boxed{1000}", "I think 4"], ex)
     assert out["accuracy"] == pytest.approx(2 / 3) and out["format_hash"] == pytest.approx(1 / 3)
+
+
+def test_gsm8k_accuracy_large_and_unreadable() -> None:
+    ev = Gsm8kEvaluator()
+    ex = [{"answer": "#### 1,500,000"}] * 4
+    out = ev.score(["#### 1,500,001", "#### 1500000", "#### 1,5", "\\boxed{1.5 \\text{ million}}"], ex)
+    assert out["accuracy"] == 0.5  # the near miss is wrong; 1,500,000 written two ways is right
+    assert out["extracted"] == 0.75 and out["format_hash"] == 0.75 and out["format_boxed"] == 0.25
 
 
 # ---- code extraction ----
