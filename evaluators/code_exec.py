@@ -4,6 +4,11 @@ Examples carry ``function`` (name), ``cases`` (``[[args, expected], ...]``), ``t
 Metrics: pass_rate (all cases pass), partial_credit (share of cases passed), timeouts, crashes, extracted,
 and pass_rate_<type> / pass_rate_d<level> for every type and level present in the examples. A timeout or
 crash is a failed problem, never a failed trial.
+
+The code runs in ``evaluators.sandbox`` (bubblewrap, an unprivileged user, seccomp). ``isolation: strict`` (the
+default) refuses, in one line, to run where this machine gives no such sandbox (bubblewrap, user namespaces or
+the seccomp filter missing); ``isolation: best_effort`` runs the code there anyway, with resource limits and an
+audit hook only.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from collections import defaultdict
 from typing import Any, ClassVar
 
 from evaluators._base import Evaluator, GenerationSettings, generate, register_evaluator
-from evaluators.sandbox import Limits, run_cases
+from evaluators.sandbox import Limits, isolation_problem, run_cases
 from evaluators.sandbox import isolation as isolation_layers
+
+#: What ``isolation: strict`` requires of the sandbox (layer names as ``evaluators.sandbox.isolation`` gives them).
+REQUIRED_LAYERS = ("bwrap", "userns", "unprivileged", "seccomp")
 
 __all__ = ["CodeExecEvaluator", "extract_function"]
 
@@ -71,12 +79,14 @@ class CodeExecEvaluator(Evaluator):
             raise ValueError(f"{where}.isolation: 'strict' or 'best_effort', got {isolation!r}")
         self.limits = Limits(wall_s=float(wall_s), cpu_s=int(cpu_s), memory_mb=int(memory_mb))
         layers = isolation_layers()
-        missing = [x for x in ("landlock", "seccomp") if not any(layer.startswith(x) for layer in layers)]
+        missing = [x for x in REQUIRED_LAYERS if x not in layers]
         if missing and isolation == "strict":
+            why = " ".join(isolation_problem().split())  # one line, whatever bubblewrap printed
             raise ValueError(
-                f"{where}.isolation: this kernel gives the code sandbox no {' and no '.join(missing)} "
-                f"(has: {', '.join(layers) or 'none'}); generated code would run with resource limits and an audit "
-                "hook only. Set isolation: best_effort to run it so anyway"
+                f"{where}.isolation: this machine gives the code sandbox no {' and no '.join(missing)}"
+                f"{f' ({why})' if why else ''} (has: {', '.join(layers) or 'none'}); generated code would run with "
+                "resource limits and an audit hook only. Install bubblewrap and pyseccomp (make install), or set "
+                "isolation: best_effort to run it so anyway"
             )
         if missing:
             log.warning("code_exec: sandbox without %s (isolation: best_effort)", " and ".join(missing))

@@ -1,9 +1,10 @@
 """Run untrusted candidate code against test cases, isolated from the machine (``run_cases``).
 
-The caller side (``_run``) starts the runner (``_runner``) as a fresh interpreter and reads its results; the runner
-applies the isolation layers before any candidate code runs.
+The caller side (``_run``) builds a bubblewrap sandbox (user, PID, network and mount namespaces, an unprivileged
+user, a size-limited working tmpfs, the seccomp filter of ``_seccomp``) and has it exec a fresh interpreter
+running the runner (``_runner``), which sets the resource limits and an audit hook before any candidate code runs.
 """
 
-from evaluators.sandbox._run import Limits, SandboxResult, isolation, run_cases
+from evaluators.sandbox._run import Limits, SandboxResult, isolation, isolation_problem, run_cases
 
-__all__ = ["Limits", "SandboxResult", "isolation", "run_cases"]
+__all__ = ["Limits", "SandboxResult", "isolation", "isolation_problem", "run_cases"]

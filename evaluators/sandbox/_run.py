@@ -1,13 +1,29 @@
-"""Run untrusted generated code against test cases in a separate, isolated, limited process.
+"""Run untrusted generated code against test cases in a bubblewrap sandbox, as an unprivileged user.
 
-``run_cases`` starts ``python -I -S evaluators/sandbox/_runner.py`` in a fresh temporary folder, in its own
-session, with a minimal environment (no proxies, no HOME, no PYTHONPATH), and reads back one pass/fail per case.
-The runner isolates itself before the code runs (see its docstring for the layers): network and PID
-namespaces, Landlock (writes only inside its folder, no TCP, no signals out), resource limits, and an audit
-hook. The runner enforces the wall clock by killing the sandbox's PID namespace; this side kills the whole
-session as well, shortly after, in case the runner itself is stuck.
+``run_cases`` starts ``bwrap`` (Debian's ``bubblewrap``), which builds the sandbox and then execs a fresh
+``python -I -S`` running ``_runner.py``; that interpreter sets the resource limits and the audit hook and runs the
+code. Nothing of this process (no ctypes, no open file but the job's) is carried into it. The layers:
 
-A timeout, crash or refused operation fails the remaining cases; ``run_cases`` never raises.
+* a user namespace and an unprivileged user: the code runs as uid 65534 ("nobody"), which is host uid 65534 too
+  (when this process is root, a user namespace made by util-linux ``unshare`` maps it; otherwise bubblewrap maps
+  this process's own uid). Root-only files and the kernel's privileged operations are out of reach, and
+  ``RLIMIT_NPROC`` binds (the kernel exempts host uid 0 from it);
+* new PID, network, IPC, UTS and cgroup namespaces: no network (a loopback of its own), no other process
+  visible or reachable, and everything the code starts, ``setsid`` escapees included, dies with the sandbox;
+* a mount namespace holding only what the interpreter needs, read-only (its prefix, the system library folders,
+  ``ld.so.cache``), a fresh ``/proc`` of the sandbox's PID namespace, ``/dev`` with only ``null``, ``zero`` and
+  ``urandom``, and the working folder ``/job``: a tmpfs of ``file_mb`` megabytes, the only place it can write;
+* no capabilities, and a seccomp filter (``_seccomp``): ioctl only from a small allow-list; no namespaces,
+  mounts, ptrace, BPF, io_uring, keyrings or sockets;
+* resource limits, set by the runner: CPU seconds, address space, file size, open files, and processes
+  (``RLIMIT_NPROC``, counted inside the sandbox's user namespace): memory is bounded in total by
+  ``processes * memory_mb``. The wall clock kills the whole sandbox (``--die-with-parent``, the PID namespace);
+* an audit hook in the runner (process creation, sockets, ctypes, writes outside ``/job``), a tripwire on top.
+
+Where bubblewrap or user namespaces are missing, ``run_cases`` runs the runner directly, with the resource limits
+and the audit hook only, and ``isolation()`` says so (``code_exec`` refuses to run so unless told
+``isolation: best_effort``). A timeout, crash or refused operation fails the remaining cases; ``run_cases``
+never raises.
 """
 
 from __future__ import annotations
@@ -18,7 +34,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -26,19 +41,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Limits", "SandboxResult", "isolation", "run_cases"]
+__all__ = ["Limits", "SandboxResult", "isolation", "isolation_problem", "run_cases"]
 
 RUNNER = Path(__file__).with_name("_runner.py")
-#: Seconds this side waits past the runner's own wall clock before killing the session.
+#: The unprivileged user and group the code runs as, inside the sandbox and on the host ("nobody").
+SANDBOX_ID = 65534
+#: The working folder (a size-limited tmpfs) and the runner's path, inside the sandbox.
+JOB_DIR, RUNNER_IN_SANDBOX = "/job", "/runner/_runner.py"
+#: Seconds this side waits past the wall clock before it kills the sandbox: the sandbox's start-up (the
+#: runner's own clock starts once it runs) and a runner stuck in a long C call.
 _GRACE_S = 2.0
+#: System library folders shown read-only where they exist (symlinks among them are recreated as symlinks).
+_LIB_DIRS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/libx32", "/usr/local/lib", "/lib", "/lib64", "/lib32")
+#: The device nodes the code gets; nothing else of the host's /dev.
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
+#: Layers that bubblewrap either sets up or fails on; the runner adds those it observes (userns, unprivileged,
+#: nocaps, seccomp, nproc).
+_BWRAP_LAYERS = ("bwrap", "pidns", "netns", "ipcns", "mountns", "tmpfs")
+#: The most of the results (and of bubblewrap's complaints) that is read back.
+_MAX_RESULTS_BYTES = 1 << 20
+_PROBE = ("def f():\n    return 1\n", "f", [([], 1)])
 
 
 @dataclass(frozen=True)
 class Limits:
     wall_s: float = 5.0
     cpu_s: int = 3
-    memory_mb: int = 512
-    file_mb: int = 1
+    memory_mb: int = 512  # address space, per process
+    file_mb: int = 1  # per file, and the whole working folder
+    processes: int = 4  # processes and threads at once, the runner's own included
 
 
 @dataclass
@@ -46,7 +77,8 @@ class SandboxResult:
     passed: list[bool]
     status: str  # ok | timeout | crash | no_function | syntax_error
     detail: str = ""
-    layers: tuple[str, ...] = field(default=())  # OS isolation in force: netns, pidns, landlock<abi>
+    # the isolation in force: bwrap pidns netns ipcns mountns tmpfs userns unprivileged nocaps seccomp nproc
+    layers: tuple[str, ...] = field(default=())
 
 
 def run_cases(
@@ -62,75 +94,120 @@ def run_cases(
     ``audit_hook=False`` leaves out the in-process layer: tests use it to check that the kernel's layers hold
     on their own.
     """
-    limits = limits or Limits()
+    return _run_cases(code, function, cases, limits or Limits(), audit_hook, _probe()[0])
+
+
+@functools.cache
+def isolation() -> tuple[str, ...]:
+    """The isolation layers the sandbox gets on this machine (probed once by running a trivial job)."""
+    return _probe()[1]
+
+
+def isolation_problem() -> str:
+    """Why the sandbox lacks bubblewrap or seccomp here, in one line; empty when it has both."""
+    return _probe()[2]
+
+
+# ---- the run ----
+def _run_cases(
+    code: str, function: str, cases: list[tuple[list[Any], Any]], limits: Limits, audit_hook: bool, bwrap: bool
+) -> SandboxResult:
     try:
         compile(code, "candidate.py", "exec")
     except (SyntaxError, ValueError) as e:
         return SandboxResult([False] * len(cases), "syntax_error", str(e)[:200])
-    work = tempfile.mkdtemp(prefix="gridrun-sandbox-")
+    job = {
+        "code": code,
+        "function": function,
+        "cases": [[list(a), e] for a, e in cases],
+        "limits": limits.__dict__,
+        "audit_hook": audit_hook,
+    }
     try:
-        job = {
-            "code": code,
-            "function": function,
-            "cases": [[list(a), e] for a, e in cases],
-            "limits": limits.__dict__,
-            "audit_hook": audit_hook,
-        }
-        Path(work, "job.json").write_text(json.dumps(job))
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
+        return _run(json.dumps(job).encode(), len(cases), limits, bwrap)
+    except (OSError, ValueError, subprocess.SubprocessError) as e:  # the sandbox could not even start
+        return SandboxResult([False] * len(cases), "crash", f"sandbox: {e}"[:300])
+
+
+def _run(job: bytes, n: int, limits: Limits, bwrap: bool) -> SandboxResult:
+    """Start the sandbox on ``job``, wait for it (killing it at the wall clock), read its results."""
+    own: list[int] = []  # descriptors to close here once the sandbox has started
+    keep: list[int] = []  # descriptors to read back from, closed at the end
+    workdir = None
+    try:
+        job_fd = _memfd("gridrun-job", job)
+        own.append(job_fd)
+        out_fd = _memfd("gridrun-results", b"")
+        err_fd = _memfd("gridrun-stderr", b"")
+        keep += [out_fd, err_fd]
+        runner_args = [str(job_fd), str(out_fd)]
+        if bwrap:
+            argv, extra_fds, popen_kw = _bwrap_command(limits, runner_args)
+            own += extra_fds
+        else:  # best effort: the runner on its own, in a temporary folder of this machine
+            workdir = tempfile.mkdtemp(prefix="gridrun-sandbox-")
+            argv = [sys.executable, "-I", "-S", str(RUNNER), *runner_args]
+            env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
+            popen_kw = {"cwd": workdir, "env": env}
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(RUNNER)],
-            cwd=work,
-            env=env,
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=err_fd,
+            pass_fds=[*own, out_fd],
             start_new_session=True,
+            **popen_kw,
         )
-        status, detail = "ok", ""
+        for fd in own:
+            os.close(fd)
+        own.clear()
+        timed_out = False
         try:
             proc.wait(timeout=limits.wall_s + _GRACE_S)
         except subprocess.TimeoutExpired:
-            status, detail = "timeout", "wall clock (runner killed)"
+            timed_out = True
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the runner and anything left in its session
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # bwrap: its sandbox dies with it (--die-with-parent)
             proc.wait()
-        return _read_results(_read_bounded(Path(work, "results.jsonl")), len(cases), status, detail, proc.returncode)
+        text = os.pread(out_fd, _MAX_RESULTS_BYTES, 0).decode("utf-8", errors="replace")
+        complaint = os.pread(err_fd, 4096, 0).decode("utf-8", errors="replace")
+        return _read_results(text, n, timed_out, proc.returncode, complaint, _BWRAP_LAYERS if bwrap else ())
     finally:
-        _remove(work)
+        for fd in own + keep:
+            os.close(fd)
+        if workdir:
+            _remove(workdir)
 
 
-#: The most of results.jsonl that is read (the code can write to its own folder, results file included).
-_MAX_RESULTS_BYTES = 1 << 20
-
-
-def _read_bounded(path: Path) -> str:
-    """The results file's text, if it is a regular file (never a symlink or a FIFO the code put there)."""
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous in-memory file holding ``data``, positioned at its start (close-on-exec until passed on)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
     except OSError:
-        return ""
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        return os.read(fd, _MAX_RESULTS_BYTES).decode("utf-8", errors="replace")
-    finally:
         os.close(fd)
+        raise
+    return fd
 
 
 def _remove(folder: str) -> None:
-    """Delete the sandbox folder whatever the code left in it (deep trees, odd permissions); never raises."""
+    """Delete the best-effort folder whatever the code left in it (deep trees, odd permissions); never raises."""
     try:
         shutil.rmtree(folder)
     except (OSError, RecursionError):
         subprocess.run(["rm", "-rf", "--", folder], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _read_results(text: str, n: int, status: str, detail: str, returncode: int | None) -> SandboxResult:
+def _read_results(
+    text: str, n: int, timed_out: bool, returncode: int, complaint: str, base_layers: tuple[str, ...]
+) -> SandboxResult:
     passed: list[bool] = []
-    layers: tuple[str, ...] = ()
-    killed_by: int | None = None
+    layers: tuple[str, ...] | None = None
+    status, detail = "ok", ""
     for line in text.splitlines():
         try:
             rec = json.loads(line)
@@ -140,25 +217,180 @@ def _read_results(text: str, n: int, status: str, detail: str, returncode: int |
             continue
         if "ok" in rec:
             passed.append(rec["ok"] is True)
-        elif "layers" in rec and isinstance(rec["layers"], list):
+        elif "layers" in rec and isinstance(rec["layers"], list) and layers is None:
             layers = tuple(str(x) for x in rec["layers"])
-        elif "signal" in rec:
-            killed_by = rec["signal"] if isinstance(rec["signal"], int) else None
-        elif status == "ok":
-            status, detail = str(rec.get("status", "crash"))[:40], str(rec.get("detail", ""))[:300]
+        elif "status" in rec and status == "ok":
+            status, detail = str(rec.get("status", "crash"))[:40], str(rec.get("detail", ""))[:500]
     passed = passed[:n]
-    if status == "ok" and len(passed) < n:
+    # bubblewrap passes on how the runner ended: its exit code, or 128 + the signal that killed it
+    killed_by = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+    if timed_out and status == "ok":
+        status, detail = "timeout", "wall clock (sandbox killed)"
+    elif status == "ok" and len(passed) < n:
         # stopped mid-way by a limit: CPU seconds (SIGXCPU, or SIGKILL at the hard limit), memory, or a crash
         if killed_by in (signal.SIGXCPU, signal.SIGKILL):
             status, detail = "timeout", "CPU limit"
         else:
             status = "crash"
-            detail = f"killed by signal {killed_by}" if killed_by else f"runner exited with {returncode}"
+            detail = f"killed by signal {killed_by}" if killed_by > 0 else f"sandbox exited with {returncode}"
+            if layers is None and complaint.strip():  # it never ran: bubblewrap or the runner said why
+                detail = complaint.strip().splitlines()[-1][:300]
     passed += [False] * (n - len(passed))
-    return SandboxResult(passed, status, detail, layers)
+    return SandboxResult(passed, status, detail, (*base_layers, *(layers or ())) if layers is not None else ())
+
+
+# ---- the bubblewrap command ----
+def _bwrap_command(limits: Limits, runner_args: list[str]) -> tuple[list[str], list[int], dict[str, Any]]:
+    """bwrap's argument list, the descriptors it needs (the caller closes them), and Popen's extra arguments."""
+    plan = _plan()
+    assert plan.bwrap is not None
+    fds: list[int] = []
+    try:
+        args = [plan.bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        popen_kw: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            # bwrap run by root maps the sandbox's user to host root; a user namespace made beforehand maps 65534
+            # to 65534 instead (and 0 to 0 for bwrap's own set-up, which reads the interpreter wherever it is).
+            # The runner starts as that namespace's root with just enough to become 65534, and re-execs itself.
+            ns = _userns_fd(plan)
+            fds.append(ns)
+            args += ["--userns", str(ns), "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+            runner_args = [*runner_args, "--drop", str(SANDBOX_ID)]
+            popen_kw = {"group": SANDBOX_ID, "extra_groups": []}
+        else:
+            args += ["--unshare-user", "--disable-userns", "--uid", str(SANDBOX_ID), "--gid", str(SANDBOX_ID)]
+        if plan.seccomp:
+            from evaluators.sandbox import _seccomp
+
+            fds.append(_seccomp.memfd())
+            args += ["--seccomp", str(fds[-1])]
+        fds.append(_memfd("gridrun-runner", RUNNER.read_bytes()))
+        args += ["--perms", "0755", "--dir", os.path.dirname(RUNNER_IN_SANDBOX)]
+        args += ["--perms", "0444", "--ro-bind-data", str(fds[-1]), RUNNER_IN_SANDBOX]
+        args += plan.mounts
+        args += ["--perms", "0777", "--size", str(limits.file_mb << 20), "--tmpfs", JOB_DIR, "--chdir", JOB_DIR]
+        args += ["--remount-ro", "/", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
+        args += ["--setenv", "HOME", JOB_DIR, "--setenv", "TMPDIR", JOB_DIR]
+        args += ["--", plan.exe, "-I", "-S", RUNNER_IN_SANDBOX, *runner_args]
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return args, fds, popen_kw
+
+
+def _userns_fd(plan: _Plan) -> int:
+    """(As root) a new user namespace mapping uid 0 to 0 and 65534 to 65534, gid 65534 to 65534 only."""
+    assert plan.unshare is not None
+    helper = subprocess.Popen(
+        [plan.unshare, "--user", "--", "cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert helper.stdin is not None and helper.stdout is not None and helper.stderr is not None
+    try:
+        helper.stdin.write(b"\n")  # echoed once cat runs, that is once the namespace exists
+        helper.stdin.flush()
+        if helper.stdout.read(1) != b"\n":
+            why = helper.stderr.read(300).decode(errors="replace").strip() or "it exited"
+            raise OSError(f"unshare --user failed: {why}")
+        for name, text in (
+            ("uid_map", f"0 0 1\n{SANDBOX_ID} {SANDBOX_ID} 1\n"),
+            ("setgroups", "deny"),
+            ("gid_map", f"{SANDBOX_ID} {SANDBOX_ID} 1\n"),
+        ):
+            with open(f"/proc/{helper.pid}/{name}", "w") as f:
+                f.write(text)
+        return os.open(f"/proc/{helper.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        helper.kill()
+        helper.wait()
+        for stream in (helper.stdin, helper.stdout, helper.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    bwrap: str | None  # the bwrap binary; None where it is not installed
+    unshare: str | None  # util-linux unshare (used as root)
+    exe: str  # the interpreter, a real path (the same inside the sandbox)
+    mounts: tuple[str, ...]  # bwrap options showing the interpreter, libraries and devices
+    seccomp: bool  # whether the seccomp filter could be built
+    problem: str  # why bubblewrap or seccomp is missing, or ""
 
 
 @functools.cache
-def isolation() -> tuple[str, ...]:
-    """The OS isolation layers the sandbox gets on this machine (probed once by running a trivial job)."""
-    return run_cases("def f():\n    return 1\n", "f", [([], 1)]).layers
+def _plan() -> _Plan:
+    bwrap, unshare = shutil.which("bwrap"), shutil.which("unshare")
+    problem = ""
+    if bwrap is None:
+        problem = "bubblewrap is not installed (Debian: apt-get install bubblewrap)"
+    elif os.geteuid() == 0 and unshare is None:
+        bwrap, problem = None, "util-linux unshare is not installed (needed as root)"
+    try:
+        from evaluators.sandbox import _seccomp
+
+        _seccomp.bpf()
+        seccomp = True
+    except (ImportError, OSError, RuntimeError, ValueError) as e:
+        seccomp = False
+        problem = problem or f"no seccomp filter: pyseccomp or libseccomp is missing ({e})"
+    exe = os.path.realpath(sys.executable)
+    return _Plan(bwrap, unshare, exe, tuple(_mounts(exe)), seccomp, problem)
+
+
+def _mounts(exe: str) -> list[str]:
+    """bwrap options for a read-only view of the interpreter (its prefix), the system libraries and ld.so's
+    cache, plus /proc and the three devices. Parent folders are made 0755 (bwrap would copy the host's modes,
+    and the unprivileged user could not pass e.g. a 0700 /root)."""
+    roots: list[str] = []
+
+    def add(path: str) -> None:
+        if not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
+            roots[:] = [r for r in roots if not r.startswith(path.rstrip("/") + "/")] + [path]
+
+    add(os.path.realpath(sys.base_prefix))
+    add(os.path.dirname(exe))
+    links: list[tuple[str, str]] = []
+    for d in _LIB_DIRS:
+        if os.path.islink(d):
+            links.append((os.readlink(d), d))
+        elif os.path.isdir(d):
+            add(os.path.realpath(d))
+    files = [f for f in ("/etc/ld.so.cache",) if os.path.isfile(f)]
+    dests = sorted(roots) + files + [d for _, d in links] + list(_DEVICES) + ["/proc"]
+    parents = sorted({p for d in dests for p in _parents(d)}, key=lambda p: (p.count("/"), p))
+    args: list[str] = []
+    for p in parents:
+        args += ["--perms", "0755", "--dir", p]
+    for r in sorted(roots):
+        args += ["--ro-bind", r, r]
+    for f in files:
+        args += ["--ro-bind", f, f]
+    for target, d in links:
+        args += ["--symlink", target, d]
+    for dev in _DEVICES:
+        if os.path.exists(dev):
+            args += ["--dev-bind", dev, dev]
+    args += ["--proc", "/proc"]
+    return args
+
+
+def _parents(path: str) -> list[str]:
+    """``/a/b/c`` → ``["/a", "/a/b"]``."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+@functools.cache
+def _probe() -> tuple[bool, tuple[str, ...], str]:
+    """(bubblewrap works here, the layers a trivial job gets, why bubblewrap or seccomp is missing or "")."""
+    plan = _plan()
+    problem = plan.problem
+    if plan.bwrap is not None:
+        r = _run_cases(*_PROBE, Limits(), True, True)
+        if r.passed == [True]:
+            return True, r.layers, problem
+        problem = f"bubblewrap could not start the sandbox: {r.detail or r.status}"
+    r = _run_cases(*_PROBE, Limits(), True, False)
+    return False, r.layers, problem

@@ -222,7 +222,7 @@ def test_code_exec_options_are_checked_and_isolation_is_required(monkeypatch) ->
     with pytest.raises(ValueError, match="cpu_s: a whole number"):
         CodeExecEvaluator(cpu_s=2.5)  # setrlimit takes whole seconds: every case would have crashed
     monkeypatch.setattr(ce, "isolation_layers", lambda: ("netns", "pidns"))
-    with pytest.raises(ValueError, match="no landlock and no seccomp"):
+    with pytest.raises(ValueError, match="no bwrap and no userns and no unprivileged and no seccomp"):
         CodeExecEvaluator()
     assert CodeExecEvaluator(isolation="best_effort").limits.wall_s == 5.0
     from evaluators import GenerationSettings, build_evaluator
