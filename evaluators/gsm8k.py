@@ -245,7 +245,8 @@ def same_number(value: Fraction, ref: Fraction) -> bool:
         return True
     if value.denominator == 1 or ref.denominator == 1:
         return False
-    return abs(value - ref) <= Fraction(1, 10**9) * max(1, abs(ref))
+    scale: Fraction = max(Fraction(1), abs(ref))
+    return abs(value - ref) <= Fraction(1, 10**9) * scale
 
 
 @register_evaluator("gsm8k")
