@@ -1,53 +1,74 @@
-"""Multiple-choice log-likelihood accuracy: the standard general-ability measure for forgetting.
+"""Multiple-choice log-likelihood accuracy, computed as lm-evaluation-harness computes it.
 
-Each item is a question (a context) and choices; the model's pick is the choice whose continuation has the
-highest *length-normalized* log-likelihood (mean per token), as HellaSwag/ARC/WinoGrande-style harnesses score
-it. Used by the forgetting probe (``forget/mc_accuracy``), not as a task evaluator.
+Each choice is a request ``(context, continuation)``; its score is the summed log-probability of the
+continuation's tokens after the context. As in the harness, the pair is encoded whole and split at the context's
+token count (trailing spaces of the context move to the continuation first), so a word keeps the tokens it has in
+running text. ``acc`` picks the highest sum; ``acc_norm`` the highest sum per character of the choice. Used by
+the forgetting measure (``forget/mc_*``), not as a task evaluator.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["mc_accuracy"]
+__all__ = ["encode_pair", "loglikelihoods", "mc_accuracy"]
 
 
-def mc_accuracy(model: Any, tokenizer: Any, items: list[dict[str, Any]], batch_size: int = 32) -> float:
-    """Share of ``items`` (``question``, ``choices``, ``answer`` index) the model gets right."""
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``context`` and of ``continuation`` after it."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer.encode(context + continuation)
+    ctx = tokenizer.encode(context)
+    return ctx, whole[len(ctx) :]
+
+
+def loglikelihoods(model: Any, tokenizer: Any, requests: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
+    """Summed log-probability of each request's continuation given its context (right-padded batches, longest
+    first; a causal model's real positions do not see the padding after them)."""
     import torch
 
+    encoded = [encode_pair(tokenizer, c, x) for c, x in requests]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(p.device for p in model.parameters())
+    out = [0.0] * len(encoded)
     was_training = model.training
     model.eval()
-    device = next(p.device for p in model.parameters())
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    seqs: list[tuple[int, int, list[int], int]] = []  # (item, choice, ids, n_context_tokens)
-    for i, item in enumerate(items):
-        ctx = tokenizer(item["question"], add_special_tokens=False)["input_ids"]
-        for j, choice in enumerate(item["choices"]):
-            cont = tokenizer(" " + str(choice).strip(), add_special_tokens=False)["input_ids"]
-            seqs.append((i, j, ctx + cont, len(ctx)))
-    scores: dict[tuple[int, int], float] = {}
     try:
         with torch.no_grad():
-            for b in range(0, len(seqs), batch_size):
-                chunk = seqs[b : b + batch_size]
-                width = max(len(s[2]) for s in chunk)
+            for b in range(0, len(order), batch_size):
+                chunk = order[b : b + batch_size]
+                seqs = [(encoded[i][0] + encoded[i][1])[:-1] for i in chunk]
+                width = max(len(s) for s in seqs)
                 ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for k, (_, _, s, _) in enumerate(chunk):
+                for k, s in enumerate(seqs):
                     ids[k, : len(s)] = torch.tensor(s)
-                    mask[k, : len(s)] = 1
-                logp = torch.log_softmax(
-                    model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1
-                )
-                for k, (i, j, s, n_ctx) in enumerate(chunk):
-                    tgt = torch.tensor(s[n_ctx:], device=logp.device)
-                    lp = logp[k, n_ctx - 1 : len(s) - 1].gather(-1, tgt[:, None]).squeeze(-1)
-                    scores[(i, j)] = float(lp.mean())
+                logp = torch.log_softmax(model(input_ids=ids.to(device)).logits.float(), -1)
+                for k, i in enumerate(chunk):
+                    ctx, cont = encoded[i]
+                    start = len(ctx) - 1  # the position whose next-token distribution scores cont[0]
+                    tgt = torch.tensor(cont, device=logp.device)
+                    out[i] = float(logp[k, start : start + len(cont)].gather(-1, tgt[:, None]).sum())
     finally:
         model.train(was_training)
-    right = 0
-    for i, item in enumerate(items):
-        pick = max(range(len(item["choices"])), key=lambda j: scores[(i, j)])
-        right += int(pick == int(item["answer"]))
+    return out
+
+
+def mc_accuracy(model: Any, tokenizer: Any, items: list[dict[str, Any]], metric: str = "acc_norm") -> float:
+    """Share of ``items`` answered right. Each item: ``contexts``, ``continuations`` (one per choice),
+    ``lengths`` (each choice's characters, for ``acc_norm``) and ``answer`` (the gold index)."""
+    if metric not in ("acc", "acc_norm"):
+        raise ValueError(f"metric must be acc or acc_norm, got {metric!r}")
+    requests = [(c, x) for it in items for c, x in zip(it["contexts"], it["continuations"], strict=True)]
+    lls = loglikelihoods(model, tokenizer, requests)
+    right, pos = 0, 0
+    for it in items:
+        n = len(it["continuations"])
+        scores = lls[pos : pos + n]
+        pos += n
+        if metric == "acc_norm":
+            scores = [s / max(1, length) for s, length in zip(scores, it["lengths"], strict=True)]
+        right += int(max(range(n), key=lambda j: scores[j]) == int(it["answer"]))
     return right / max(1, len(items))

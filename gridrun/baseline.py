@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gridrun.builtin import builtin_name
 from gridrun.builtin.tiny_model import RECIPE, cache_root, recipe_hash
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["baseline_key", "cached_baseline", "compute_baseline", "compute_mc_baseline"]
 
-_VERSION = 2
+_VERSION = 3  # 3: probe from hub datasets; multiple-choice scored as lm-evaluation-harness scores it
 
 
 def _fingerprint(source: str) -> str:
@@ -53,12 +53,14 @@ def baseline_key(spec: ExperimentSpec, kind: str = "probe") -> str:
         "quantization": m.quantization,
         "compute_dtype": m.compute_dtype,
         "probe": _fingerprint(f.probe),
+        "probe_source": [f.probe_subset, f.probe_split, f.probe_revision],
         "probe_field": f.probe_field,
         "samples": f.samples,
         "seq_len": f.seq_len,
     }
     if kind == "mc":  # multiple-choice accuracy depends on the items, not on the probe text
-        parts.update(probe=None, probe_field=None, samples=None, seq_len=None, mc=_fingerprint(f.mc or ""))
+        mc = [{**m.model_dump(mode="json"), "source": _fingerprint(m.source or "")} for m in f.mc]
+        parts.update(probe=None, probe_source=None, probe_field=None, samples=None, seq_len=None, mc=mc)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -67,10 +69,10 @@ def _cache_file() -> Path:
 
 
 def cached_baseline(
-    spec: ExperimentSpec, compute: Callable[[ExperimentSpec], float], kind: str = "probe"
-) -> tuple[float, bool]:
-    """``(value, was_cached)`` for the base model's probe loss (``kind="probe"``) or multiple-choice accuracy
-    (``kind="mc"``); ``compute(spec)`` runs only on a cache miss."""
+    spec: ExperimentSpec, compute: Callable[[ExperimentSpec], Any], kind: str = "probe"
+) -> tuple[Any, bool]:
+    """``(value, was_cached)`` for the base model's probe loss (``kind="probe"``, a float) or multiple-choice
+    accuracies (``kind="mc"``, benchmark → accuracy); ``compute(spec)`` runs only on a cache miss."""
     from filelock import FileLock
 
     key = baseline_key(spec, kind)
@@ -79,8 +81,9 @@ def cached_baseline(
     with FileLock(str(path) + ".lock"):
         table = json.loads(path.read_text()) if path.is_file() else {}
         if key in table:
-            return float(table[key]["value"]), True
-    value = float(compute(spec))  # outside the lock: may take minutes on a real model
+            return table[key]["value"], True
+    value = compute(spec)  # outside the lock: may take minutes on a real model
+    value = {k: float(v) for k, v in value.items()} if isinstance(value, dict) else float(value)
     with FileLock(str(path) + ".lock"):
         table = json.loads(path.read_text()) if path.is_file() else {}
         table[key] = {
@@ -102,26 +105,26 @@ def compute_baseline(spec: ExperimentSpec) -> float:
     import torch
 
     from evaluators.probe import probe_loss
-    from trainables.data import load_probe_texts, probe_blocks
+    from trainables.general import load_probe_texts, probe_blocks
     from trainables.model import load_base, pick_device, quiet_hf
 
     quiet_hf()
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     model, tok = load_base(spec.model, pick_device(spec.resources.gpu))
     f = spec.forgetting
-    blocks = probe_blocks(tok, load_probe_texts(f.probe, f.probe_field), f.seq_len, f.samples)
+    blocks = probe_blocks(tok, load_probe_texts(f), f.seq_len, f.samples)
     return probe_loss(model, blocks)
 
 
-def compute_mc_baseline(spec: ExperimentSpec) -> float:
-    """The base model's multiple-choice accuracy on ``forgetting.mc`` (runs where the trials run)."""
+def compute_mc_baseline(spec: ExperimentSpec) -> dict[str, float]:
+    """The base model's accuracy on each ``forgetting.mc`` benchmark (runs where the trials run)."""
     import torch
 
     from evaluators.mc import mc_accuracy
-    from trainables.data import load_mc_items
+    from trainables.general import load_mc_sets
     from trainables.model import load_base, pick_device, quiet_hf
 
     quiet_hf()
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     model, tok = load_base(spec.model, pick_device(spec.resources.gpu))
-    return mc_accuracy(model, tok, load_mc_items(spec.forgetting.mc or ""))
+    return {s.name: mc_accuracy(model, tok, s.items, s.metric) for s in load_mc_sets(spec.forgetting.mc)}

@@ -39,13 +39,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from gridrun.validate import check_spec, preflight
 
     # offline checks always (builtin and local data are cheap to read, and a format mismatch costs days);
-    # --deep adds reachability: the MLflow server, the Ray address, GPUs
-    (preflight if args.deep else check_spec)(spec)
+    # --deep adds reachability: hub ids at their revisions, the MLflow server, the Ray address, GPUs
+    unchecked = check_spec(spec)
+    if args.deep:
+        preflight(spec)
     n = len(spec.search.space)
     print(
         f"ok: {spec.name} — {n} searched value{'s' * (n != 1)}, {spec.search.num_trials} trials, "
         f"objective {spec.objective.mode} on {spec.objective.metric}"
     )
+    if unchecked and not args.deep:
+        print(f"not checked offline (hub ids; --deep resolves them): {', '.join(unchecked)}")
     return 0
 
 
@@ -137,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--deep",
         action="store_true",
-        help="also check data files, builtin names, MLflow and Ray reachability, GPUs",
+        help="also resolve hub models and datasets, and check MLflow and Ray reachability and GPUs",
     )
     p.set_defaults(func=cmd_validate)
 

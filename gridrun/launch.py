@@ -21,6 +21,7 @@ import yaml
 
 from gridrun.builtin import builtin_name
 from gridrun.errors import GridrunError
+from gridrun.sources import hub_offline
 from gridrun.spec import ExperimentSpec, spec_from_dict, validate_dict
 from gridrun.validate import check_address, check_tracking_uri, preflight
 
@@ -118,20 +119,21 @@ def _concurrency(spec: ExperimentSpec, total: dict[str, float]) -> int:
 
 
 def _baseline(spec: ExperimentSpec, trial_spec: ExperimentSpec) -> tuple[dict[str, float], bool]:
-    """Cached base-model probe loss (and multiple-choice accuracy); a miss is computed once, as a Ray task with
-    one trial's resources."""
+    """Cached base-model probe loss (and ``mc/<benchmark>`` accuracies); a miss is computed once, as a Ray task
+    with one trial's resources."""
     import ray
 
     from gridrun.baseline import cached_baseline, compute_baseline, compute_mc_baseline
 
     def remote(fn: Any) -> Any:
         task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)(fn)
-        return lambda s: float(ray.get(task.remote(s)))
+        return lambda s: ray.get(task.remote(s))
 
     probe, cached = cached_baseline(trial_spec, remote(compute_baseline))
-    out = {"probe_loss": probe}
+    out = {"probe_loss": float(probe)}
     if spec.forgetting.mc:
-        out["mc_accuracy"], mc_cached = cached_baseline(trial_spec, remote(compute_mc_baseline), kind="mc")
+        accs, mc_cached = cached_baseline(trial_spec, remote(compute_mc_baseline), kind="mc")
+        out.update({f"mc/{name}": float(acc) for name, acc in accs.items()})
         cached = cached and mc_cached
     return out, cached
 
@@ -163,7 +165,7 @@ def _searcher(spec: ExperimentSpec, searched: dict[str, Any]) -> Any:
 
 def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run the experiment; returns the summary (also written as ``gridrun_summary.json`` in the experiment dir)."""
-    preflight(spec)
+    preflight(spec, resolve_hub=not hub_offline())
 
     import ray
     from ray import tune

@@ -19,9 +19,17 @@ from urllib.parse import urlparse
 
 from gridrun.builtin import builtin_name, check_names
 from gridrun.errors import GridrunError
+from gridrun.sources import input_sources, is_hub_id, resolve_hub_ids
 from gridrun.spec import ExperimentSpec
 
-__all__ = ["check_address", "check_answer_formats", "check_spec", "check_tracking_uri", "preflight"]
+__all__ = [
+    "check_address",
+    "check_answer_formats",
+    "check_lora_targets",
+    "check_spec",
+    "check_tracking_uri",
+    "preflight",
+]
 
 
 def _local_gpus() -> int:
@@ -62,13 +70,18 @@ def check_answer_formats(spec: ExperimentSpec, load_hub: bool = False) -> None:
             )
 
 
-def check_spec(spec: ExperimentSpec) -> None:
+def check_spec(spec: ExperimentSpec) -> list[str]:
     """What can be checked offline, starting nothing: names, evaluators and their options, the objective's
-    metric, data files and builtin generator options (at both ends of any searched range), the template, the
-    model folder, and the train/test answer format."""
+    metric, local files and folders, builtin generator options (at both ends of any searched range), the
+    template, LoRA target modules of a builtin or local model, and the train/test answer format.
+
+    Returns:
+        the hub ids (models and datasets) that were not checked offline; ``preflight`` resolves them.
+    """
     from evaluators import EVALUATORS, GenerationSettings, build_evaluator, check_evaluator_names
 
-    check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval, spec.forgetting.mc)
+    mc_custom = next((m.source for m in spec.forgetting.mc if m.benchmark == "custom"), None)
+    check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval, mc_custom)
     check_evaluator_names(spec.evaluate.evaluators)
     unknown_opts = set(spec.evaluate.options) - set(spec.evaluate.evaluators)
     if unknown_opts:
@@ -94,17 +107,19 @@ def check_spec(spec: ExperimentSpec) -> None:
             f"objective.metric: {spec.objective.metric} is not reported by evaluators "
             f"{', '.join(spec.evaluate.evaluators)}; they report: {', '.join(sorted(reported))}"
         )
-    for field, source in (
-        ("data.task", spec.data.task),
-        ("data.eval", spec.data.eval),
-        ("forgetting.probe", spec.forgetting.probe),
-        ("forgetting.mc", spec.forgetting.mc),
-    ):
-        if source and builtin_name(source) is None:
-            p = Path(source).expanduser()
-            looks_local = p.suffix in (".jsonl", ".json", ".parquet", ".txt") or source.startswith((".", "/", "~"))
-            if looks_local and not (p.is_file() or (p.is_dir() and field in ("data.task", "data.eval"))):
-                raise GridrunError(f"{field}: data file not found: {p}")
+    unchecked: list[str] = []
+    for src in input_sources(spec):
+        if builtin_name(src.source) is not None:
+            continue
+        p = Path(src.source).expanduser()
+        if p.exists():
+            if src.kind == "model" and not p.is_dir():
+                raise GridrunError(f"{src.field}: model folder not found: {p} is a file")
+            continue
+        if p.suffix in (".jsonl", ".json", ".parquet", ".txt") or src.source.startswith((".", "/", "~")):
+            what = "model folder" if src.kind == "model" else "data file"
+            raise GridrunError(f"{src.field}: {what} not found: {p}")
+        unchecked.append(src.source)
     if builtin_name(spec.data.task) or Path(spec.data.task).expanduser().exists():
         from trainables.data import load_task_data
 
@@ -112,13 +127,12 @@ def check_spec(spec: ExperimentSpec) -> None:
         for options in _option_variants(spec, "data.options.", spec.data.options):
             small = {"train_size": min(spec.data.train_size, 8), "eval_size": min(spec.data.eval_size, 2)}
             load_task_data(spec.data.model_copy(update={**small, "options": options}), spec.train.seed)
-    if builtin_name(spec.model.name) is None:
-        p = Path(spec.model.name).expanduser()
-        if spec.model.name.startswith((".", "/", "~")) and not p.is_dir():
-            raise GridrunError(f"model.name: model folder not found: {p}")
+    if builtin_name(spec.model.name) or Path(spec.model.name).expanduser().is_dir():
+        check_lora_targets(spec)
     if spec.model.quantization != "none" and spec.resources.gpu == 0 and spec.model.compute_dtype == "float16":
         raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU; use float32 on CPU")
     check_answer_formats(spec)
+    return sorted(set(unchecked))
 
 
 def _option_variants(spec: ExperimentSpec, prefix: str, options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -131,9 +145,19 @@ def _option_variants(spec: ExperimentSpec, prefix: str, options: dict[str, Any])
     return variants
 
 
-def preflight(spec: ExperimentSpec) -> None:
-    """Everything ``check_spec`` checks, then reachability: the tracking store, the cluster address, GPUs."""
-    check_spec(spec)
+def preflight(spec: ExperimentSpec, resolve_hub: bool = True) -> None:
+    """Everything ``check_spec`` checks, then reachability: hub ids (models and datasets at their revisions, and
+    a hub model's LoRA targets), the tracking store, the cluster address, GPUs.
+
+    Args:
+        resolve_hub: check hub ids against the hub. Where the hub is switched off (``HF_HUB_OFFLINE=1``) launch
+            trusts the local cache instead; ``gridrun validate --deep`` always asks, and fails if it cannot.
+    """
+    unchecked = check_spec(spec)
+    if unchecked and resolve_hub:
+        resolve_hub_ids(spec)
+        if is_hub_id(spec.model.name):
+            check_lora_targets(spec)  # reads the model's config from the hub, no weights
     check_tracking_uri(spec.tracking.uri)
     if spec.resources.address:
         check_address(spec.resources.address)
@@ -169,7 +193,8 @@ def check_tracking_uri(uri: str) -> None:
         parent = Path(parsed.path if parsed.scheme else uri).expanduser().resolve()
         parent = parent if parent.exists() else parent.parent
     else:
-        return  # databricks, etc.: left to MLflow
+        _check_tracking_scheme(uri)
+        return
     if not parent.is_dir():
         raise GridrunError(f"tracking.uri: folder {parent} does not exist (from {uri})")
     if not os.access(parent, os.W_OK | os.X_OK):  # this user, not "anyone": a root-owned 0755 folder is read-only
@@ -189,3 +214,50 @@ def check_address(address: str) -> None:
             pass
     except OSError as e:
         raise GridrunError(f"resources.address: Ray cluster at {address} is unreachable ({e.strerror or e})") from None
+
+
+def check_lora_targets(spec: ExperimentSpec) -> None:
+    """Refuse ``lora.target_modules`` the model does not have, from its architecture alone: the model is built
+    from its config on the meta device (no weights read or allocated), as peft would look its modules up."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainables.model import quiet_hf
+
+    quiet_hf()
+    if builtin_name(spec.model.name):  # every builtin model is a Qwen2: its module names, not its sizes, matter
+        config = AutoConfig.for_model(
+            "qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
+        )
+    else:
+        try:
+            config = AutoConfig.from_pretrained(str(Path(spec.model.name).expanduser()), revision=spec.model.revision)
+        except (OSError, ValueError) as e:
+            raise GridrunError(
+                f"model.name: cannot read the config of {spec.model.name!r}: {str(e).splitlines()[0]}"
+            ) from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in spec.lora.target_modules if t not in names]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise GridrunError(
+            f"lora.target_modules: {', '.join(missing)} not in {spec.model.name} "
+            f"({config.model_type}); its linear layers are: {', '.join(linear)}"
+        )
+
+
+def _check_tracking_scheme(uri: str) -> None:
+    """A scheme MLflow has no tracking store for (a typo such as ``sqlite//`` or ``htp://``) fails here, in one
+    line, instead of in the first trial's callback."""
+    # private: MLflow's own scheme table (with plugins' entry points) is the authority on what it can use
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except Exception:
+        known = sorted(k for k in _tracking_store_registry._registry if k)
+        raise GridrunError(
+            f"tracking.uri: MLflow has no tracking store for {uri!r}; schemes it knows: {', '.join(known)}"
+        ) from None

@@ -12,18 +12,19 @@ import random
 from pathlib import Path
 from typing import Any
 
-from gridrun.builtin import builtin_name, mc_source, probe_source, task_generator
+from gridrun.builtin import builtin_name, task_generator
 from gridrun.errors import GridrunError
 from gridrun.spec import DataSpec
 
 __all__ = [
+    "FILE_SUFFIXES",
     "IGNORE_INDEX",
+    "check_fields",
     "collate",
     "encode_example",
-    "load_probe_texts",
     "load_records",
     "load_task_data",
-    "probe_blocks",
+    "read_rows",
     "render_prompt",
     "subsample",
 ]
@@ -70,8 +71,9 @@ def load_records(
     seed: int = 0,
     options: dict[str, Any] | None = None,
     subset: str | None = None,
+    revision: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Raw records from a builtin generator, a local file or a hub dataset."""
+    """Raw records from a builtin generator, a local file, a hub dataset or a local folder in hub layout."""
     short = builtin_name(source)
     if short is not None:
         gen = task_generator(short, field)
@@ -88,19 +90,52 @@ def load_records(
         return _read_file(path, field)
     # A hub id, or a local dataset folder laid out like one (a snapshot downloaded for an offline cluster):
     # datasets reads both, and finds the splits from the file names (train*, test*, validation*).
+    return list(_open_dataset(source, field=field, subset=subset, split=split, revision=revision))
+
+
+def _open_dataset(
+    source: str, *, field: str, subset: str | None, split: str, revision: str | None, streaming: bool = False
+) -> Any:
+    """``datasets.load_dataset`` on a hub id or a local folder in hub layout (its subset is a sub-folder)."""
+    path = Path(source).expanduser()
     try:
         import datasets
 
-        ds = datasets.load_dataset(str(path) if path.is_dir() else source, subset, split=split)
+        if path.is_dir():
+            data_dir = subset if subset and (path / subset).is_dir() else None
+            if subset and data_dir is None:
+                raise GridrunError(f"{field}: {path} has no sub-folder for subset {subset!r}")
+            return datasets.load_dataset(str(path), data_dir=data_dir, split=split, streaming=streaming)
+        return datasets.load_dataset(source, subset, split=split, revision=revision, streaming=streaming)
+    except GridrunError:
+        raise
     except Exception as e:  # hub unreachable, unknown id, bad split: all user-facing
         raise GridrunError(
             f"{field}: cannot load dataset {source!r} (split {split!r}): {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}"
         ) from None
-    return list(ds)
 
 
-def _check_fields(rows: list[dict[str, Any]], fields: tuple[str, ...], source: str, field: str) -> None:
+def read_rows(
+    source: str, *, field: str, subset: str | None, split: str, revision: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """The first ``limit`` records of a file, or of a split of a hub dataset or local folder in hub layout, in
+    order: streamed, so a probe or benchmark never downloads more than it reads."""
+    import itertools
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _read_file(path, field)[:limit]
+    if path.suffix in FILE_SUFFIXES or source.startswith((".", "/", "~")):
+        raise GridrunError(f"{field}: file not found: {path}")
+    ds = _open_dataset(source, field=field, subset=subset, split=split, revision=revision, streaming=True)
+    try:
+        return list(itertools.islice(ds, limit))
+    except Exception as e:  # a stream can fail on its first read, not on open
+        raise GridrunError(f"{field}: cannot read dataset {source!r}: {type(e).__name__}: {e}") from None
+
+
+def check_fields(rows: list[dict[str, Any]], fields: tuple[str, ...], source: str, field: str) -> None:
     if not rows:
         raise GridrunError(f"{field}: {source} holds no records")
     for i, row in enumerate(rows):
@@ -132,6 +167,7 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
         seed=seed,
         options=opts,
         subset=data.subset,
+        revision=data.revision,
     )
     squad = data.adapter == "squad" and not builtin_name(data.task)
     if squad:
@@ -140,7 +176,7 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
     if mf:
         train = _from_messages(train, mf, data.task, "data.task")
     else:
-        _check_fields(train, (pf, af), data.task, "data.task")
+        check_fields(train, (pf, af), data.task, "data.task")
     if data.eval:
         ev_raw = load_records(
             data.eval,
@@ -150,6 +186,7 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
             seed=seed,
             options=opts,
             subset=data.subset,
+            revision=data.revision,
         )
         ev = (
             squad_records(ev_raw, "data.eval", **_squad_opts(opts)) if squad and not builtin_name(data.eval) else ev_raw
@@ -157,7 +194,7 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
         if mf:
             ev = _from_messages(ev, mf, data.eval, "data.eval")
         else:
-            _check_fields(ev, (pf, af), data.eval, "data.eval")
+            check_fields(ev, (pf, af), data.eval, "data.eval")
     elif builtin_name(data.task):
         ev = load_records(data.task, field="data.task", split="eval", size=data.eval_size, seed=seed, options=opts)
         if mf:
@@ -257,66 +294,6 @@ def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
         labels[i, :n] = torch.tensor(b["labels"])
         mask[i, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def load_probe_texts(probe: str, text_field: str = "text") -> list[str]:
-    """General text for the forgetting probe: a builtin probe, a JSON/JSONL file of records, or a text file."""
-    short = builtin_name(probe)
-    if short is not None:
-        return probe_source(short)()
-    path = Path(probe).expanduser()
-    if not path.is_file():
-        raise GridrunError(f"forgetting.probe: file not found: {path}")
-    if path.suffix in (".json", ".jsonl", ".parquet"):
-        rows = _read_file(path, "forgetting.probe")
-        _check_fields(rows, (text_field,), probe, "forgetting.probe")
-        return [r[text_field] for r in rows]
-    texts = [t for t in path.read_text().split("\n\n") if t.strip()]
-    if not texts:
-        raise GridrunError(f"forgetting.probe: {path} holds no text")
-    return texts
-
-
-def probe_blocks(tokenizer: Any, texts: list[str], seq_len: int, samples: int) -> list[list[int]]:
-    """Pack probe documents (EOS-separated) into ``samples`` blocks of ``seq_len`` tokens."""
-    sep = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids: list[int] = []
-    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids.extend(enc)
-        ids.append(sep)
-        if len(ids) >= seq_len * samples:
-            break
-    blocks = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)][:samples]
-    if not blocks:
-        raise GridrunError(f"forgetting.probe: text too short for one block of {seq_len} tokens")
-    return blocks
-
-
-def load_mc_items(source: str) -> list[dict[str, Any]]:
-    """Multiple-choice items: a builtin set, or a JSON/JSONL/Parquet file of ``question``, ``choices``, ``answer``."""
-    short = builtin_name(source)
-    if short is not None:
-        return mc_source(short)()
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise GridrunError(f"forgetting.mc: file not found: {path}")
-    rows = _read_file(path, "forgetting.mc")
-    if not rows:
-        raise GridrunError(f"forgetting.mc: {path} holds no items")
-    for i, r in enumerate(rows):
-        ok = (
-            isinstance(r, dict)
-            and isinstance(r.get("question"), str)
-            and isinstance(r.get("choices"), list)
-            and len(r["choices"]) >= 2
-            and isinstance(r.get("answer"), int)
-            and 0 <= r["answer"] < len(r["choices"])
-        )
-        if not ok:
-            raise GridrunError(
-                f"forgetting.mc: item {i} of {path} needs question (text), choices (2+), answer (index into choices)"
-            )
-    return rows
 
 
 def _squad_opts(opts: dict[str, Any]) -> dict[str, Any]:

@@ -26,16 +26,8 @@ from gridrun.errors import GridrunError
 from gridrun.metrics import forget_delta, penalized
 from gridrun.spec import ExperimentSpec
 from trainables import state
-from trainables.data import (
-    collate,
-    encode_example,
-    load_mc_items,
-    load_probe_texts,
-    load_task_data,
-    probe_blocks,
-    render_prompt,
-    subsample,
-)
+from trainables.data import collate, encode_example, load_task_data, render_prompt, subsample
+from trainables.general import McSet, load_mc_sets, load_probe_texts, probe_blocks
 from trainables.model import add_lora, load_base, pick_device, quiet_hf
 
 __all__ = [
@@ -107,12 +99,12 @@ def setup_train_data(spec: ExperimentSpec, tok: Any) -> tuple[list[dict[str, lis
 
 @dataclass
 class EvalContext:
-    """What every eval round of one trial reuses: prompts, evaluators, probe blocks, MC items, base scores."""
+    """What every eval round of one trial reuses: prompts, evaluators, probe blocks, benchmarks, base scores."""
 
     examples: list[dict[str, Any]]
     evaluators: list[Any]
     probe_blocks: list[list[int]]
-    mc_items: list[dict[str, Any]] | None
+    mc_sets: list[McSet]
     baseline: dict[str, float]
 
 
@@ -120,8 +112,8 @@ def setup_eval(spec: ExperimentSpec, tok: Any, baseline: float | dict[str, float
     """Evaluation prompts in the training template, the spec's evaluators, the probe and the base scores.
 
     Args:
-        baseline: the base model's cached probe loss, or a dict with ``probe_loss`` and, when ``forgetting.mc``
-            is set, ``mc_accuracy``.
+        baseline: the base model's cached probe loss, or a dict with ``probe_loss`` and, for each
+            ``forgetting.mc`` benchmark, ``mc/<benchmark>``.
     """
     from evaluators import GenerationSettings, build_evaluator
 
@@ -131,12 +123,13 @@ def setup_eval(spec: ExperimentSpec, tok: Any, baseline: float | dict[str, float
     gen = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
     evaluators = [build_evaluator(n, gen, ev.options.get(n)) for n in ev.evaluators]
     fg = spec.forgetting
-    blocks = probe_blocks(tok, load_probe_texts(fg.probe, fg.probe_field), fg.seq_len, fg.samples)
+    blocks = probe_blocks(tok, load_probe_texts(fg), fg.seq_len, fg.samples)
     base = dict(baseline) if isinstance(baseline, dict) else {"probe_loss": float(baseline)}
-    mc_items = load_mc_items(fg.mc) if fg.mc else None
-    if mc_items is not None and "mc_accuracy" not in base:
-        raise GridrunError("forgetting.mc: no cached base-model accuracy was passed to the trial")
-    return EvalContext(examples, evaluators, blocks, mc_items, base)
+    mc_sets = load_mc_sets(fg.mc)
+    missing = [s.name for s in mc_sets if f"mc/{s.name}" not in base]
+    if missing:
+        raise GridrunError(f"forgetting.mc: no cached base-model accuracy for {', '.join(missing)} was passed")
+    return EvalContext(examples, evaluators, blocks, mc_sets, base)
 
 
 # ------------------------------------------------------------------------------------------------------ eval
@@ -157,13 +150,17 @@ def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> 
     probe = probe_loss(model, ctx.probe_blocks)
     delta = forget_delta(probe, base["probe_loss"])
     forget = {"forget/probe_loss": probe, "forget/probe_loss_base": base["probe_loss"], "forget/delta": delta}
-    if ctx.mc_items is not None:
-        acc, acc0 = mc_accuracy(model, tok, ctx.mc_items), base["mc_accuracy"]
+    if ctx.mc_sets:
+        for s in ctx.mc_sets:
+            forget[f"forget/mc_{s.name}"] = mc_accuracy(model, tok, s.items, s.metric)
+            forget[f"forget/mc_{s.name}_base"] = base[f"mc/{s.name}"]
+        acc = sum(forget[f"forget/mc_{s.name}"] for s in ctx.mc_sets) / len(ctx.mc_sets)
+        acc0 = sum(base[f"mc/{s.name}"] for s in ctx.mc_sets) / len(ctx.mc_sets)
         forget.update(
             {
-                "forget/mc_accuracy": acc,
+                "forget/mc_accuracy": acc,  # the mean over benchmarks
                 "forget/mc_accuracy_base": acc0,
-                "forget/mc_delta": (acc0 - acc) / acc0 if acc0 > 0 else 0.0,
+                "forget/mc_delta": (acc0 - acc) / acc0 if acc0 > 0 else 0.0,  # relative drop, as forget/delta
             }
         )
     metric = task.get(spec.objective.metric)
@@ -330,7 +327,8 @@ def evaluate_adapter(
     if baseline is None:
         baseline = {"probe_loss": cached_baseline(spec, compute_baseline)[0]}
         if spec.forgetting.mc:
-            baseline["mc_accuracy"] = cached_baseline(spec, compute_mc_baseline, kind="mc")[0]
+            accs = cached_baseline(spec, compute_mc_baseline, kind="mc")[0]
+            baseline.update({f"mc/{name}": acc for name, acc in accs.items()})
     torch.manual_seed(spec.train.seed)
     base, tok = load_base(spec.model, pick_device(spec.resources.gpu))
     model = PeftModel.from_pretrained(base, str(adapter_dir))

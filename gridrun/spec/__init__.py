@@ -4,12 +4,14 @@ rules (``load``), Optuna's short distribution forms (``space``) and dotted-path 
 from gridrun.spec.load import apply_overrides, load_spec, spec_from_dict
 from gridrun.spec.paths import set_path
 from gridrun.spec.schema import (
+    MC_BENCHMARKS,
     CheckpointSpec,
     DataSpec,
     EvaluateSpec,
     ExperimentSpec,
     ForgettingSpec,
     LoraSpec,
+    McSpec,
     ModelSpec,
     ObjectiveSpec,
     ResourcesSpec,
@@ -31,6 +33,7 @@ from gridrun.spec.space import (
 )
 
 __all__ = [
+    "MC_BENCHMARKS",
     "CategoricalDist",
     "CheckpointSpec",
     "DataSpec",
@@ -42,6 +45,7 @@ __all__ = [
     "ForgettingSpec",
     "IntDist",
     "LoraSpec",
+    "McSpec",
     "ModelSpec",
     "ObjectiveSpec",
     "ResourcesSpec",

@@ -9,7 +9,7 @@ import pytest
 
 from gridrun.errors import GridrunError
 from tests.conftest import ROOT, data_section, run_cli
-from trainables.data import load_mc_items, load_task_data
+from trainables.data import load_task_data
 
 GSM8K = ROOT / "search_spaces" / "tiny" / "gsm8k.yaml"
 
@@ -82,16 +82,39 @@ def test_chat_template_renders_messages(tiny_model_path: Path) -> None:
         render_prompt(tok, [{"role": "user", "content": "U"}], "Q: {prompt}")
 
 
+def _mc(source: str, benchmark: str = "custom", **kw):
+    from gridrun.spec import McSpec
+    from trainables.general import load_mc_sets
+
+    return load_mc_sets([McSpec(benchmark=benchmark, source=source, **kw)])[0]
+
+
 def test_multiple_choice_items(tmp_path: Path) -> None:
-    items = load_mc_items("builtin:general-mc")
-    assert len(items) >= 40 and all(0 <= i["answer"] < len(i["choices"]) for i in items)
+    items = _mc("builtin:general-mc").items
+    assert len(items) >= 40 and all(0 <= i["answer"] < len(i["continuations"]) for i in items)
     good = _jsonl(tmp_path / "mc.jsonl", [{"question": "2+2 is", "choices": ["4", "5"], "answer": 0}])
-    assert load_mc_items(str(good))[0]["choices"] == ["4", "5"]
+    item = _mc(str(good)).items[0]
+    assert item["contexts"] == ["2+2 is"] * 2 and item["continuations"] == [" 4", " 5"] and item["lengths"] == [1, 1]
     bad = _jsonl(tmp_path / "bad.jsonl", [{"question": "x", "choices": ["a"], "answer": 3}])
     with pytest.raises(GridrunError, match="needs question"):
-        load_mc_items(str(bad))
+        _mc(str(bad))
     with pytest.raises(GridrunError, match="unknown builtin multiple-choice set"):
-        load_mc_items("builtin:nope")
+        _mc("builtin:nope")
+
+
+def test_mc_forms_in_the_spec() -> None:
+    """Names, sources and mappings all become benchmark entries; duplicates and negative budgets are refused."""
+    from gridrun.errors import SpecError
+    from gridrun.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "t", "forgetting": {"mc": ["hellaswag", {"benchmark": "winogrande", "limit": 9}]}})
+    assert [(m.benchmark, m.limit) for m in spec.forgetting.mc] == [("hellaswag", 500), ("winogrande", 9)]
+    legacy = spec_from_dict({"name": "t", "forgetting": {"mc": "builtin:general-mc"}})
+    assert [(m.benchmark, m.source) for m in legacy.forgetting.mc] == [("custom", "builtin:general-mc")]
+    with pytest.raises(SpecError, match="hellaswag is listed twice"):
+        spec_from_dict({"name": "t", "forgetting": {"mc": ["hellaswag", "hellaswag"]}})
+    with pytest.raises(SpecError, match="forgetting.budget: Input should be greater than or equal to 0"):
+        spec_from_dict({"name": "t", "forgetting": {"budget": -0.1}})
 
 
 def test_base_model_knows_the_multiple_choice_facts(tiny_model_path: Path) -> None:
@@ -102,7 +125,8 @@ def test_base_model_knows_the_multiple_choice_facts(tiny_model_path: Path) -> No
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    assert mc_accuracy(model, tok, load_mc_items("builtin:general-mc")) > 0.5
+    mc = _mc("builtin:general-mc")
+    assert mc_accuracy(model, tok, mc.items, mc.metric) > 0.5
 
 
 def test_option_values_can_be_searched() -> None:

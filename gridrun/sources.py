@@ -1,0 +1,90 @@
+"""Every input a spec names — the model, task data, the probe, the multiple-choice benchmarks — and where it lives:
+builtin, a local file or folder, or the hub. ``gridrun validate`` checks them, ``gridrun prepare`` fetches them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gridrun.builtin import builtin_name
+from gridrun.errors import GridrunError
+from gridrun.spec import ExperimentSpec
+
+__all__ = ["Source", "hub_offline", "input_sources", "is_hub_id", "resolve_hub_ids"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input: the spec field naming it, model or dataset, and the hub coordinates it is read at."""
+
+    field: str
+    kind: Literal["model", "dataset"]
+    source: str
+    subset: str | None = None
+    splits: tuple[str, ...] = ()
+    revision: str | None = None
+    limit: int | None = None  # rows read (probe and benchmarks stream only what they use)
+
+
+def input_sources(spec: ExperimentSpec) -> list[Source]:
+    """The spec's inputs, in the order a trial reads them (builtin ones included; callers filter)."""
+    from trainables.general import mc_source_of
+
+    d, f = spec.data, spec.forgetting
+    out = [Source("model.name", "model", spec.model.name, revision=spec.model.revision)]
+    task_splits = (d.split,) if d.eval and d.eval != d.task else (d.split, d.eval_split) if d.eval else (d.split,)
+    out.append(Source("data.task", "dataset", d.task, d.subset, task_splits, d.revision))
+    if d.eval and d.eval != d.task:
+        out.append(Source("data.eval", "dataset", d.eval, d.subset, (d.eval_split,), d.revision))
+    # the probe streams about 400k characters; the documents it reads are bounded by what prepare fetches
+    out.append(Source("forgetting.probe", "dataset", f.probe, f.probe_subset, (f.probe_split,), f.probe_revision))
+    for i, mc in enumerate(f.mc):
+        source, subset, split = mc_source_of(mc)
+        out.append(Source(f"forgetting.mc[{i}]", "dataset", source, subset, (split,), mc.revision, mc.limit))
+    return out
+
+
+def is_hub_id(source: str) -> bool:
+    """A name that is neither builtin nor a local path: read from the hub (``org/name`` or ``name``)."""
+    if builtin_name(source) is not None or source.startswith((".", "/", "~")):
+        return False
+    return not Path(source).expanduser().exists()
+
+
+def hub_offline() -> bool:
+    """Whether the hub is switched off for this process (``HF_HUB_OFFLINE``), as huggingface_hub reads it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_hub_ids(spec: ExperimentSpec) -> dict[str, str]:
+    """Ask the hub for every hub model and dataset at its revision; returns ``{source: commit sha}``.
+
+    Raises:
+        GridrunError: one line naming the field and id that does not exist, or that could not be checked.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    api = HfApi()
+    shas: dict[str, str] = {}
+    for src in input_sources(spec):
+        if not is_hub_id(src.source) or src.source in shas:
+            continue
+        where = f"{src.field}: {src.kind} {src.source!r}" + (f" at revision {src.revision!r}" if src.revision else "")
+        if hub_offline():
+            raise GridrunError(f"{where} cannot be checked: the hub is switched off here (HF_HUB_OFFLINE=1)")
+        try:
+            info = (api.model_info if src.kind == "model" else api.dataset_info)(src.source, revision=src.revision)
+        except RevisionNotFoundError:
+            raise GridrunError(f"{where}: no such revision on the hub") from None
+        except RepositoryNotFoundError:
+            raise GridrunError(
+                f"{where}: no such {src.kind} on the hub (or it is private and no token is set)"
+            ) from None
+        except Exception as e:  # network down, proxy, rate limit: one line, not a traceback
+            raise GridrunError(f"{where} cannot be checked: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        shas[src.source] = str(info.sha)
+    return shas
