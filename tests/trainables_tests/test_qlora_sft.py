@@ -135,13 +135,19 @@ def test_evaluate_adapter_reproduces_every_metric_of_its_checkpoint(tiny_spec, t
     )
     base = {
         "probe_loss": cached_baseline(spec, compute_baseline)[0],
-        "mc_accuracy": cached_baseline(spec, compute_mc_baseline, kind="mc")[0],
+        **{f"mc/{k}": v for k, v in cached_baseline(spec, compute_mc_baseline, kind="mc")[0].items()},
     }
     saved = tmp_path / "ckpt"
     reported = run(spec, base, lambda m, d: shutil.copytree(d, saved, dirs_exist_ok=True))
     again = evaluate_adapter(spec, saved / "adapter")  # base scores from the cache, as a user would
     keys = [k for k in reported if k.startswith(("task/", "forget/")) or k == "objective"]
-    assert {"task/weighted", "forget/mc_accuracy", "forget/mc_delta", "forget/mc_accuracy_base"} <= set(keys)
+    assert {
+        "task/weighted",
+        "forget/mc_accuracy",
+        "forget/mc_delta",
+        "forget/mc_custom",
+        "forget/mc_custom_base",
+    } <= set(keys)
     assert set(keys) == set(again)
     for k in keys:
         assert again[k] == pytest.approx(reported[k], rel=1e-6, abs=1e-9), k
