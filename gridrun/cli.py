@@ -63,7 +63,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
     text = Path(args.spec).read_text()
     if args.overrides:
         text += "\n# overrides: " + " ".join(args.overrides) + "\n"
-    launch(spec, spec_yaml=text)
+    return _exit_code(launch(spec, spec_yaml=text))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from gridrun.prepare import prepare
+
+    target = prepare(args.spec, args.out, overrides=list(args.overrides))
+    print(f"wrote {target} (run it offline: HF_HUB_OFFLINE=1 gridrun launch {target})")
     return 0
 
 
@@ -73,7 +80,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from gridrun.launch import resume
 
     logging.basicConfig(level=logging.WARNING, format="gridrun: %(message)s")
-    resume(args.experiment, resume_errored=args.resume_errored, restart_errored=args.restart_errored)
+    return _exit_code(resume(args.experiment, resume_errored=args.resume_errored, restart_errored=args.restart_errored))
+
+
+def _exit_code(summary: dict) -> int:
+    """130 (as for Ctrl-C) when the experiment was interrupted: its summary says how to continue."""
+    return 130 if summary.get("interrupted") else 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from gridrun.finish import sync
+
+    done = sync(args.experiment)
+    closed = "; experiment closed in MLflow" if done["closed"] else ""
+    print(f"wrote {done['written']} pending MLflow writes{closed}")
     return 0
 
 
@@ -145,12 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("prepare", help="fetch every hub model and dataset a spec reads into a folder, for offline use")
+    _spec_args(p)
+    p.add_argument("--out", required=True, help="folder to fill; the prepared spec is written there as <name>.yaml")
+    p.set_defaults(func=cmd_prepare)
+
     p = sub.add_parser("resume", help="continue an interrupted experiment (same trials, same MLflow runs)")
     p.add_argument("experiment", help="experiment folder (printed at the start and end of launch)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume-errored", action="store_true", help="continue errored trials from their checkpoint")
     g.add_argument("--restart-errored", action="store_true", help="rerun errored trials from scratch")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("sync", help="write to MLflow what an experiment could not while its server was away")
+    p.add_argument("experiment", help="experiment folder")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("export", help="write a trial's adapter (or merged model) to a folder")
     p.add_argument("experiment", help="experiment folder")

@@ -7,8 +7,10 @@ training and evaluation, so the model is tested on exactly the format it was tra
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "check_fields",
     "collate",
     "encode_example",
+    "iter_rows",
     "load_records",
     "load_task_data",
     "read_rows",
@@ -101,6 +104,7 @@ def _open_dataset(
     try:
         import datasets
 
+        datasets.disable_progress_bars()  # "Generating train split" bars in every trial's log
         if path.is_dir():
             data_dir = subset if subset and (path / subset).is_dir() else None
             if subset and data_dir is None:
@@ -116,23 +120,35 @@ def _open_dataset(
         ) from None
 
 
+def iter_rows(
+    source: str, *, field: str, subset: str | None, split: str, revision: str | None
+) -> Iterator[dict[str, Any]]:
+    """Records of a file, or of a split of a hub dataset or local folder in hub layout, in order; datasets are
+    streamed, so a reader that stops early never downloads more than it read."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        yield from _read_file(path, field)
+        return
+    if not path.exists() and (path.suffix in FILE_SUFFIXES or source.startswith((".", "/", "~"))):
+        raise GridrunError(f"{field}: file not found: {path}")
+    ds = _open_dataset(source, field=field, subset=subset, split=split, revision=revision, streaming=True)
+    rows = iter(ds)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:  # a stream can fail on a read, not only on open
+            raise GridrunError(f"{field}: cannot read dataset {source!r}: {type(e).__name__}: {e}") from None
+        yield row
+
+
 def read_rows(
     source: str, *, field: str, subset: str | None, split: str, revision: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    """The first ``limit`` records of a file, or of a split of a hub dataset or local folder in hub layout, in
-    order: streamed, so a probe or benchmark never downloads more than it reads."""
-    import itertools
-
-    path = Path(source).expanduser()
-    if path.is_file():
-        return _read_file(path, field)[:limit]
-    if path.suffix in FILE_SUFFIXES or source.startswith((".", "/", "~")):
-        raise GridrunError(f"{field}: file not found: {path}")
-    ds = _open_dataset(source, field=field, subset=subset, split=split, revision=revision, streaming=True)
-    try:
-        return list(itertools.islice(ds, limit))
-    except Exception as e:  # a stream can fail on its first read, not on open
-        raise GridrunError(f"{field}: cannot read dataset {source!r}: {type(e).__name__}: {e}") from None
+    """The first ``limit`` records of ``iter_rows``."""
+    rows = iter_rows(source, field=field, subset=subset, split=split, revision=revision)
+    return list(itertools.islice(rows, limit))
 
 
 def check_fields(rows: list[dict[str, Any]], fields: tuple[str, ...], source: str, field: str) -> None:

@@ -24,16 +24,18 @@ from typing import Any, Literal
 from gridrun.builtin import builtin_name, mc_source, probe_source
 from gridrun.errors import GridrunError
 from gridrun.spec import ForgettingSpec, McSpec
-from trainables.data import FILE_SUFFIXES, check_fields, read_rows
+from trainables.data import FILE_SUFFIXES, check_fields, iter_rows, read_rows
 
 __all__ = [
     "BENCHMARKS",
+    "PROBE_CHARS",
     "Benchmark",
     "McSet",
     "load_mc_sets",
     "load_probe_texts",
     "mc_source_of",
     "probe_blocks",
+    "probe_rows",
 ]
 
 #: One item: a request per choice, the gold choice, and each choice's length in characters (for acc_norm).
@@ -161,7 +163,27 @@ def load_mc_sets(mcs: list[McSpec]) -> list[McSet]:
     return out
 
 
-def load_probe_texts(fg: ForgettingSpec, chars: int = 400_000) -> list[str]:
+#: Characters of general text the probe reads from a dataset: well over what ``samples x seq_len`` tokens need at
+#: the probe sizes used (64 x 512 tokens is ~150k characters of English).
+PROBE_CHARS = 400_000
+
+
+def probe_rows(fg: ForgettingSpec, chars: int = PROBE_CHARS) -> list[dict[str, Any]]:
+    """The records the probe reads from a dataset or data file: the first ones of the split, in order, until
+    about ``chars`` characters of non-empty text (what ``gridrun prepare`` saves for an offline cluster)."""
+    rows, total = [], 0
+    for row in iter_rows(
+        fg.probe, field="forgetting.probe", subset=fg.probe_subset, split=fg.probe_split, revision=fg.probe_revision
+    ):
+        check_fields([row], (fg.probe_field,), fg.probe, "forgetting.probe")
+        rows.append(row)
+        total += len(row[fg.probe_field].strip())
+        if total >= chars:
+            break
+    return rows
+
+
+def load_probe_texts(fg: ForgettingSpec, chars: int = PROBE_CHARS) -> list[str]:
     """General text for the forgetting probe, in a fixed order: a builtin probe, a text file (paragraphs), a
     JSON/JSONL/Parquet file, or the first documents of a hub dataset split (streamed until about ``chars``
     characters are read, so a probe never downloads gigabytes)."""
@@ -174,27 +196,7 @@ def load_probe_texts(fg: ForgettingSpec, chars: int = 400_000) -> list[str]:
         if not texts:
             raise GridrunError(f"forgetting.probe: {path} holds no text")
         return texts
-    texts, total, start, step = [], 0, 0, 512
-    while total < chars:
-        limit = start + step
-        rows = read_rows(
-            fg.probe,
-            field="forgetting.probe",
-            subset=fg.probe_subset,
-            split=fg.probe_split,
-            revision=fg.probe_revision,
-            limit=limit,
-        )
-        if rows[start:]:
-            check_fields(rows[start:], (fg.probe_field,), fg.probe, "forgetting.probe")
-        for r in rows[start:]:
-            text = r[fg.probe_field]
-            if text.strip():
-                texts.append(text)
-                total += len(text)
-        if len(rows) < limit:
-            break  # the split is exhausted
-        start, step = limit, step * 4
+    texts = [r[fg.probe_field] for r in probe_rows(fg, chars) if r[fg.probe_field].strip()]
     if not texts:
         raise GridrunError(f"forgetting.probe: {fg.probe} holds no text in field {fg.probe_field!r}")
     return texts

@@ -60,7 +60,7 @@ _DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
 _BWRAP_LAYERS = ("bwrap", "pidns", "netns", "ipcns", "mountns", "tmpfs")
 #: The most of the results (and of bubblewrap's complaints) that is read back.
 _MAX_RESULTS_BYTES = 1 << 20
-_PROBE = ("def f():\n    return 1\n", "f", [([], 1)])
+_PROBE: tuple[str, str, list[tuple[list[Any], Any]]] = ("def f():\n    return 1\n", "f", [([], 1)])
 
 
 @dataclass(frozen=True)
