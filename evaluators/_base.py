@@ -94,9 +94,12 @@ def build_evaluator(name: str, generation: GenerationSettings, options: dict[str
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
-    """Greedy completions for rendered prompts, batched with left padding; special tokens stripped.
+    """Greedy completions for rendered prompts, in their order; special tokens stripped.
 
-    Prompts are tokenized without added special tokens, exactly as in training.
+    Prompts are tokenized without added special tokens, exactly as in training, and generated in batches of
+    similar length (longest first: the left padding each row carries is small) with the tokenizer's left
+    padding; a row's completion does not depend on the batch it is in. On CUDA the KV cache is static (no
+    reallocation as sequences grow).
     """
     import torch
 
@@ -106,26 +109,33 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], settings: Generatio
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(p.device for p in model.parameters())
-    out: list[str] = []
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    extra = {"cache_implementation": "static"} if device.type == "cuda" else {}
+    out: dict[int, str] = {}
     try:
-        for i in range(0, len(prompts), settings.batch_size):
-            enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[i : i + settings.batch_size]]
-            width = max(len(e) for e in enc)
-            ids = torch.full((len(enc), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(enc), width), dtype=torch.long)
-            for j, e in enumerate(enc):
-                ids[j, width - len(e) :] = torch.tensor(e)
-                mask[j, width - len(e) :] = 1
+        for b in range(0, len(order), settings.batch_size):
+            rows = order[b : b + settings.batch_size]
+            enc = tokenizer(
+                [prompts[i] for i in rows],
+                add_special_tokens=False,
+                padding=True,
+                padding_side="left",
+                return_tensors="pt",
+            )
             with torch.no_grad():
                 gen = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
+                    input_ids=enc["input_ids"].to(device),
+                    attention_mask=enc["attention_mask"].to(device),
                     max_new_tokens=settings.max_new_tokens,
                     do_sample=not settings.greedy,
                     eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=pad,
+                    **extra,
                 )
-            out.extend(tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True))
+            width = enc["input_ids"].shape[1]
+            for i, text in zip(rows, tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True), strict=True):
+                out[i] = text
     finally:
         model.train(was_training)
-    return out
+    return [out[i] for i in range(len(prompts))]

@@ -27,7 +27,6 @@ class AnswerLossEvaluator(Evaluator):
         was_training = model.training
         model.eval()
         device = next(p.device for p in model.parameters())
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         total, count = 0.0, 0
         try:
             with torch.no_grad():
@@ -36,7 +35,7 @@ class AnswerLossEvaluator(Evaluator):
                         encode_example(tokenizer, e["prompt"], str(e["answer"]), 4096)
                         for e in examples[i : i + self.generation.batch_size]
                     ]
-                    batch = {k: v.to(device) for k, v in collate(enc, pad).items()}
+                    batch = {k: v.to(device) for k, v in collate(enc, tokenizer).items()}
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                     labels = batch["labels"][:, 1:]
                     loss = torch.nn.functional.cross_entropy(

@@ -296,20 +296,26 @@ def subsample(n: int, ratio: float, seed: int) -> list[int]:
     return sorted(random.Random(f"sample_ratio/{seed}").sample(range(n), k))
 
 
-def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
-    """Right-pad a list of encoded examples into tensors (labels padded with -100)."""
-    import torch
+def collate(batch: list[dict[str, list[int]]], tokenizer: Any, padding_free: bool = False) -> dict[str, Any]:
+    """Encoded examples → a model batch, by transformers' collators.
 
-    width = max(len(b["input_ids"]) for b in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, b in enumerate(batch):
-        n = len(b["input_ids"])
-        ids[i, :n] = torch.tensor(b["input_ids"])
-        labels[i, :n] = torch.tensor(b["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    Padded: right-padded ``input_ids`` and ``attention_mask``, labels padded with -100. Padding-free: the
+    micro-batch concatenated into one row with ``position_ids`` restarting at every example and -100 at each
+    boundary (transformers' flattening semantics); the model's attention then keeps examples apart (a
+    block-causal mask built from the position ids), so no pad token is computed and the loss is the padded one.
+    """
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    features = [{"input_ids": b["input_ids"], "labels": b["labels"]} for b in batch]
+    if padding_free:
+        return dict(DataCollatorWithFlattening(return_tensors="pt", separator_id=IGNORE_INDEX)(features))
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+        out = dict(pad(features))
+    finally:
+        tokenizer.padding_side = side
+    return out
 
 
 def _squad_opts(opts: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ __all__ = [
     "Reporter",
     "eval_round",
     "evaluate_adapter",
-    "lr_lambda",
+    "lr_schedule",
     "qlora_sft",
     "run",
     "setup_eval",
@@ -47,19 +47,16 @@ __all__ = [
 Reporter = Callable[[dict[str, Any], "Path | None"], None]
 
 
-def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
-    """Multiplier of the peak learning rate at each optimizer step: linear warm-up, then cosine, linear or
-    constant decay to the last step."""
+#: train.lr_scheduler → transformers' schedule names (warm-up first in each).
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else max(0.0, 1 - progress)
 
-    return f
+def lr_schedule(optimizer: Any, kind: str, warmup: int, total: int) -> Any:
+    """transformers' learning-rate schedule (as ``Trainer`` uses it): linear warm-up from 0 over ``warmup``
+    steps, then cosine, linear or constant decay to the last of ``total`` steps."""
+    from transformers import get_scheduler
+
+    return get_scheduler(SCHEDULES[kind], optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 def _peak_mem_mb(device: str) -> float:
@@ -194,6 +191,7 @@ def run(
         max_steps: stop after this many optimizer steps (tests use it to simulate an interruption).
     """
     import torch
+    from transformers import set_seed
 
     quiet_hf()
     tc = spec.train
@@ -212,15 +210,16 @@ def run(
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.lr_scheduler, warmup, total_steps))
+    sched = lr_schedule(opt, tc.lr_scheduler, warmup, total_steps)
     pos = state.Position(step=0, samples_seen=0)
     if restore is not None:
         pos = state.load(restore, model, opt, sched)
     else:
-        state.seed_all(tc.seed)
+        set_seed(tc.seed)  # python, numpy, torch (and CUDA): data order and dropout
 
-    pad = tok.pad_token_id
-    stream = state.SampleStream(n_train, tc.seed)
+    padding_free = tc.padding_free if tc.padding_free != "auto" else device == "cuda"
+    lengths = [len(e["input_ids"]) for e in encoded] if tc.group_by_length else None
+    stream = state.SampleStream(n_train, tc.seed, lengths, tc.batch_size)
     last: dict[str, Any] = {}
     losses: list[float] = []
     tokens, train_time = 0, 0.0
@@ -233,12 +232,12 @@ def run(
         step_loss = 0.0
         for m in range(0, len(idx), tc.batch_size):
             micro = idx[m : m + tc.batch_size]
-            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in micro], pad).items()}
-            out = model(**batch)
+            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in micro], tok, padding_free).items()}
+            out = model(**batch, use_cache=False)  # no KV cache in training (and packed rows need none)
             # Weight micro-batches by size so a partial last step averages like a full one.
             (out.loss * len(micro) / len(idx)).backward()
             step_loss += out.loss.item() * len(micro) / len(idx)
-            tokens += int(batch["attention_mask"].sum())
+            tokens += sum(len(encoded[i]["input_ids"]) for i in micro)
         if tc.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
         opt.step()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
 
-__all__ = ["Position", "SampleStream", "load", "save", "seed_all"]
+__all__ = ["Position", "SampleStream", "load", "save"]
 
 
 @dataclass
@@ -32,31 +32,32 @@ class Position:
 class SampleStream:
     """An endless, seeded stream of example indices: epoch ``e`` is a fresh permutation of ``range(n)``.
 
-    Position ``p`` of the stream depends only on (n, seed, p), so the data position is one integer.
+    Position ``p`` of the stream depends only on (n, seed, p) — and the lengths, when grouped — so the data
+    position is one integer. With ``lengths``, each epoch's order is transformers' length-grouped order (what
+    ``Trainer(group_by_length=True)`` uses): shuffled, then sorted by length inside mega-batches of 50 batches, so
+    a micro-batch holds examples of similar length and little padding is computed.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed = n, seed
+    def __init__(self, n: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1) -> None:
+        self.n, self.seed, self.lengths, self.batch_size = n, seed, lengths, batch_size
         self._perms: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
-            order = list(range(self.n))
-            random.Random(f"order/{self.seed}/{epoch}").shuffle(order)
+            if self.lengths is not None:
+                import torch
+                from transformers.trainer_pt_utils import get_length_grouped_indices
+
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                order = [int(i) for i in get_length_grouped_indices(self.lengths, self.batch_size, generator=gen)]
+            else:
+                order = list(range(self.n))
+                random.Random(f"order/{self.seed}/{epoch}").shuffle(order)
             self._perms = {epoch: order}  # one epoch at a time is all a sequential reader needs
         return self._perms[epoch]
 
     def take(self, start: int, count: int) -> list[int]:
         return [self._perm(p // self.n)[p % self.n] for p in range(start, start + count)]
-
-
-def seed_all(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _rng_state() -> dict[str, Any]:

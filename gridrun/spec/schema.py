@@ -139,7 +139,17 @@ class TrainSpec(_Section):
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warm-up")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 disables)")
     eval_every: int = Field(16, gt=0, description="optimizer steps between eval rounds (one more at the end)")
-    seed: int = Field(0, description="seed for LoRA init, data order, dropout")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed for LoRA init, data order, dropout")
+    group_by_length: bool = Field(
+        False,
+        description="batch examples of similar length together (transformers' length-grouped order), so less "
+        "padding is computed; the order stays seeded and exactly resumable",
+    )
+    padding_free: bool | Literal["auto"] = Field(
+        "auto",
+        description="pack each micro-batch into one row with position ids restarting per example (no pad token "
+        "computed; same loss and gradients); auto: on CUDA, where it is faster, not on CPU, where it is not",
+    )
 
 
 class EvaluateSpec(_Section):

@@ -40,10 +40,24 @@ def test_long_examples_keep_the_answer(tok) -> None:
 def test_collate_pads_labels_with_ignore_index(tok) -> None:
     a = encode_example(tok, "short", "x", 64)
     b = encode_example(tok, "a much longer prompt than the other", "y", 64)
-    batch = collate([a, b], tok.pad_token_id)
+    side = tok.padding_side
+    batch = collate([a, b], tok)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     n = len(a["input_ids"])
     assert batch["labels"][0, n:].eq(IGNORE_INDEX).all() and batch["attention_mask"][0, n:].eq(0).all()
+    assert batch["input_ids"][0, :n].tolist() == a["input_ids"]  # right-padded, whatever the tokenizer's side
+    assert batch["input_ids"][0, n:].eq(tok.pad_token_id).all() and tok.padding_side == side
+
+
+def test_padding_free_collate_packs_one_row_with_restarting_positions(tok) -> None:
+    a = encode_example(tok, "short", "x", 64)
+    b = encode_example(tok, "a much longer prompt than the other", "y", 64)
+    batch = collate([a, b], tok, padding_free=True)
+    na, nb = len(a["input_ids"]), len(b["input_ids"])
+    assert batch["input_ids"][0].tolist() == a["input_ids"] + b["input_ids"] and "attention_mask" not in batch
+    assert batch["position_ids"][0].tolist() == list(range(na)) + list(range(nb))
+    # the first label of each example is the separator: no token predicts across the boundary
+    assert batch["labels"][0].tolist() == [IGNORE_INDEX, *a["labels"][1:], IGNORE_INDEX, *b["labels"][1:]]
 
 
 def test_template_string_is_used_verbatim(tok) -> None:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainables.qlora_sft import run
 
@@ -157,3 +158,46 @@ def test_evaluate_adapter_reproduces_every_metric_of_its_checkpoint(tiny_spec, t
     assert set(keys) == set(again)
     for k in keys:
         assert again[k] == pytest.approx(reported[k], rel=1e-6, abs=1e-9), k
+
+
+def test_padding_free_training_equals_the_padded_computation(tiny_spec) -> None:
+    """One micro-batch packed into one row with restarting position ids gives the padded batch's loss and
+    gradients (dropout off: two forwards of different shapes would draw different dropout masks)."""
+    from trainables.data import collate
+    from trainables.qlora_sft import setup_model, setup_train_data
+
+    spec = tiny_spec.with_params({"lora.dropout": 0.0})
+    model, tok, _ = setup_model(spec)
+    encoded, _ = setup_train_data(spec, tok)
+    batch = encoded[:8]
+    assert len({len(b["input_ids"]) for b in batch}) > 1  # padding would be computed
+    # one optimizer step first, so LoRA's B is not zero and every adapter weight gets a gradient
+    model(**collate(batch, tok), use_cache=False).loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 0.1 * p.grad.sign()
+    results = []
+    for padding_free in (False, True):
+        model.zero_grad(set_to_none=True)
+        out = model(**collate(batch, tok, padding_free), use_cache=False)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.loss.item(), grads))
+    (loss_pad, g_pad), (loss_free, g_free) = results
+    assert loss_free == pytest.approx(loss_pad, rel=1e-5)
+    assert set(g_pad) == set(g_free) and len(g_pad) > 0
+    for name, g in g_pad.items():
+        torch.testing.assert_close(g_free[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_padding_free_trial_resumes_exactly(tiny_spec, baseline, tmp_path: Path) -> None:
+    spec = _trial(tiny_spec, **{"train.padding_free": True, "lora.dropout": 0.1})
+    straight: list[dict] = []
+    run(spec, baseline, lambda m, d: straight.append(m))
+    saved = tmp_path / "ckpt"
+    run(spec, baseline, lambda m, d: shutil.copytree(d, saved, dirs_exist_ok=True), max_steps=4)
+    resumed: list[dict] = []
+    run(spec, baseline, lambda m, d: resumed.append(m), restore=saved)
+    for key in ("train/loss", "forget/probe_loss", "objective", "samples_seen"):
+        assert resumed[-1][key] == straight[-1][key], key

@@ -1,8 +1,5 @@
-"""The learning-rate schedule: linear warm-up, then cosine / linear / constant, per optimizer step.
-
-Expected values come from the schedules' definitions (cosine at decay progress p: (1 + cos(pi p)) / 2; linear:
-1 - p; p = (step - warmup) / (total - warmup)), then the whole schedule is compared with transformers' own.
-"""
+"""The learning-rate schedule a trial trains with: transformers' (as its Trainer uses them), checked against the
+schedules' definitions, and what a trial reports as train/lr."""
 
 from __future__ import annotations
 
@@ -10,83 +7,16 @@ import math
 
 import pytest
 import torch
-from transformers import (
-    get_constant_schedule_with_warmup,
-    get_cosine_schedule_with_warmup,
-    get_linear_schedule_with_warmup,
-)
 
-from trainables.qlora_sft import lr_lambda
+from trainables.qlora_sft import lr_schedule, run
 
-WARMUP, TOTAL = 4, 20  # 16 decay steps
+WARMUP, TOTAL = 4, 20
 
 
-def _cosine(p: float) -> float:
-    return (1 + math.cos(math.pi * p)) / 2
-
-
-@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
-def test_warm_up_climbs_linearly_from_one_over_warmup_to_the_peak(kind: str) -> None:
-    f = lr_lambda(kind, WARMUP, TOTAL)
-    assert [f(s) for s in range(WARMUP)] == [0.25, 0.5, 0.75, 1.0]  # step 0 already trains (1/warmup, not 0)
-    assert f(WARMUP) == 1.0  # decay starts at progress 0: the peak holds for two steps
-
-
-def test_cosine_with_warm_up() -> None:
-    f = lr_lambda("cosine", WARMUP, TOTAL)
-    assert f(WARMUP + 8) == pytest.approx(0.5, abs=1e-15)  # halfway through the decay
-    assert f(WARMUP + 4) == pytest.approx(_cosine(0.25), abs=1e-15)
-    assert f(WARMUP + 4) == pytest.approx((1 + math.sqrt(0.5)) / 2, abs=1e-15)
-    assert f(TOTAL - 1) == pytest.approx(_cosine(15 / 16), abs=1e-15)  # last step: just above 0
-    assert f(TOTAL) == pytest.approx(0.0, abs=1e-15)  # one past the last step reaches 0
-
-
-def test_cosine_without_warm_up() -> None:
-    f = lr_lambda("cosine", 0, 10)
-    assert f(0) == 1.0
-    assert f(5) == pytest.approx(0.5, abs=1e-15)
-    assert f(9) == pytest.approx(_cosine(0.9), abs=1e-15)
-    assert [f(s) for s in range(10)] == pytest.approx([_cosine(s / 10) for s in range(10)], abs=1e-15)
-
-
-def test_linear_with_warm_up() -> None:
-    f = lr_lambda("linear", WARMUP, TOTAL)
-    assert f(WARMUP + 8) == 0.5
-    assert f(WARMUP + 4) == 0.75
-    assert f(TOTAL - 1) == 1 / (TOTAL - WARMUP) == 0.0625  # last step: 1 - 15/16
-    assert f(TOTAL) == 0.0
-    assert f(TOTAL + 5) == 0.0  # clamped, never negative
-
-
-def test_linear_without_warm_up() -> None:
-    f = lr_lambda("linear", 0, 10)
-    assert [f(s) for s in range(10)] == pytest.approx([1 - s / 10 for s in range(10)], abs=1e-15)
-    assert f(9) == pytest.approx(0.1, abs=1e-15)
-
-
-def test_constant_with_and_without_warm_up() -> None:
-    assert [lr_lambda("constant", WARMUP, TOTAL)(s) for s in range(TOTAL)] == [0.25, 0.5, 0.75] + [1.0] * 17
-    assert [lr_lambda("constant", 0, TOTAL)(s) for s in range(TOTAL)] == [1.0] * TOTAL
-
-
-def test_one_step_run_trains_at_the_peak() -> None:
-    for kind in ("cosine", "linear", "constant"):
-        assert lr_lambda(kind, 0, 1)(0) == 1.0
-
-
-# ------------------------------------------------------------------------------------ against transformers
-
-
-def _hf_lrs(kind: str, warmup: int, total: int) -> list[float]:
-    """The lr each optimizer step runs at under transformers' scheduler (peak lr 1.0), stepping like the
-    trainable: opt.step() then sched.step()."""
+def _lrs(kind: str, warmup: int, total: int) -> list[float]:
+    """The multiplier of the peak rate at each optimizer step 0..total-1."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    if kind == "cosine":
-        sched = get_cosine_schedule_with_warmup(opt, warmup, total)
-    elif kind == "linear":
-        sched = get_linear_schedule_with_warmup(opt, warmup, total)
-    else:
-        sched = get_constant_schedule_with_warmup(opt, warmup)
+    sched = lr_schedule(opt, kind, warmup, total)
     out = []
     for _ in range(total):
         out.append(opt.param_groups[0]["lr"])
@@ -95,30 +25,36 @@ def _hf_lrs(kind: str, warmup: int, total: int) -> list[float]:
     return out
 
 
-def _ours(kind: str, warmup: int, total: int) -> list[float]:
-    """The same through torch's LambdaLR, as the trainable builds it."""
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(kind, warmup, total))
-    out = []
-    for _ in range(total):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+def _definition(kind: str, warmup: int, total: int, step: int) -> float:
+    if step < warmup:
+        return step / warmup  # linear warm-up from 0
+    if kind == "constant":
+        return 1.0
+    p = (step - warmup) / max(1, total - warmup)  # progress through the decay
+    return (1 + math.cos(math.pi * p)) / 2 if kind == "cosine" else max(0.0, 1 - p)
 
 
+@pytest.mark.parametrize("warmup", [0, WARMUP])
 @pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
-def test_without_warm_up_the_schedule_is_transformers_exactly(kind: str) -> None:
-    assert _ours(kind, 0, TOTAL) == pytest.approx(_hf_lrs(kind, 0, TOTAL), abs=1e-12)
+def test_schedule_follows_its_definition(kind: str, warmup: int) -> None:
+    got = _lrs(kind, warmup, TOTAL)
+    assert got == pytest.approx([_definition(kind, warmup, TOTAL, s) for s in range(TOTAL)], abs=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
-def test_with_warm_up_gridrun_runs_one_step_ahead_of_transformers_during_warm_up(kind: str) -> None:
-    """Documented difference: transformers' warm-up is step / warmup (step 0 at lr 0, an update wasted), gridrun's
-    is (step + 1) / warmup, so for step < warmup gridrun(step) == transformers(step + 1) and gridrun reaches the
-    peak one step earlier (holding it at steps warmup-1 and warmup). From step `warmup` on the decays agree."""
-    ours, hf = _ours(kind, WARMUP, TOTAL), _hf_lrs(kind, WARMUP, TOTAL)
-    assert hf[:WARMUP] == [0.0, 0.25, 0.5, 0.75]
-    assert ours[:WARMUP] == [0.25, 0.5, 0.75, 1.0]
-    assert ours[:WARMUP] == hf[1 : WARMUP + 1]
-    assert ours[WARMUP:] == pytest.approx(hf[WARMUP:], abs=1e-12)
+def test_landmarks() -> None:
+    cosine = _lrs("cosine", WARMUP, TOTAL)
+    assert cosine[: WARMUP + 1] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert cosine[WARMUP + (TOTAL - WARMUP) // 2] == pytest.approx(0.5)  # half way through the decay
+    assert _lrs("linear", 0, 10)[-1] == pytest.approx(0.1) and _lrs("constant", 0, 5) == [1.0] * 5
+
+
+def test_a_trial_reports_the_rate_it_trained_with(tiny_spec, tiny_model_path) -> None:
+    """train/lr at each report is the rate the next step would use: peak x schedule(step)."""
+    from gridrun.baseline import compute_baseline
+
+    spec = tiny_spec.with_params({"train.lr": 0.01, "train.warmup_ratio": 0.25, "train.lr_scheduler": "linear"})
+    reports: list[dict] = []
+    run(spec, compute_baseline(spec), lambda m, d: reports.append(m))
+    total = reports[-1]["step"]  # 8 steps: 64 examples, batch 8
+    for m in reports:
+        assert m["train/lr"] == pytest.approx(0.01 * _definition("linear", total // 4, total, m["step"]), abs=1e-12)
