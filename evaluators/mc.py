@@ -15,7 +15,10 @@ __all__ = ["encode_pair", "loglikelihoods", "mc_accuracy"]
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of ``context`` and of ``continuation`` after it."""
+    """Token ids of ``context`` and of ``continuation`` after it (an empty context is the EOS token, as the
+    harness conditions on its prefix token)."""
+    if not context:
+        return [tokenizer.eos_token_id], tokenizer.encode(continuation, add_special_tokens=False)
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation

@@ -36,10 +36,10 @@ def _fingerprint(source: str) -> str:
         return "file:" + hashlib.sha256(p.read_bytes()).hexdigest()[:16]
     if p.is_dir():
         parts = []
-        for f in sorted(p.iterdir()):
+        for f in sorted(p.rglob("*")):  # hub layout keeps the files in subset folders
             if f.is_file():
                 st = f.stat()
-                parts.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
+                parts.append(f"{f.relative_to(p)}:{st.st_size}:{int(st.st_mtime)}")
         return "dir:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return source  # a hub id: its revision is part of the key
 

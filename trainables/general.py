@@ -120,7 +120,14 @@ def mc_source_of(mc: McSpec) -> tuple[str, str | None, str]:
     bench = BENCHMARKS[mc.benchmark]
     source = mc.source or bench.hub_id
     assert source is not None, "a custom set has a source (checked by the schema)"
-    subset = mc.subset if mc.subset is not None else (bench.subset if mc.source in (None, bench.hub_id) else None)
+    if mc.subset is not None:
+        subset = mc.subset
+    elif mc.source in (None, bench.hub_id):
+        subset = bench.subset
+    elif bench.subset and (Path(source).expanduser() / bench.subset).is_dir():
+        subset = bench.subset  # a snapshot of the benchmark's repo: read its subset, not every subset merged
+    else:
+        subset = None
     return source, subset, mc.split or bench.split
 
 

@@ -52,3 +52,14 @@ def test_local_probe_file_content_is_part_of_the_key(tiny_spec, tmp_path) -> Non
     k1 = baseline_key(spec)
     f.write_text("edited text")
     assert baseline_key(spec) != k1
+
+
+def test_a_dataset_folder_in_hub_layout_is_fingerprinted_by_its_files(tiny_spec, tmp_path) -> None:
+    """Files in subset sub-folders count: editing one changes the key (a stale base score is never reused)."""
+    folder = tmp_path / "wikitext" / "wikitext-2-raw-v1"
+    folder.mkdir(parents=True)
+    (folder / "test-00000-of-00001.parquet").write_bytes(b"one")
+    spec = tiny_spec.with_params({"forgetting.probe": str(tmp_path / "wikitext")})
+    k1 = baseline_key(spec)
+    (folder / "test-00000-of-00001.parquet").write_bytes(b"other content")
+    assert baseline_key(spec) != k1
