@@ -36,7 +36,7 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
-    from gridrun.validate import check_spec, preflight
+    from gridrun.validate import check_memory, check_spec, preflight
 
     # offline checks always (builtin and local data are cheap to read, and a format mismatch costs days);
     # --deep adds reachability: hub ids at their revisions, the MLflow server, the Ray address, GPUs
@@ -48,6 +48,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"ok: {spec.name} — {n} searched value{'s' * (n != 1)}, {spec.search.num_trials} trials, "
         f"objective {spec.objective.mode} on {spec.objective.metric}"
     )
+    memory = check_memory(spec, deep=args.deep, hub=args.deep)  # checked above; the estimate, to print
+    if memory:
+        print(memory)
     if unchecked and not args.deep:
         print(f"not checked offline (hub ids; --deep resolves them): {', '.join(unchecked)}")
     return 0

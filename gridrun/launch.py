@@ -21,9 +21,10 @@ import yaml
 
 from gridrun.builtin import builtin_name
 from gridrun.errors import GridrunError
+from gridrun.finish import fit_and_report
 from gridrun.sources import hub_offline
 from gridrun.spec import ExperimentSpec, spec_from_dict, validate_dict
-from gridrun.validate import check_address, check_tracking_uri, preflight
+from gridrun.validate import check_address, check_tracking_uri, gpu_memory_bytes, preflight
 
 __all__ = ["META_FILE", "experiment_trial_spec", "launch", "resume", "start_ray"]
 
@@ -94,7 +95,8 @@ def start_ray(spec: ExperimentSpec) -> dict[str, float]:
             )
     total = ray.cluster_resources()
     gpus = float(total.get("GPU", 0))
-    if spec.resources.gpu > 0 and gpus < spec.resources.gpu:
+    gpu = spec.resources.gpu  # auto: resolved once the cluster is known (none: CPU trials)
+    if gpu != "auto" and gpu > 0 and gpus < gpu:
         ray.shutdown()
         raise GridrunError(
             f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but the Ray cluster "
@@ -109,12 +111,58 @@ def start_ray(spec: ExperimentSpec) -> dict[str, float]:
     return total
 
 
+def _gpu(spec: ExperimentSpec) -> float:
+    """``resources.gpu`` as a number (launch resolves ``auto`` before anything reads it; unresolved, it is 0)."""
+    gpu = spec.resources.gpu
+    return 0.0 if gpu == "auto" else gpu
+
+
+def _cluster_gpu_memory() -> int | None:
+    """One GPU's memory, asked of a GPU node by a tiny task (its worker exits, CUDA context and all)."""
+    import ray
+
+    @ray.remote(num_gpus=0.01, num_cpus=0, max_calls=1)
+    def total_memory() -> int:
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory)
+
+    ref = total_memory.remote()
+    try:
+        return int(ray.get(ref, timeout=120))
+    except Exception:  # no GPU free in time, or no torch with CUDA there: auto asks for gpu_memory_gb instead
+        ray.cancel(ref, force=True)
+        return None
+
+
+def _resolve_gpu(
+    spec: ExperimentSpec, trial_spec: ExperimentSpec, total: dict[str, float]
+) -> tuple[ExperimentSpec, ExperimentSpec]:
+    """``resources.gpu: auto`` → a fraction from the estimate and the GPU's size (0 without GPUs); an explicit
+    fraction checked against them. The resolved spec is what the trials, the baseline and resume get."""
+    from gridrun.packing import model_config, resolve_gpu
+
+    gpus = float(total.get("GPU", 0))
+    if gpus <= 0 and spec.resources.gpu != "auto":
+        return spec, trial_spec
+    config = model_config(spec, hub=not hub_offline())
+    gpu_bytes = gpu_memory_bytes(spec, local=True)
+    if gpu_bytes is None and gpus > 0 and spec.resources.address:
+        gpu_bytes = _cluster_gpu_memory()
+    gpu, line = resolve_gpu(spec, config, gpu_bytes, gpus)
+    if line:
+        log.warning("%s", line)
+    if gpu == spec.resources.gpu:
+        return spec, trial_spec
+    return spec.with_params({"resources.gpu": gpu}), trial_spec.with_params({"resources.gpu": gpu})
+
+
 def _concurrency(spec: ExperimentSpec, total: dict[str, float]) -> int:
     if spec.search.max_concurrent:
         return spec.search.max_concurrent
     slots = math.floor(float(total.get("CPU", 1)) / spec.resources.cpu)
-    if spec.resources.gpu > 0:
-        slots = min(slots, math.floor(float(total.get("GPU", 0)) / spec.resources.gpu + 1e-9))
+    if _gpu(spec) > 0:
+        slots = min(slots, math.floor(float(total.get("GPU", 0)) / _gpu(spec) + 1e-9))
     return max(1, min(slots, spec.search.num_trials))
 
 
@@ -126,7 +174,7 @@ def _baseline(spec: ExperimentSpec, trial_spec: ExperimentSpec) -> tuple[dict[st
     from gridrun.baseline import cached_baseline, compute_baseline, compute_mc_baseline
 
     def remote(fn: Any) -> Any:
-        task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)(fn)
+        task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=_gpu(spec))(fn)
         return lambda s: ray.get(task.remote(s))
 
     probe, cached = cached_baseline(trial_spec, remote(compute_baseline))
@@ -176,6 +224,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     from gridrun.spec.space import to_optuna
     from gridrun.stopping import build_stopping
     from gridrun.tracking import MLflowTracker, start_parent_run
+    from gridrun.writer import SPILL_FILE
 
     searched, fixed = to_optuna(spec.search.space)
     trial_spec = spec.with_params(fixed)
@@ -186,6 +235,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
 
     total = start_ray(spec)
     try:
+        spec, trial_spec = _resolve_gpu(spec, trial_spec, total)
         if builtin_name(spec.model.name):
             resolve_model(spec.model.name)  # build once here, before trials race to do it
         baseline, cached = _baseline(spec, trial_spec)
@@ -225,7 +275,15 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         scheduler, stopper = build_stopping(spec, reasons)
         keeper = CheckpointKeeper(spec.checkpoint.num_to_keep)
         tracker = MLflowTracker(
-            spec.tracking.uri, exp_id, parent, trial_spec, sorted(searched), reasons, keeper, spec.tracking.log_adapters
+            spec.tracking.uri,
+            exp_id,
+            parent,
+            trial_spec,
+            sorted(searched),
+            reasons,
+            keeper,
+            spec.tracking.log_adapters,
+            spill_path=exp_dir / SPILL_FILE,
         )
         callbacks: list[Any] = [
             keeper,
@@ -253,11 +311,12 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
                     checkpoint_score_attribute="objective",
                     checkpoint_score_order="max",
                 ),
-                failure_config=tune.FailureConfig(max_failures=0),
+                # a trial whose worker or node dies is retried from its last checkpoint, in the same MLflow run
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 verbose=0,
             ),
         )
-        return _fit_and_report(spec, tuner, tracker, meta, exp_dir, quiet)
+        return fit_and_report(spec, tuner, tracker, meta, exp_dir, quiet)
     finally:
         ray.shutdown()
 
@@ -275,6 +334,7 @@ def resume(
     from ray import tune
 
     from gridrun.tracking import MLflowTracker, mark_interrupted
+    from gridrun.writer import SPILL_FILE, replay_spill
 
     exp_dir = Path(experiment_dir).expanduser().resolve()
     meta_file = exp_dir / META_FILE
@@ -293,6 +353,7 @@ def resume(
     start_ray(spec)
     try:
         ml = meta["mlflow"]
+        replay_spill(exp_dir / SPILL_FILE)  # what the last driver could not write (MLflow was away) first
         # The crashed driver left runs RUNNING: mark them KILLED now; trials that continue reopen theirs.
         mark_interrupted(ml["uri"], ml["parent_run_id"])
         tuner = tune.Tuner.restore(
@@ -306,11 +367,11 @@ def resume(
         assert local is not None, "resume runs in-process, not through Ray Client"
         callbacks = local.get_run_config().callbacks or []  # restored from the experiment state
         tracker = next(c for c in callbacks if isinstance(c, MLflowTracker))
-        tracker._resumed = True  # look up runs the restored state may not know of
+        tracker.mark_resumed(exp_dir / SPILL_FILE)  # look up runs the restored state may not know of
         for c in callbacks:
             if hasattr(c, "quiet"):
                 c.quiet = quiet
-        return _fit_and_report(spec, tuner, tracker, meta, exp_dir, quiet)
+        return fit_and_report(spec, tuner, tracker, meta, exp_dir, quiet)
     finally:
         ray.shutdown()
 
@@ -322,50 +383,5 @@ def _trainable(spec: ExperimentSpec, trial_spec: ExperimentSpec, base_loss: floa
 
     return tune.with_resources(
         tune.with_parameters(qlora_sft, spec=trial_spec, baseline=base_loss),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        {"cpu": spec.resources.cpu, "gpu": _gpu(spec)},
     )
-
-
-def _fit_and_report(
-    spec: ExperimentSpec, tuner: Any, tracker: Any, meta: dict[str, Any], exp_dir: Path, quiet: bool
-) -> dict[str, Any]:
-    from gridrun.report import format_summary, importance, summarize, write_report
-    from gridrun.tracking import close_parent, drop_orphans, finish_parent, register_adapters
-
-    parent = meta["mlflow"]["parent_run_id"]
-    t0 = time.time()
-    try:
-        grid = tuner.fit()
-    except BaseException:
-        close_parent(spec.tracking.uri, parent, "KILLED")
-        raise
-    summary = summarize(spec, grid, tracker.reasons, tracker.runs, meta["base_probe_loss"], tracker.keeper.best)
-    if tracker._resumed:
-        dropped = drop_orphans(spec.tracking.uri, parent, {r["trial_id"] for r in summary["trials"]})
-        if dropped:
-            log.warning("removed %d MLflow runs of trials lost with the interrupted driver", len(dropped))
-    summary.update(
-        {
-            "experiment": meta["experiment"],
-            "experiment_dir": str(exp_dir),
-            "mlflow": meta["mlflow"],
-            "wall_s": round(time.time() - t0, 1),
-        }
-    )
-    summary["importance"] = importance(summary, spec.search.space)
-    summary["report_dir"] = str(exp_dir / "report")
-    # Register what is worth shipping: the best trial, or every Pareto-optimal trial in pareto mode.
-    if spec.tracking.log_adapters and summary.get("best"):
-        ids = set(summary["pareto_front"]) if spec.objective.mode == "pareto" else {summary["best"]["trial_id"]}
-        rows = [r for r in summary["trials"] if r["trial_id"] in ids]
-        name = spec.tracking.experiment or spec.name
-        try:
-            summary["registered"] = {"name": name, "versions": register_adapters(spec.tracking.uri, name, rows)}
-        except Exception as e:  # the experiment's record matters more than the registry entry
-            log.warning("could not register adapters in MLflow: %s", e)
-    (exp_dir / "gridrun_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    plots = write_report(summary, exp_dir / "report")
-    finish_parent(spec.tracking.uri, parent, summary, plots)
-    if not quiet:
-        print(format_summary(summary))
-    return summary

@@ -16,6 +16,7 @@ class ProgressPrinter(Callback):
 
     def __init__(self, metric: str, reasons: dict[str, str], quiet: bool = False, total: int | None = None) -> None:
         self.metric, self.reasons, self.quiet, self.done, self.total = metric, reasons, quiet, 0, total
+        self._retrying: set[str] = set()
 
     # Kept in Tune's experiment snapshot, so a resumed experiment counts on from where it was.
     def get_state(self) -> dict[str, Any] | None:
@@ -29,6 +30,10 @@ class ProgressPrinter(Callback):
             print(f"[gridrun] {text}", flush=True)
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if trial.trial_id in self._retrying:
+            self._retrying.discard(trial.trial_id)
+            self._say(f"trial {trial.trial_id} restarted from its last checkpoint")
+            return
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
         self._say(f"trial {trial.trial_id} started: {params}")
 
@@ -43,6 +48,11 @@ class ProgressPrinter(Callback):
             f"forget/delta {fmt(m.get('forget/delta'))}, objective {fmt(m.get('objective'))} at "
             f"{m.get('samples_seen')} samples — {why}"
         )
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._retrying.add(trial.trial_id)
+        n, most = getattr(trial, "num_failures", "?"), getattr(trial, "max_failures", "?")
+        self._say(f"trial {trial.trial_id} lost its worker or failed; retry {n}/{most} from its last checkpoint")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.done += 1

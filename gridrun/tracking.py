@@ -6,8 +6,9 @@ KILLED (``close_parent``), runs an interrupted driver left behind closed (``mark
 (``drop_orphans``), adapters registered (``register_adapters``), and the summary read back
 (``summary_from_mlflow``).
 
-``MLflowTracker`` is a Ray Tune callback; it runs in the driver, so there is exactly one writer (no SQLite
-locks) whatever the cluster size. Child runs get every param of the trial's spec, metric curves on the
+``MLflowTracker`` is a Ray Tune callback; it runs in the driver and hands its writes to one writer thread
+(:mod:`gridrun.writer`), so there is exactly one writer (no SQLite locks) whatever the cluster size, and an
+unreachable server never holds up Tune. Child runs get every param of the trial's spec, metric curves on the
 ``samples_seen`` axis (the compute axis ASHA compares trials on, identical across trials whatever their
 batch size), the adapter of the trial's best checkpoint (by objective, kept by
 :class:`~gridrun.checkpoints.CheckpointKeeper`) as an artifact, and status / stop-reason tags. Checkpoints are
@@ -16,18 +17,17 @@ read through Tune's storage filesystem, so an experiment whose storage is an obj
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
 from gridrun.metrics import namespaced_metrics, stop_reason
+from gridrun.writer import OpQueue, RunWriter, mlflow_client, write_spill
 
 if TYPE_CHECKING:
     from gridrun.checkpoints import CheckpointKeeper
@@ -60,9 +60,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _client(uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
+    return mlflow_client(uri)
 
 
 def start_parent_run(uri: str, experiment: str, run_name: str, spec_yaml: str, tags: dict[str, str]) -> tuple[str, str]:
@@ -79,7 +77,16 @@ def start_parent_run(uri: str, experiment: str, run_name: str, spec_yaml: str, t
 
 
 class MLflowTracker(Callback):
-    """Driver-side Tune callback writing one child run per trial under the experiment's parent run."""
+    """Driver-side Tune callback writing one child run per trial under the experiment's parent run.
+
+    Callbacks only decide what to write and queue it (:class:`~gridrun.writer.OpQueue`): they never wait for
+    MLflow, so an outage costs Tune no time. Only the driver writes; the queue's thread is the one writer.
+
+    Args:
+        spill_path: where writes still pending when the experiment ends (MLflow away) are kept for
+            ``gridrun resume`` / ``gridrun sync``.
+        drain_s: at the end, how long to wait for an unreachable MLflow before spilling.
+    """
 
     def __init__(
         self,
@@ -91,6 +98,8 @@ class MLflowTracker(Callback):
         reasons: dict[str, str],
         keeper: CheckpointKeeper,
         log_adapters: bool = True,
+        spill_path: str | Path | None = None,
+        drain_s: float = 30.0,
     ) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
@@ -100,34 +109,21 @@ class MLflowTracker(Callback):
         self.reasons = reasons
         self.keeper = keeper
         self.log_adapters = log_adapters
-        self.runs: dict[str, str] = {}  # trial_id -> MLflow run id
-        self._last_step: dict[str, int] = {}  # run id -> last samples_seen step logged
-        self._restored: set[str] = set()  # run ids inherited from an interrupted driver
-        self._params_due: set[str] = set()  # run ids created whose params are not written yet
+        self.spill_path = Path(spill_path) if spill_path else None
+        self.drain_s = drain_s
+        self.retries: dict[str, int] = {}  # trial_id -> times retried after its worker died
+        self.unfinished: list[str] = []  # trials still running when the experiment ended (it was interrupted)
+        self._queued_step: dict[str, int] = {}  # trial_id -> last samples_seen step queued for MLflow
+        self._started: set[str] = set()  # trials with a run or a queued run creation
+        self._ended: set[str] = set()  # trials Tune reported complete or errored (in this session or before)
         self._resumed = False
         self._client: Any = None
-        self._pending: list[tuple[str, Callable[[], object]]] = []
+        self._writer: RunWriter | None = None
+        self._queue: OpQueue | None = None
 
-    def _safely(self, what: str, write: Callable[[], object]) -> None:
-        """Write to MLflow; if the server is briefly away, keep the write and retry it on the next event.
-
-        A tracking hiccup must never kill the experiment (the trials and their checkpoints are fine).
-        """
-        self._flush()
-        try:
-            write()
-        except Exception as e:
-            log.warning("MLflow %s failed (%s); will retry", what, str(e).splitlines()[0] if str(e) else e)
-            self._pending.append((what, write))
-
-    def _flush(self) -> None:
-        while self._pending:
-            _, write = self._pending[0]
-            try:
-                write()
-            except Exception:
-                return
-            self._pending.pop(0)
+    # The Tuner pickles its callbacks once (tuner.pkl); threads and clients start afresh after unpickling.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "_writer": None, "_queue": None}
 
     @property
     def client(self) -> Any:
@@ -135,123 +131,127 @@ class MLflowTracker(Callback):
             self._client = _client(self.uri)
         return self._client
 
-    # Tune keeps callback state in its experiment checkpoint: a resumed experiment continues the same runs.
+    @property
+    def writer(self) -> RunWriter:
+        if self._writer is None:
+            self._writer = RunWriter(
+                self.uri, self.experiment_id, self.parent_run_id, resumed=self._resumed, client=lambda: self.client
+            )
+        return self._writer
+
+    @property
+    def queue(self) -> OpQueue:
+        if self._queue is None:
+            self._queue = OpQueue(self.writer.apply)
+        return self._queue
+
+    @property
+    def runs(self) -> dict[str, str]:
+        """trial_id -> MLflow run id, for the runs created so far."""
+        return self.writer.runs
+
+    def mark_resumed(self, spill_path: str | Path | None = None) -> None:
+        """This tracker continues an interrupted experiment: runs may exist that its state does not know of."""
+        self._resumed = self.writer.resumed = True
+        if spill_path is not None:
+            self.spill_path = Path(spill_path)
+
+    # Tune keeps callback state in its experiment snapshot: a resumed experiment continues the same runs, and
+    # writes still queued at the snapshot are made then (each is idempotent against what MLflow holds).
     def get_state(self) -> dict[str, Any] | None:
+        with self.queue.frozen() as pending:
+            runs = dict(self.runs)
         return {
-            "runs": dict(self.runs),
+            "runs": runs,
             "reasons": dict(self.reasons),
-            "last_step": dict(self._last_step),
-            "params_due": sorted(self._params_due),
+            "queued_step": dict(self._queued_step),
+            "started": sorted(self._started),
+            "ended": sorted(self._ended),
+            "retries": dict(self.retries),
+            "pending": pending,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.runs.update(state.get("runs", {}))
-        self.reasons.update(state.get("reasons", {}))
-        self._last_step.update(state.get("last_step", {}))
-        self._params_due.update(state.get("params_due", []))
-        self._restored.update(self.runs.values())
         self._resumed = True
+        self.writer.restore(state.get("runs", {}))
+        self.reasons.update(state.get("reasons", {}))
+        self._queued_step.update(state.get("queued_step", {}))
+        self._started.update(state.get("started", []), state.get("runs", {}))
+        self._ended.update(state.get("ended", []))
+        self.retries.update(state.get("retries", {}))
+        self.queue.restore(list(state.get("pending", [])))
 
-    def _resume_run(self, run_id: str) -> None:
-        """First event of a restored run: reopen it and learn which steps MLflow already holds.
+    def flush(self, patience_s: float | None = None) -> bool:
+        """Wait until every queued write is made (False: MLflow took nothing for ``patience_s`` while failing)."""
+        return self.queue.drain(self.drain_s if patience_s is None else patience_s)
 
-        The experiment state Tune saved may be older than the last write to MLflow; MLflow is the authority.
-        """
-        self._restored.discard(run_id)
-        hist = self.client.get_metric_history(run_id, "samples_seen")
-        if hist:
-            self._last_step[run_id] = max(self._last_step.get(run_id, -1), max(m.step for m in hist))
-        self.client.update_run(run_id, status="RUNNING")
+    def pending(self) -> int:
+        return len(self.queue)
 
-    def _existing_run(self, trial_id: str) -> str | None:
-        """A child run of this experiment for ``trial_id`` that the state Tune restored does not know of
-        (created after its last snapshot, before the driver died)."""
-        found = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.`gridrun.trial_id` = '{trial_id}'",
-            max_results=1,
-        )
-        return found[0].info.run_id if found else None
+    def spill(self) -> Path | None:
+        """Keep the writes still pending in the spill file (None when there are none, or nowhere to keep them)."""
+        ops = self.queue.pending()
+        if not ops or self.spill_path is None:
+            return None
+        header = {
+            "uri": self.uri,
+            "experiment_id": self.experiment_id,
+            "parent_run_id": self.parent_run_id,
+            "runs": dict(self.runs),
+        }
+        write_spill(self.spill_path, header, ops)
+        return self.spill_path
 
-    def _run_for(self, trial: Any) -> str:
-        if trial.trial_id not in self.runs and self._resumed:
-            existing = self._existing_run(trial.trial_id)
-            if existing:
-                self.runs[trial.trial_id] = existing
-                self._restored.add(existing)
-        if trial.trial_id not in self.runs:
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=f"trial-{trial.trial_id}",
-                tags={
-                    "mlflow.parentRunId": self.parent_run_id,
-                    "gridrun.trial_id": trial.trial_id,
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        # also for a trial retried after a lost worker, or continued by `gridrun resume`: the same run, reopened
+        self._started.add(trial.trial_id)
+        self.queue.put(
+            {
+                "op": "start",
+                "trial": trial.trial_id,
+                "name": f"trial-{trial.trial_id}",
+                "tags": {
                     "gridrun.kind": "trial",
                     "gridrun.searched": ",".join(self.searched),
                     "gridrun.status": "RUNNING",
                 },
-            )
-            self.runs[trial.trial_id] = run.info.run_id
-            self._params_due.add(run.info.run_id)
-        run_id = self.runs[trial.trial_id]
-        if run_id in self._params_due:  # a retried creation writes the params it could not write the first time
-            self._log_params(run_id, flatten(self.spec.with_params(trial.config).trial_dict()))
-            self._params_due.discard(run_id)
-        if run_id in self._restored:
-            self._resume_run(run_id)
-        return run_id
-
-    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow's per-batch limit
-            self.client.log_batch(run_id, params=items[i : i + 100])
-
-    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._safely("create run", lambda: self._run_for(trial))
+                "params": flatten(self.spec.with_params(trial.config).trial_dict()),
+            }
+        )
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
-        self._safely("log metrics", lambda: self._log_result(trial, dict(result)))
-
-    def _log_result(self, trial: Any, result: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
-        run_id = self._run_for(trial)
         step = int(result.get("samples_seen", result.get("training_iteration", 0)))
-        if step <= self._last_step.get(run_id, -1):
-            return  # already logged before an interruption: a resumed trial reports it again, identically
-        ts = int(time.time() * 1000)
-        metrics = [Metric(k, v, ts, step) for k, v in namespaced_metrics(result).items() if math.isfinite(v)]
+        if step <= self._queued_step.get(trial.trial_id, -1):
+            return  # reported again by a trial continuing from its checkpoint: already queued, identically
+        self._queued_step[trial.trial_id] = step
+        metrics = {k: v for k, v in namespaced_metrics(result).items() if math.isfinite(v)}
         if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
-        self._last_step[run_id] = step  # only once written: a failed write is retried, not skipped
+            ts = int(time.time() * 1000)
+            self.queue.put({"op": "metrics", "trial": trial.trial_id, "step": step, "ts": ts, "metrics": metrics})
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        n = self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
+        self.queue.put({"op": "tags", "trial": trial.trial_id, "tags": {"gridrun.retries": n}})
 
     def _finish(self, trial: Any, status: str, mlflow_status: str, reason: str) -> None:
-        self._safely("finish run", lambda: self._finish_run(trial, status, mlflow_status, reason))
-
-    def _finish_run(self, trial: Any, status: str, mlflow_status: str, reason: str) -> None:
-        run_id = self._run_for(trial)
-        self.client.set_tag(run_id, "gridrun.status", status)
-        self.client.set_tag(run_id, "gridrun.stop_reason", reason)
+        tags: dict[str, Any] = {"gridrun.status": status, "gridrun.stop_reason": reason}
+        if trial.trial_id in self.retries:
+            tags["gridrun.retries"] = self.retries[trial.trial_id]
         best = self.keeper.best(trial.trial_id)
         saved = best or self.keeper.latest(trial.trial_id)
-        if self.log_adapters and saved is not None:
-            # as_directory: the folder itself on local storage, a temporary download from an object store
-            with saved.checkpoint.as_directory() as d:
-                ckpt = Path(d)
-                if (ckpt / "adapter").is_dir():
-                    self.client.log_artifacts(run_id, str(ckpt / "adapter"), "adapter")
-                    self.client.log_artifact(run_id, str(ckpt / "gridrun_card.json"), "adapter")
-                else:  # never lose the run's record over an artifact
-                    self.client.set_tag(run_id, "gridrun.artifact_error", f"checkpoint {saved.path} has no adapter/")
-            self.client.set_tag(run_id, "gridrun.adapter_checkpoint", saved.path)
-            if best:
-                self.client.set_tag(run_id, "gridrun.adapter_objective", f"{best.objective:.6g}")
-                self.client.set_tag(run_id, "gridrun.adapter_samples_seen", str(best.metrics.get("samples_seen")))
-        self.client.set_terminated(run_id, mlflow_status)
+        if saved is not None:
+            tags["gridrun.adapter_checkpoint"] = saved.path
+        if best is not None:
+            tags["gridrun.adapter_objective"] = f"{best.objective:.6g}"
+            tags["gridrun.adapter_samples_seen"] = str(best.metrics.get("samples_seen"))
+        checkpoint = saved.checkpoint if saved is not None and self.log_adapters else None
+        self._started.add(trial.trial_id)
+        self._ended.add(trial.trial_id)
+        self.queue.put(
+            {"op": "finish", "trial": trial.trial_id, "status": mlflow_status, "tags": tags, "checkpoint": checkpoint}
+        )
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         reason = stop_reason(self.reasons, trial.trial_id, trial.last_result)
@@ -260,21 +260,28 @@ class MLflowTracker(Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._finish(trial, "ERROR", "FAILED", "error")
 
-    def _kill(self, run_id: str) -> None:
-        self.client.set_terminated(run_id, "KILLED")
-
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        """Close runs of trials that did not finish (an interrupted experiment): KILLED, never left RUNNING."""
-        for trial in trials:
-            if trial.trial_id in self.runs and trial.status not in ("TERMINATED", "ERROR"):
-                self._safely("close run", functools.partial(self._kill, self.runs[trial.trial_id]))
-        self._flush()
-        if self._pending:
-            log.warning(
-                "%d MLflow writes could not be made (server unreachable); trial results and checkpoints "
-                "are intact in the experiment folder",
-                len(self._pending),
-            )
+        """Close runs of trials that did not finish (an interrupted experiment): KILLED, never left RUNNING; then
+        wait for MLflow to take every write, or keep what it could not take in the spill file."""
+        # Tune marks the trials it stops on its way out (Ctrl-C) TERMINATED without completing them: the trials
+        # never reported complete or errored are the unfinished ones (and `gridrun resume` continues them)
+        self.unfinished = [t.trial_id for t in trials if t.trial_id not in self._ended]
+        for tid in self.unfinished:
+            if tid in self._started:
+                self.queue.put({"op": "kill", "trial": tid})
+        if self.flush():
+            self.queue.close()
+            return
+        self.queue.close()
+        where = self.spill()
+        log.warning(
+            "MLflow at %s unreachable: %d writes kept in %s; `gridrun sync %s` writes them (so does `gridrun "
+            "resume`); trial results and checkpoints are intact in the experiment folder",
+            self.uri,
+            self.pending(),
+            where,
+            where.parent if where else "DIR",
+        )
 
 
 def mark_interrupted(uri: str, parent_run_id: str) -> int:

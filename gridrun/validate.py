@@ -2,15 +2,19 @@
 
 ``check_spec`` is what ``gridrun validate`` runs: names, evaluators and their options, the objective's metric,
 data files and builtin generator options (at both ends of any searched range), the template, the model folder,
-the train/test answer format. ``preflight`` (``validate --deep`` and every launch) adds reachability: the
-tracking store, the Ray cluster address, GPUs. Imports no Ray and no torch at module top.
+the train/test answer format, and a trial's estimated GPU memory against its share (``gridrun.memory``).
+``preflight`` (``validate --deep`` and every launch) adds reachability: the tracking store, the Ray cluster
+address, GPUs. Imports no Ray and no torch at module top.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,8 +30,10 @@ __all__ = [
     "check_address",
     "check_answer_formats",
     "check_lora_targets",
+    "check_memory",
     "check_spec",
     "check_tracking_uri",
+    "gpu_memory_bytes",
     "preflight",
 ]
 
@@ -132,6 +138,7 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
     if spec.model.quantization != "none" and spec.resources.gpu == 0 and spec.model.compute_dtype == "float16":
         raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU; use float32 on CPU")
     check_answer_formats(spec)
+    check_memory(spec)
     return sorted(set(unchecked))
 
 
@@ -147,7 +154,7 @@ def _option_variants(spec: ExperimentSpec, prefix: str, options: dict[str, Any])
 
 def preflight(spec: ExperimentSpec, resolve_hub: bool = True) -> None:
     """Everything ``check_spec`` checks, then reachability: hub ids (models and datasets at their revisions, and
-    a hub model's LoRA targets), the tracking store, the cluster address, GPUs.
+    a hub model's LoRA targets), the tracking store, the cluster address, GPUs and a trial's memory on one.
 
     Args:
         resolve_hub: check hub ids against the hub. Where the hub is switched off (``HF_HUB_OFFLINE=1``) launch
@@ -159,17 +166,19 @@ def preflight(spec: ExperimentSpec, resolve_hub: bool = True) -> None:
         if is_hub_id(spec.model.name):
             check_lora_targets(spec)  # reads the model's config from the hub, no weights
     check_tracking_uri(spec.tracking.uri)
+    gpu = spec.resources.gpu
     if spec.resources.address:
         check_address(spec.resources.address)
-    elif spec.resources.gpu > 0:
+    elif gpu != "auto" and gpu > 0:
         have = _local_gpus()
         if have == 0:
             raise GridrunError(
                 f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but this machine "
                 "has no CUDA GPU (set resources.gpu: 0, or pass --address of a GPU cluster)"
             )
-        if spec.resources.gpu > have:
-            raise GridrunError(f"resources.gpu: {spec.resources.gpu} GPUs per trial requested, this machine has {have}")
+        if gpu > have:
+            raise GridrunError(f"resources.gpu: {gpu} GPUs per trial requested, this machine has {have}")
+    check_memory(spec, deep=True, hub=resolve_hub)
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -261,3 +270,57 @@ def _check_tracking_scheme(uri: str) -> None:
         raise GridrunError(
             f"tracking.uri: MLflow has no tracking store for {uri!r}; schemes it knows: {', '.join(known)}"
         ) from None
+
+
+def gpu_memory_bytes(spec: ExperimentSpec, local: bool = False) -> int | None:
+    """One GPU's memory: ``resources.gpu_memory_gb`` where set, else (``local``, no cluster address) the
+    smallest of this machine's GPUs, else None."""
+    if spec.resources.gpu_memory_gb:
+        return int(spec.resources.gpu_memory_gb * 2**30)
+    if local and not spec.resources.address and _local_gpus() > 0:
+        return _local_gpu_memory()
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _local_gpu_memory() -> int | None:
+    # in a child process: a CUDA context made here would stay in the driver, on the GPU its trials share
+    code = (
+        "import torch; n = torch.cuda.device_count(); "
+        "print(min(torch.cuda.get_device_properties(i).total_memory for i in range(n)) if n else 0)"
+    )
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+        return int(out.stdout.split()[-1]) or None
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+
+
+def check_memory(spec: ExperimentSpec, deep: bool = False, hub: bool = False) -> str | None:
+    """Refuse a ``resources.gpu`` share that a trial's estimated peak memory does not fit (one line with both
+    numbers), or a ``gpu: auto`` model that no whole GPU holds; the estimate as a line to print, or None when
+    trials run on CPU or the model's config cannot be read (a hub model offline, unless cached).
+
+    Args:
+        deep: also ask this machine's GPU for its size (``resources.gpu_memory_gb`` otherwise).
+        hub: read a hub model's config from the hub (else from the local cache only).
+    """
+    from gridrun.memory import estimate_memory, gib
+    from gridrun.packing import check_fraction, model_config, pick_fraction
+
+    gpu = spec.resources.gpu
+    if gpu == 0:
+        return None
+    config = model_config(spec, hub=hub)
+    if config is None:
+        return None
+    est = estimate_memory(config, spec)
+    needs = f"a trial needs about {gib(est.total)} GiB of GPU memory ({est.breakdown()})"
+    gpu_bytes = gpu_memory_bytes(spec, local=deep)
+    if not gpu_bytes:
+        return f"memory: {needs}; set resources.gpu_memory_gb to check it against a GPU"
+    if gpu == "auto":
+        share = pick_fraction(est.total, gpu_bytes)
+        return f"memory: {needs}; gpu: auto takes {share:g} of a {gib(gpu_bytes)} GiB GPU"
+    check_fraction(gpu, gpu_bytes, est)
+    return f"memory: {needs}; gpu: {gpu:g} of a {gib(gpu_bytes)} GiB GPU is {gib(min(gpu, 1) * gpu_bytes)} GiB"

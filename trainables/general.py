@@ -121,7 +121,7 @@ def mc_source_of(mc: McSpec) -> tuple[str, str | None, str]:
     source = mc.source or bench.hub_id
     assert source is not None, "a custom set has a source (checked by the schema)"
     if mc.subset is not None:
-        subset = mc.subset
+        subset: str | None = mc.subset
     elif mc.source in (None, bench.hub_id):
         subset = bench.subset
     elif bench.subset and (Path(source).expanduser() / bench.subset).is_dir():

@@ -11,7 +11,7 @@ from gridrun.builtin import resolve_model
 from gridrun.errors import GridrunError
 from gridrun.spec import LoraSpec, ModelSpec
 
-__all__ = ["add_lora", "load_base", "pick_device", "quiet_hf"]
+__all__ = ["add_lora", "cap_gpu_memory", "load_base", "pick_device", "quiet_hf"]
 
 
 def quiet_hf() -> None:
@@ -28,14 +28,32 @@ def quiet_hf() -> None:
     logging.getLogger("transformers.integrations").setLevel(logging.ERROR)
 
 
-def pick_device(gpu: float) -> str:
+def pick_device(gpu: float | str) -> str:
+    """``cuda`` for a trial with a GPU share, else ``cpu``; ``auto`` (a spec launch did not resolve, such as
+    one given to ``evaluate_adapter``) means the GPU where there is one."""
     import torch
 
-    if gpu > 0:
+    if gpu == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if float(gpu) > 0:
         if not torch.cuda.is_available():
             raise GridrunError("resources.gpu: a GPU was requested but CUDA is not available in this trial")
         return "cuda"
     return "cpu"
+
+
+def cap_gpu_memory(gpu: float | str) -> int:
+    """Cap torch's CUDA allocator at this trial's share of the GPU, less the CUDA context (outside the
+    allocator), so that the trials packed on one GPU fit side by side and one that outgrows its share gets an
+    OutOfMemoryError instead of its neighbours. A whole GPU (or more) is not capped. Returns the GPU's memory."""
+    import torch
+
+    from gridrun.packing import allocator_fraction
+
+    total = int(torch.cuda.get_device_properties(0).total_memory)
+    if gpu != "auto" and 0 < float(gpu) < 1:
+        torch.cuda.set_per_process_memory_fraction(allocator_fraction(float(gpu), total))
+    return total
 
 
 def load_base(model: ModelSpec, device: str) -> tuple[Any, Any]:

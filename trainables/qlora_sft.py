@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import resource
 import tempfile
 import time
@@ -28,7 +29,7 @@ from gridrun.spec import ExperimentSpec
 from trainables import state
 from trainables.data import collate, encode_example, load_task_data, render_prompt, subsample
 from trainables.general import McSet, load_mc_sets, load_probe_texts, probe_blocks
-from trainables.model import add_lora, load_base, pick_device, quiet_hf
+from trainables.model import add_lora, cap_gpu_memory, load_base, pick_device, quiet_hf
 
 __all__ = [
     "EvalContext",
@@ -36,6 +37,7 @@ __all__ = [
     "eval_round",
     "evaluate_adapter",
     "lr_schedule",
+    "oom_error",
     "qlora_sft",
     "run",
     "setup_eval",
@@ -67,6 +69,34 @@ def _peak_mem_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _mem_estimate(spec: ExperimentSpec, config: dict[str, Any]) -> dict[str, float]:
+    """``perf/mem_estimate_mb``: the estimated peak of torch's allocator on a GPU, next to ``perf/peak_mem_mb``
+    (empty where the model's config is not a dense decoder's)."""
+    from gridrun.memory import estimate_trial_memory
+
+    try:
+        return {"perf/mem_estimate_mb": estimate_trial_memory(config, spec).allocated / 2**20}
+    except GridrunError:
+        return {}
+
+
+def oom_error(spec: ExperimentSpec, message: str, gpu_bytes: int, peak: int) -> GridrunError:
+    """The one-line error of a trial that ran out of its GPU share: the share, the estimate, the measured peak
+    and torch's 'Tried to allocate ...'."""
+    from gridrun.memory import estimate_trial_memory
+    from gridrun.packing import model_config, oom_message
+
+    gpu = spec.resources.gpu
+    config = model_config(spec)
+    try:
+        estimate = estimate_trial_memory(config, spec).total if config else None
+    except GridrunError:
+        estimate = None
+    asked = re.search(r"Tried to allocate [\d.]+ \w+", message)
+    detail = asked.group(0) if asked else ""
+    return GridrunError(oom_message(1.0 if gpu == "auto" else min(gpu, 1.0), gpu_bytes, estimate, peak, detail))
+
+
 # ----------------------------------------------------------------------------------------------------- setup
 
 
@@ -75,6 +105,8 @@ def setup_model(spec: ExperimentSpec) -> tuple[Any, Any, str]:
     import torch
 
     device = pick_device(spec.resources.gpu)
+    if device == "cuda":
+        cap_gpu_memory(spec.resources.gpu)  # before loading: a trial that outgrows its share fails alone
     torch.manual_seed(spec.train.seed)
     base, tok = load_base(spec.model, device)
     return add_lora(base, spec.lora, spec.model), tok, device
@@ -201,6 +233,7 @@ def run(
     model.train()
     encoded, n_total = setup_train_data(spec, tok)
     ctx = setup_eval(spec, tok, baseline)
+    mem_estimate = _mem_estimate(spec, model.config.to_dict())
 
     n_train = len(encoded)
     per_step = tc.batch_size * tc.grad_accum
@@ -264,6 +297,7 @@ def run(
                 "progress": pos.samples_seen / total_samples,
                 "perf/tokens_per_s": tokens / train_time if train_time else 0.0,
                 "perf/peak_mem_mb": _peak_mem_mb(device),
+                **mem_estimate,
                 "perf/eval_s": time.perf_counter() - t1,
             }
             losses.clear()
@@ -297,12 +331,16 @@ def qlora_sft(config: dict[str, Any], spec: ExperimentSpec, baseline: float | di
     def report(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
 
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            run(trial_spec, baseline, report, restore=Path(d))
-    else:
-        random.seed(trial_spec.train.seed)
-        run(trial_spec, baseline, report)
+    try:
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                run(trial_spec, baseline, report, restore=Path(d))
+        else:
+            random.seed(trial_spec.train.seed)
+            run(trial_spec, baseline, report)
+    except torch.cuda.OutOfMemoryError as e:  # the allocator cap (cap_gpu_memory) was hit: this trial alone fails
+        total = torch.cuda.get_device_properties(0).total_memory
+        raise oom_error(trial_spec, str(e), total, torch.cuda.max_memory_allocated()) from None
 
 
 def evaluate_adapter(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ def summarize(
     runs: dict[str, str],
     base_loss: float,
     best_checkpoint: Callable[[str], Any] | None = None,
+    retries: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Plain-data summary of a finished ResultGrid (JSON-serialisable).
 
@@ -34,6 +35,7 @@ def summarize(
 
     Args:
         best_checkpoint: trial id -> its best kept checkpoint (``gridrun.checkpoints.Saved``) or None.
+        retries: trial id -> times it was retried from its last checkpoint after its worker or node died.
     """
     metric = spec.objective.metric
     rows: list[dict[str, Any]] = []
@@ -51,7 +53,7 @@ def summarize(
             {
                 "trial_id": tid,
                 "status": "ERROR" if r.error is not None else "TERMINATED",
-                "params": dict(r.config),
+                "params": dict(r.config or {}),
                 "task": _num(at.get(metric)),
                 "forget_delta": _num(at.get("forget/delta")),
                 "objective": _num(saved.objective if saved is not None else at.get("objective")),
@@ -59,6 +61,7 @@ def summarize(
                 "trained": m.get("samples_seen"),
                 "train_samples": m.get("data/train_samples"),
                 "stop_reason": reason,
+                "retries": (retries or {}).get(tid, 0),
                 "adapter": adapter,
                 "best_checkpoint": (
                     {"objective": saved.objective, "path": saved.path, "metrics": saved.metrics} if saved else None
@@ -162,7 +165,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             _fmt(r["objective"]),
             _fmt(r["samples_seen"]),
             _fmt(r.get("trained", r["samples_seen"])),
-            r["stop_reason"],
+            r["stop_reason"] + (f" (retried {r['retries']}x)" if r.get("retries") else ""),
         ]
         for r in rows
     ]
@@ -189,6 +192,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("registered"):
         reg = summary["registered"]
         out.append(f"registered: model '{reg['name']}' versions {', '.join(reg['versions'])}")
+    if summary.get("interrupted"):
+        left = summary["interrupted"]
+        out.append(f"interrupted: {len(left['unfinished'])} trials did not finish; continue with: {left['resume']}")
+    if (summary.get("mlflow") or {}).get("pending"):
+        out.append(f"MLflow missed some writes (server away): {summary['mlflow']['pending']}")
     if summary.get("report_dir"):
         out.append(f"plots: {summary['report_dir']}")
     ml = summary.get("mlflow") or {}

@@ -230,7 +230,17 @@ class ResourcesSpec(_Section):
     """What one trial gets; fractions of a GPU pack several trials on one device."""
 
     cpu: float = Field(1.0, gt=0, description="CPUs per trial (also torch threads)")
-    gpu: float = Field(0.0, ge=0, description="GPUs per trial; 0.25 packs four trials on one GPU")
+    gpu: float | Literal["auto"] = Field(
+        0.0,
+        description="GPUs per trial; 0.25 packs four trials on one GPU; auto: the smallest 1/k of a GPU that holds "
+        "a trial's estimated peak memory with 20% headroom (no GPU: 0, CPU trials)",
+    )
+    gpu_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="memory of one GPU in GiB (80 for an H100 80GB): what `gridrun validate` checks a trial's "
+        "estimated memory against without a GPU; default: this machine's GPU, or the cluster's at launch",
+    )
     address: str | None = Field(None, description="Ray cluster address (host:port or ray://...); none = local")
     max_failures: int = Field(
         3,
@@ -239,9 +249,22 @@ class ResourcesSpec(_Section):
         "(same MLflow run, no duplicate steps; the summary says so); 0 = a failed trial ends as ERROR",
     )
 
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _gpu_value(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        try:
+            gpu = float(v)
+        except (TypeError, ValueError):
+            raise ValueError("expected a number of GPUs per trial (0.25 packs four on one GPU) or auto") from None
+        if gpu < 0:
+            raise ValueError("a number of GPUs per trial is at least 0")
+        return gpu
+
     @model_validator(mode="after")
     def _gpu_fraction(self) -> ResourcesSpec:
-        if self.gpu > 1 and self.gpu != int(self.gpu):
+        if self.gpu != "auto" and self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError(f"gpu: {self.gpu} — more than one GPU per trial must be a whole number")
         return self
 

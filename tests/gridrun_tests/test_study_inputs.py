@@ -113,7 +113,7 @@ def test_mc_forms_in_the_spec() -> None:
     assert [(m.benchmark, m.source) for m in legacy.forgetting.mc] == [("custom", "builtin:general-mc")]
     with pytest.raises(SpecError, match="hellaswag is listed twice"):
         spec_from_dict({"name": "t", "forgetting": {"mc": ["hellaswag", "hellaswag"]}})
-    with pytest.raises(SpecError, match="forgetting.budget: Input should be greater than or equal to 0"):
+    with pytest.raises(SpecError, match=r"forgetting\.budget: Input should be greater than or equal to 0"):
         spec_from_dict({"name": "t", "forgetting": {"budget": -0.1}})
 
 

@@ -1,14 +1,18 @@
 """The MLflow callback, against a real MLflow client on a temporary SQLite store: it survives a tracking server
-that is briefly away (the client fails its first calls), writes the merged trial spec as params, and closes
-unfinished runs."""
+that is briefly away (the client fails its first calls) without ever making Tune wait, keeps what MLflow could not
+take (in Tune's snapshot, in the spill file) and writes it exactly once later, writes the merged trial spec as
+params, and closes unfinished runs."""
 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,10 +20,12 @@ from typing import Any
 import pytest
 
 from gridrun.checkpoints import CheckpointKeeper
+from gridrun.errors import GridrunError
 from gridrun.progress import ProgressPrinter
 from gridrun.spec import spec_from_dict
 from gridrun.tracking import MLflowTracker, flatten
 from gridrun.validate import check_tracking_uri
+from gridrun.writer import SPILL_FILE, mlflow_client, replay_spill, transient
 from tests.conftest import ROOT
 
 
@@ -79,16 +85,32 @@ def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+class Blocked:
+    """A real ``MlflowClient`` whose every call waits until ``open`` is set, as a hung server would."""
+
+    def __init__(self, client: Any) -> None:
+        self._client, self.open = client, threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            assert self.open.wait(30)
+            return attr(*args, **kwargs)
+
+        return call
+
+
 def test_a_failed_metric_write_is_retried_not_lost(store, parent) -> None:
     _, real = store
     flaky = Failing(real, "log_batch", 0)
     t, trial = _tracker(store, parent, flaky), _trial()
     t.on_trial_start(0, [trial], trial)
+    assert t.flush(5)
     flaky.left = 1  # the server goes away for one write
     t.on_trial_result(0, [trial], trial, {"objective": 0.5, "samples_seen": 8, "task/x": 1.0})
-    assert len(t._pending) == 1  # kept, not raised
     t.on_trial_result(0, [trial], trial, {"objective": 0.6, "samples_seen": 16})
-    assert not t._pending  # the first write went through on the next event, before the second
+    assert t.flush(5) and flaky.left == 0  # the failed write was retried, in order, before the next
     run = t.runs["t1"]
     assert _history(real, run, "objective") == [(8, 0.5), (16, 0.6)]
     assert _history(real, run, "task/x") == [(8, 1.0)]
@@ -100,9 +122,8 @@ def test_params_survive_a_failed_run_creation(store, parent) -> None:
     flaky = Failing(real, "log_batch", 1)
     t, trial = _tracker(store, parent, flaky), _trial()
     t.on_trial_start(0, [trial], trial)
-    assert len(t._pending) == 1
     t.on_trial_result(0, [trial], trial, {"objective": 0.5, "samples_seen": 8})
-    assert not t._pending
+    assert t.flush(5) and flaky.left == 0
     params = real.get_run(t.runs["t1"]).data.params
     assert params["train.lr"] == "0.01" and params["lora.r"] == "4"  # the trial's sampled value, the fixed one
     assert len(real.search_runs([parent[0]], f"tags.mlflow.parentRunId = '{parent[1]}'")) == 1
@@ -112,6 +133,7 @@ def test_params_are_the_merged_trial_spec(store, parent) -> None:
     _, real = store
     t = _tracker(store, parent)
     t.on_trial_start(0, [_trial()], _trial())
+    assert t.flush(5)
     params = real.get_run(t.runs["t1"]).data.params
     expected = {k: str(v) for k, v in flatten(t.spec.with_params({"train.lr": 0.01}).trial_dict()).items()}
     assert params == expected and "search.num_trials" not in params
@@ -120,13 +142,14 @@ def test_params_are_the_merged_trial_spec(store, parent) -> None:
 def test_unfinished_runs_are_closed_as_killed(store, parent) -> None:
     _, real = store
     t = _tracker(store, parent)
-    done, running = _trial("a", "TERMINATED"), _trial("b", "RUNNING")
+    # Tune marks the trials it stops on its way out (Ctrl-C) TERMINATED too, but never completes them
+    done, running = _trial("a", "TERMINATED"), _trial("b", "TERMINATED")
     for tr in (done, running):
         t.on_trial_start(0, [done, running], tr)
     t.on_trial_complete(0, [done, running], done)
     t.on_experiment_end([done, running])
     status = {tid: real.get_run(run).info.status for tid, run in t.runs.items()}
-    assert status == {"a": "FINISHED", "b": "KILLED"}
+    assert status == {"a": "FINISHED", "b": "KILLED"} and t.unfinished == ["b"]
     assert real.get_run(t.runs["a"]).data.tags["gridrun.stop_reason"] == "completed"
 
 
@@ -134,9 +157,134 @@ def test_callback_state_round_trips(store, parent) -> None:
     t = _tracker(store, parent)
     t.on_trial_start(0, [_trial()], _trial())
     t.on_trial_result(0, [_trial()], _trial(), {"objective": 0.5, "samples_seen": 8})
+    assert t.flush(5)
     fresh = _tracker(store, parent)
     fresh.set_state(t.get_state())
-    assert fresh.runs == t.runs and fresh._last_step == t._last_step and fresh._resumed
+    assert fresh.runs == t.runs and fresh._queued_step == t._queued_step and fresh._resumed
+    assert pickle.loads(pickle.dumps(t)).runs == {}  # the Tuner pickles callbacks: no thread, no client; state
+    # comes back through set_state
+
+
+def test_callbacks_never_wait_for_mlflow(store, parent) -> None:
+    """A hung server costs Tune nothing: every callback only queues; the writes follow, in order, once it answers."""
+    _, real = store
+    hung = Blocked(real)
+    t, trial = _tracker(store, parent, hung), _trial()
+    slowest = 0.0
+    events = [lambda: t.on_trial_start(0, [trial], trial)]
+    events += [
+        (lambda i=i: t.on_trial_result(0, [trial], trial, {"objective": i / 10, "samples_seen": 8 * i}))
+        for i in range(1, 21)
+    ]
+    events.append(lambda: t.on_trial_complete(0, [trial], trial))
+    for event in events:
+        t0 = time.perf_counter()
+        event()
+        slowest = max(slowest, time.perf_counter() - t0)
+    assert slowest < 0.05, slowest
+    assert t.pending() == 22
+    hung.open.set()
+    assert t.flush(10)
+    run = real.get_run(t.runs["t1"])
+    assert [s for s, _ in _history(real, run.info.run_id, "objective")] == [8 * i for i in range(1, 21)]
+    assert run.info.status == "FINISHED"
+
+
+def test_an_outage_at_the_end_is_spilled_then_replayed_exactly(store, parent, tmp_path: Path) -> None:
+    """MLflow goes away mid-run and is still away at the end: the writes are kept in the spill file, and
+    `gridrun sync` / `gridrun resume` (replay_spill) writes each exactly once when it is back."""
+    _, real = store
+    flaky = Failing(real, "log_batch", 0)
+    t, trial = _tracker(store, parent, flaky, spill_path=tmp_path / SPILL_FILE, drain_s=0.5), _trial()
+    t.on_trial_start(0, [trial], trial)
+    t.on_trial_result(0, [trial], trial, {"objective": 0.1, "samples_seen": 8})
+    assert t.flush(5)
+    flaky.left = 10**6  # gone for good
+    for i in (2, 3):
+        t.on_trial_result(0, [trial], trial, {"objective": i / 10, "samples_seen": 8 * i})
+    trial.status = "TERMINATED"
+    t.on_trial_complete(0, [trial], trial)
+    t.on_experiment_end([trial])
+    assert (tmp_path / SPILL_FILE).is_file() and t.pending() == 3
+    run_id = t.runs["t1"]
+    assert real.get_run(run_id).info.status == "RUNNING"
+    assert replay_spill(tmp_path / SPILL_FILE) == 3
+    assert not (tmp_path / SPILL_FILE).exists()
+    assert _history(real, run_id, "objective") == [(8, 0.1), (16, 0.2), (24, 0.3)]
+    assert real.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_replay_while_mlflow_is_still_away_keeps_the_rest(store, parent, tmp_path: Path, monkeypatch) -> None:
+    _, real = store
+    t, trial = _tracker(store, parent, Failing(real, "create_run", 10**6), spill_path=tmp_path / SPILL_FILE), _trial()
+    t.drain_s = 0.3
+    t.on_trial_start(0, [trial], trial)
+    t.on_experiment_end([trial])
+    spill = tmp_path / SPILL_FILE
+    header = pickle.loads(spill.read_bytes())["header"]
+    spill.write_bytes(pickle.dumps({"header": {**header, "uri": "http://127.0.0.1:9"}, "ops": t.queue.pending()}))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # port 9 refuses at once: no need to retry
+    with pytest.raises(GridrunError, match="2 writes are still kept"):
+        replay_spill(spill)
+    assert [op["op"] for op in pickle.loads(spill.read_bytes())["ops"]] == ["start", "kill"]
+
+
+def test_a_snapshot_with_writes_pending_resumes_exactly(store, parent) -> None:
+    """The driver dies during an outage: Tune's last snapshot holds the queued writes; the resumed tracker makes
+    them, and the trial's re-reported results (from its checkpoint) are neither doubled nor lost."""
+    _, real = store
+    flaky = Failing(real, "log_batch", 0)
+    t, trial = _tracker(store, parent, flaky), _trial()
+    t.on_trial_start(0, [trial], trial)
+    for i in (1, 2):
+        t.on_trial_result(0, [trial], trial, {"objective": i / 10, "samples_seen": 8 * i})
+    assert t.flush(5)
+    flaky.left = 10**6
+    for i in (3, 4):
+        t.on_trial_result(0, [trial], trial, {"objective": i / 10, "samples_seen": 8 * i})
+    snapshot = pickle.loads(pickle.dumps(t.get_state()))  # what Tune saved; then the driver died
+    assert [op["step"] for op in snapshot["pending"]] == [24, 32]
+    resumed = _tracker(store, parent)
+    resumed.set_state(snapshot)
+    resumed.on_trial_start(0, [trial], trial)  # the trial continues from its checkpoint at 16 samples
+    for i in (3, 4, 5):
+        resumed.on_trial_result(0, [trial], trial, {"objective": i / 10, "samples_seen": 8 * i})
+    assert resumed.flush(5)
+    t.queue.close()
+    assert _history(real, t.runs["t1"], "objective") == [(8 * i, i / 10) for i in range(1, 6)]
+    assert len(real.search_runs([parent[0]], f"tags.mlflow.parentRunId = '{parent[1]}'")) == 1
+
+
+def test_a_write_mlflow_refuses_is_dropped_not_retried_forever(store, parent) -> None:
+    from mlflow.exceptions import MlflowException
+
+    assert not transient(MlflowException.invalid_parameter_value("bad value"))
+    assert transient(MlflowException("API request failed: connection refused"))  # INTERNAL_ERROR, as MLflow says
+    assert transient(ConnectionError("down")) and not transient(FileNotFoundError("gone"))
+
+    _, real = store
+
+    class Refusing(Failing):
+        def __getattr__(self, name: str) -> Any:
+            if name == "set_terminated":
+                raise MlflowException.invalid_parameter_value("no")
+            return super().__getattr__(name)
+
+    t, a, b = _tracker(store, parent, Refusing(real, "log_batch", 0)), _trial("a"), _trial("b")
+    t.on_trial_start(0, [a, b], a)
+    t.on_trial_complete(0, [a, b], a)  # refused
+    t.on_trial_start(0, [a, b], b)
+    t.on_trial_result(0, [a, b], b, {"objective": 0.5, "samples_seen": 8})
+    assert t.flush(5) and t.queue.dropped == 1
+    assert _history(real, t.runs["b"], "objective") == [(8, 0.5)]
+
+
+def test_no_view_run_lines_over_http() -> None:
+    """MLflow prints "🏃 View run ... at" for every run closed over HTTP unless told not to: gridrun's lines only."""
+    mlflow_client("sqlite:///:memory:")
+    from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
+    assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is True
 
 
 def test_the_tracker_uploads_the_best_checkpoint_from_storage(store, parent, tmp_path: Path) -> None:
@@ -158,6 +306,7 @@ def test_the_tracker_uploads_the_best_checkpoint_from_storage(store, parent, tmp
     t.on_trial_start(0, [trial], trial)
     trial.status, trial.last_result = "TERMINATED", {"progress": 1}
     t.on_trial_complete(0, [trial], trial)
+    assert t.flush(5)
     run = real.get_run(t.runs["t1"])
     assert sorted(a.path for a in real.list_artifacts(run.info.run_id, "adapter")) == [
         "adapter/adapter_config.json",
@@ -201,3 +350,47 @@ def test_progress_counts_on_after_a_resume(capsys) -> None:
     resumed.on_trial_complete(0, [], _trial("b"))
     lines = capsys.readouterr().out.splitlines()
     assert "done (1/3)" in lines[0] and "done (2/3)" in lines[1]
+
+
+def test_sync_writes_what_mlflow_missed_then_closes_the_experiment(store, parent, tmp_path: Path) -> None:
+    """`gridrun sync DIR`: the spill file's writes, each once, then the parent run of the finished experiment."""
+    import json
+
+    from gridrun.finish import SUMMARY_FILE, sync
+    from gridrun.launch import META_FILE
+
+    uri, real = store
+    exp_dir = tmp_path / "exp"
+    (exp_dir / "report").mkdir(parents=True)
+    spec = spec_from_dict({"name": "t", "tracking": {"uri": uri, "log_adapters": False}})
+    ml = {"uri": uri, "experiment_id": parent[0], "parent_run_id": parent[1]}
+    (exp_dir / META_FILE).write_text(json.dumps({"spec": spec.model_dump(mode="json"), "mlflow": ml}))
+    flaky = Failing(real, "log_batch", 0)
+    t, trial = _tracker(store, parent, flaky, spill_path=exp_dir / SPILL_FILE, drain_s=0.3), _trial()
+    t.on_trial_start(0, [trial], trial)
+    assert t.flush(5)
+    flaky.left = 10**6  # the server goes away for the rest of the experiment
+    for i in (1, 2):
+        t.on_trial_result(0, [trial], trial, {"objective": i / 10, "samples_seen": 8 * i})
+    t.on_trial_complete(0, [trial], trial)
+    t.on_experiment_end([trial])
+    summary = {"trials": [{"trial_id": "t1"}], "best": None, "mlflow": {**ml, "pending": "3 writes"}}
+    (exp_dir / SUMMARY_FILE).write_text(json.dumps(summary))
+
+    assert sync(exp_dir) == {"written": 3, "closed": True}
+    assert _history(real, t.runs["t1"], "objective") == [(8, 0.1), (16, 0.2)]
+    assert real.get_run(t.runs["t1"]).info.status == "FINISHED"
+    assert real.get_run(parent[1]).info.status == "FINISHED"
+    assert sync(exp_dir) == {"written": 0, "closed": False}  # nothing twice
+    with pytest.raises(GridrunError, match="not a gridrun experiment folder"):
+        sync(tmp_path)
+
+
+def test_progress_says_when_a_trial_is_retried(capsys) -> None:
+    printer, trial = ProgressPrinter("task/x", {}), _trial("a")
+    trial.num_failures, trial.max_failures = 1, 3
+    printer.on_trial_recover(0, [trial], trial)
+    printer.on_trial_start(0, [trial], trial)  # Tune starts it again, from its last checkpoint
+    lines = capsys.readouterr().out.splitlines()
+    assert "trial a lost its worker or failed; retry 1/3 from its last checkpoint" in lines[0]
+    assert "trial a restarted from its last checkpoint" in lines[1]

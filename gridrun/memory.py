@@ -1,0 +1,325 @@
+"""A trial's peak GPU memory, estimated from the model's config and the spec; the GPU share that holds it.
+
+Pure arithmetic (no torch): ``gridrun validate`` refuses a ``resources.gpu`` fraction whose estimate does not fit,
+``resources.gpu: auto`` picks the smallest fraction 1/k that holds the estimate with :data:`HEADROOM`, and every
+trial reports the estimate next to its measured peak (``perf/mem_estimate_mb``, ``perf/peak_mem_mb``).
+
+The estimate is a worst case: every micro-batch padded to ``data.max_seq_len``, the searched values that cost
+the most (:func:`estimate_memory`). What each term counts, and why, is said where it is computed; the per-layer
+activation count is checked tensor by tensor against what autograd saves (tests/gridrun_tests/test_memory.py).
+It assumes the model classes of transformers' dense decoders (Llama, Qwen2, Mistral: q/k/v/o and gate/up/down
+projections, RMSNorm, sdpa attention) and the trainable's own code: bitsandbytes nf4 with double quantization,
+peft's ``prepare_model_for_kbit_training``, AdamW, and the evaluators' batch sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+from gridrun.errors import GridrunError
+from gridrun.spec import ExperimentSpec
+
+__all__ = [
+    "CUDA_CONTEXT_BYTES",
+    "HEADROOM",
+    "Estimate",
+    "GiB",
+    "ModelShape",
+    "estimate_memory",
+    "estimate_trial_memory",
+    "gib",
+]
+
+GiB = 2**30
+#: Outside torch's allocator, per process: the CUDA context, cuBLAS/cuDNN handles and loaded kernels (typically
+#: 0.3-0.6 GiB with CUDA 12's lazy module loading; torch's ``max_memory_allocated`` never sees it).
+CUDA_CONTEXT_BYTES = 512 * 2**20
+#: ``gpu: auto`` wants a share of at least estimate x HEADROOM: the allocator's cache and fragmentation (reserved
+#: exceeds allocated by 5-20% in long runs) and what the estimate leaves out (optimizer-step temporaries, kernels'
+#: workspaces, prompts longer than data.max_seq_len).
+HEADROOM = 1.2
+#: Fractions ``gpu: auto`` chooses from: 1, 1/2, 1/3, ... 1/8 of a GPU.
+MAX_TRIALS_PER_GPU = 8
+#: evaluators.probe.probe_loss's batch and evaluators.mc.loglikelihoods' batch (fixed in the code, not the spec).
+PROBE_BATCH = 16
+MC_BATCH = 32
+#: Assumed longest multiple-choice request (context + choice): HellaSwag's, ARC's and WinoGrande's fit in it.
+MC_TOKENS = 256
+#: Evaluators that score teacher-forced answers instead of generating (no KV cache, full-length logits).
+SCORING_EVALUATORS = frozenset({"answer_loss"})
+#: Per nf4 tensor besides its codes and scales: the nf4 code table, the absmax offset, the nested fp32 code table.
+_NF4_CONST = 64 + 4 + 1024
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a dense decoder that memory depends on, from its Hugging Face config."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    qkv_bias: bool
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
+        """Raises GridrunError naming what is missing (a config that is not a dense decoder's)."""
+        config = config.get("text_config") or config  # multimodal wrappers keep the language model's here
+        need = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        missing = [k for k in need if not isinstance(config.get(k), int)]
+        if missing or config.get("num_local_experts") or config.get("num_experts"):
+            what = f"no {', '.join(missing)}" if missing else "a mixture of experts"
+            raise GridrunError(f"model.name: cannot estimate memory for this config ({what})")
+        heads = config["num_attention_heads"]
+        return cls(
+            hidden=config["hidden_size"],
+            intermediate=config["intermediate_size"],
+            layers=config["num_hidden_layers"],
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            vocab=config["vocab_size"],
+            tied=bool(config.get("tie_word_embeddings", False)),
+            qkv_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
+        )
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """Each decoder layer's projections: name → (in features, out features)."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
+
+    def bias_params(self) -> int:
+        return self.layers * (self.heads + 2 * self.kv_heads) * self.head_dim if self.qkv_bias else 0
+
+    def float_params(self) -> int:
+        """Parameters bitsandbytes leaves unquantized: embeddings, lm_head (once if tied), norms, biases."""
+        norms = self.layers * 2 * self.hidden + self.hidden
+        return self.vocab * self.hidden * (1 if self.tied else 2) + norms + self.bias_params()
+
+    def linear_params(self) -> int:
+        return self.layers * sum(i * o for i, o in self.linears().values())
+
+    def params(self) -> int:
+        return self.linear_params() + self.float_params()
+
+    def lora_params(self, r: int, targets: list[str]) -> int:
+        """peft's LoRA: A (r x in) and B (out x r) per targeted linear per layer; lm_head once."""
+        per_layer = sum(r * (i + o) for name, (i, o) in self.linears().items() if name in targets)
+        head = r * (self.hidden + self.vocab) if "lm_head" in targets else 0
+        return self.layers * per_layer + head
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One trial's peak GPU memory in bytes, by term. ``allocated`` is what ``torch.cuda.max_memory_allocated``
+    measures (``perf/peak_mem_mb``); ``total`` adds the CUDA context, and is what must fit in the GPU share."""
+
+    weights: int  # quantized (or compute-dtype) decoder projections, with their quantization scales
+    float_weights: int  # embeddings, lm_head, norms, biases: compute dtype, fp32 under nf4/int8 (peft)
+    lora: int
+    optimizer: int  # AdamW's exp_avg and exp_avg_sq
+    grads: int
+    activations: int  # what autograd keeps for backward over one micro-batch (layer inputs only, checkpointed)
+    backward: int  # on top of that, the larger of the loss's start of backward and one layer's backward
+    eval: int  # the eval round's largest working set (with the last training logits still held)
+    eval_kind: str  # which eval step that is: generation, answer_loss, probe, mc
+    context: int = CUDA_CONTEXT_BYTES
+    params: int = 0
+    lora_params: int = 0
+
+    @property
+    def train(self) -> int:
+        return self.grads + self.activations + self.backward
+
+    @property
+    def allocated(self) -> int:
+        return self.weights + self.float_weights + self.lora + self.optimizer + max(self.train, self.eval)
+
+    @property
+    def total(self) -> int:
+        return self.allocated + self.context
+
+    def breakdown(self) -> str:
+        """``weights 0.3, embeddings/norms 0.5, ...`` in GiB, the larger of training and eval round shown."""
+        parts = [f"weights {gib(self.weights)}", f"embeddings/norms {gib(self.float_weights)}"]
+        parts.append(f"LoRA+AdamW {gib(self.lora + self.optimizer)}")
+        if self.train >= self.eval:
+            parts += [f"grads {gib(self.grads)}", f"activations {gib(self.activations)}"]
+            parts.append(f"loss/backward {gib(self.backward)}")
+        else:
+            parts.append(f"eval round {gib(self.eval)} ({self.eval_kind})")
+        return ", ".join([*parts, f"CUDA context {gib(self.context)}"])
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.1f}"
+
+
+def _weight_bytes(shape: ModelShape, quantization: str, compute_bytes: int) -> tuple[int, int]:
+    """(projections, float parameters) in bytes as loaded and prepared for training."""
+    tensors = [(i, o) for i, o in shape.linears().values()]
+    if quantization == "nf4":
+        per_layer = 0
+        for i, o in tensors:
+            n = i * o
+            blocks = math.ceil(n / 64)
+            per_layer += math.ceil(n / 2) + blocks + 4 * math.ceil(blocks / 256) + _NF4_CONST
+        linear = shape.layers * per_layer
+    elif quantization == "int8":
+        linear = shape.layers * sum(i * o + 4 * o for i, o in tensors)  # int8 codes + one fp32 scale per row
+    else:
+        return shape.linear_params() * compute_bytes, shape.float_params() * compute_bytes
+    # prepare_model_for_kbit_training casts every fp16/bf16 parameter that is not 4-bit to fp32; a 4-bit
+    # layer's bias goes back to the compute dtype at its first forward
+    bias = shape.bias_params() if quantization == "nf4" else 0
+    return linear, (shape.float_params() - bias) * 4 + bias * compute_bytes
+
+
+def _layer_activation_bytes(
+    shape: ModelShape, spec: ExperimentSpec, act: int, span: int, mask_bytes: int, eager: bool
+) -> tuple[int, int]:
+    """Bytes one decoder layer keeps for backward, per token, and how many fewer the first layer keeps (checked
+    tensor by tensor against autograd's saved tensors in the tests).
+
+    Args:
+        act: the residual stream's dtype size: fp32 under nf4/int8 (peft upcasts norms and embeddings, and
+            bitsandbytes casts each projection's output back to its input's dtype), else the compute dtype.
+        span: the attention mask's row: the sequence, or a padding-free micro-batch's whole packed row.
+    """
+    h, i, nh = shape.hidden, shape.intermediate, shape.heads
+    qd = nh * shape.head_dim
+    lin = shape.linears()
+    # RMSNorm upcasts its input to fp32 and keeps it and rsqrt; two per layer
+    total = 2 * (4 * h + 4)
+    if eager:  # softmax kept in fp32, and a copy in the compute dtype when that is not fp32: span^2 per head
+        total += 4 * qd * act + nh * span * (4 + (act if act != 4 else 0))
+    else:  # sdpa: q, output, k and v repeated to every head (a mask rules out the GQA kernels), logsumexp, and
+        total += 4 * qd * act + 4 * nh + span * act  # the padding or block-causal mask, made additive in q's dtype
+    total += 3 * i * act  # gate, up and silu(gate): the inputs of the activation and of the product
+    # the inputs of the projections that LoRA reads: normed (q/k/v), attention output (o, kept by sdpa already),
+    # normed (gate/up), the MLP product (down)
+    group = {"q_proj": "n1", "k_proj": "n1", "v_proj": "n1", "o_proj": "att", "gate_proj": "n2", "up_proj": "n2"}
+    size = {"n1": h * act, "att": 0, "n2": h * act, "down": i * act}
+    shared: set[str] = set()
+    if spec.model.quantization == "int8":  # bitsandbytes' int8 matmul keeps every projection's input
+        shared = set(size)
+    # the first layer's input needs no gradient (the embeddings are frozen): its first norm keeps nothing, and
+    # the dropouts on that norm's output keep no mask
+    first = 4 * h + 4
+    for name in spec.lora.target_modules:
+        if name not in lin:
+            continue
+        fan_in = lin[name][0]
+        total += spec.lora.r * 4  # lora_B's input, fp32 as peft keeps adapters
+        if spec.lora.dropout > 0:  # a dropped-out copy in the adapter's fp32, and the mask (bool on CUDA)
+            total += fan_in * (4 + mask_bytes)
+            first += fan_in * mask_bytes if group.get(name) == "n1" else 0
+        elif act != 4:  # the input cast to the adapter's fp32, a copy per adapter
+            total += fan_in * 4
+        else:
+            shared.add(group.get(name, "down"))
+    return total + sum(size[g] for g in shared), first
+
+
+def _eval_bytes(shape: ModelShape, spec: ExperimentSpec, act: int) -> tuple[int, str]:
+    """The eval round's largest working set (no gradients), beyond the static weights, and its name; the
+    logits are in ``act``'s dtype too (lm_head is fp32 under nf4/int8)."""
+    logit = act
+    h, i, v, layers = shape.hidden, shape.intermediate, shape.vocab, shape.layers
+    kv = 2 * shape.kv_heads * shape.head_dim * act  # one token's K and V in one layer (fp32 under nf4/int8)
+
+    def forward(tokens: int) -> int:  # one layer's working set without autograd (MLP intermediates dominate)
+        return tokens * (4 * i + 6 * h) * act
+
+    ev, fg, seq = spec.evaluate, spec.forgetting, spec.data.max_seq_len
+    # logits [:, :-1].float().reshape → a contiguous fp32 copy, then log_softmax inside cross_entropy
+    steps = {"probe": PROBE_BATCH * fg.seq_len * v * (logit + 8) + forward(PROBE_BATCH * fg.seq_len)}
+    if any(e not in SCORING_EVALUATORS for e in ev.evaluators):
+        # prompts assumed no longer than training examples; greedy decoding keeps only the last position's logits
+        length = seq + ev.max_new_tokens
+        cache, mask = length * layers * kv, seq * length * act  # the padding mask made additive, one layer's
+        steps["generation"] = ev.batch_size * (cache + mask) + forward(ev.batch_size * seq)
+    if SCORING_EVALUATORS & set(ev.evaluators):
+        steps["answer_loss"] = ev.batch_size * seq * v * (logit + 8) + forward(ev.batch_size * seq)
+    if fg.mc:  # log_softmax(logits.float()): an fp32 copy only when the logits are not fp32 already
+        steps["mc"] = MC_BATCH * MC_TOKENS * v * (logit + 4 + (4 if logit != 4 else 0)) + forward(MC_BATCH * MC_TOKENS)
+    kind = max(steps, key=lambda k: steps[k])
+    return steps[kind], kind
+
+
+def estimate_trial_memory(config: Mapping[str, Any], spec: ExperimentSpec, device: str = "cuda") -> Estimate:
+    """Peak GPU memory of one trial of ``spec`` (fixed values, nothing searched) on the model ``config``.
+
+    Args:
+        config: the model's Hugging Face config as a mapping (``config.json``, or ``PretrainedConfig.to_dict()``).
+        device: ``cpu`` counts what the same trial keeps on CPU instead, where dropout keeps a float mask and
+            ``train.padding_free: auto`` packs nothing (the tests compare that with measured tensors).
+    """
+    shape = ModelShape.from_config(config)
+    q = spec.model.quantization
+    compute = 4 if spec.model.compute_dtype == "float32" else 2
+    act = 4 if q != "none" else compute  # the residual stream, and the logits (lm_head is fp32 under nf4/int8)
+    weights, floats = _weight_bytes(shape, q, compute)
+    n_lora = shape.lora_params(spec.lora.r, spec.lora.target_modules)
+    b, seq = spec.train.batch_size, spec.data.max_seq_len
+    tokens = b * seq  # every micro-batch as long as the longest example allowed (padded, or packed in one row)
+    packed = spec.train.padding_free is True or (spec.train.padding_free == "auto" and device == "cuda")
+    eager = (config.get("attn_implementation") or config.get("_attn_implementation")) == "eager"
+    mask_bytes = 1 if device == "cuda" else 4  # dropout's mask: bool on CUDA, the input's float dtype on CPU
+    layer, first = _layer_activation_bytes(shape, spec, act, tokens if packed else seq, mask_bytes, eager)
+    h = shape.hidden
+    fixed = 4 * h + 4  # the final norm: its fp32 input and rsqrt
+    if spec.model.gradient_checkpointing:  # each layer keeps its input; backward recomputes one layer at a time
+        saved, recompute = tokens * (shape.layers * h * act + fixed), tokens * layer
+    else:
+        saved, recompute = tokens * (shape.layers * layer - first + fixed), 0
+    saved += 2 * (tokens if packed else seq) * shape.head_dim * act  # rotary cos and sin, shared by the layers
+    logits = tokens * shape.vocab * act  # kept by the output until the next micro-batch's, and through eval
+    # backward starts with logits, log_softmax (fp32), its gradient and the logits' gradient (fp32) all alive
+    loss = tokens * shape.vocab * (act + 12)
+    layer_backward = recompute + tokens * (3 * shape.intermediate + 3 * h) * act  # gradients through one layer
+    ev, kind = _eval_bytes(shape, spec, act)
+    return Estimate(
+        weights=weights,
+        float_weights=floats,
+        lora=4 * n_lora,  # peft keeps adapters in fp32 (autocast_adapter_dtype)
+        optimizer=8 * n_lora,  # AdamW: exp_avg and exp_avg_sq in the parameters' fp32
+        grads=4 * n_lora,  # kept across micro-batches (gradient accumulation) until zero_grad
+        activations=saved,
+        backward=max(loss, logits + layer_backward),
+        eval=logits + ev,
+        eval_kind=kind,
+        params=shape.params(),
+        lora_params=n_lora,
+    )
+
+
+#: Searched paths that change memory (``model.*`` and ``forgetting.*`` cannot be searched).
+_MEMORY_PATHS = ("lora.", "train.batch_size", "data.max_seq_len", "evaluate.")
+
+
+def estimate_memory(config: Mapping[str, Any], spec: ExperimentSpec) -> Estimate:
+    """The largest :func:`estimate_trial_memory` over the search space: every combination of the ends of each
+    searched value that changes memory (LoRA rank and targets, batch size, sequence length, eval settings)."""
+    from gridrun.spec.space import FixedValue
+
+    dists = {p: d for p, d in spec.search.space.items() if p.startswith(_MEMORY_PATHS) or isinstance(d, FixedValue)}
+    combos = product(*[[v for _, v in d.extremes()] for d in dists.values()])
+    estimates = [estimate_trial_memory(config, spec.with_params(dict(zip(dists, c, strict=True)))) for c in combos]
+    return max(estimates, key=lambda e: e.total)

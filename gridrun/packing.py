@@ -1,0 +1,119 @@
+"""How trials share a GPU: the fraction ``gpu: auto`` picks, whether an explicit fraction holds a trial's
+estimated peak (:mod:`gridrun.memory`), the allocator cap each trial runs under, and the message a trial that
+outgrows its share fails with. Also where a model's config is read from for the estimate."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gridrun.errors import GridrunError
+from gridrun.memory import CUDA_CONTEXT_BYTES, HEADROOM, MAX_TRIALS_PER_GPU, Estimate, estimate_memory, gib
+from gridrun.spec import ExperimentSpec
+
+__all__ = ["allocator_fraction", "check_fraction", "model_config", "oom_message", "pick_fraction", "resolve_gpu"]
+
+
+def model_config(spec: ExperimentSpec, hub: bool = False) -> dict[str, Any] | None:
+    """The model's config as a dict, reading no weights: the builtin model's (its recipe when not built yet), a
+    local folder's ``config.json``, a hub model's from the local cache, or (``hub``) from the hub. None when
+    it cannot be had offline."""
+    from gridrun.builtin import builtin_name
+
+    name = spec.model.name
+    if builtin_name(name):
+        from gridrun.builtin.tiny_model import RECIPE, cache_root, recipe_hash
+
+        built = cache_root() / "models" / f"tiny-general-{recipe_hash()}" / "config.json"
+        if built.is_file():
+            return dict(json.loads(built.read_text()))
+        keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        recipe = {k: RECIPE[k] for k in (*keys, "num_key_value_heads")}
+        return {**recipe, "tie_word_embeddings": True, "model_type": "qwen2"}
+    folder = Path(name).expanduser()
+    if (folder / "config.json").is_file():
+        return dict(json.loads((folder / "config.json").read_text()))
+    if folder.exists():
+        return None
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(name, revision=spec.model.revision, local_files_only=not hub)
+    except (OSError, ValueError):
+        return None
+    return dict(cfg.to_dict())
+
+
+def pick_fraction(needed: int, gpu_bytes: int, headroom: float = HEADROOM) -> float:
+    """The smallest share 1/k of a GPU (k = 2..8) holding ``needed`` bytes x ``headroom``, else the whole GPU
+    where ``needed`` fits in it at all."""
+    for k in range(MAX_TRIALS_PER_GPU, 1, -1):
+        if gpu_bytes / k >= needed * headroom:
+            return round(1 / k, 4)
+    if needed <= gpu_bytes:
+        return 1.0
+    raise GridrunError(
+        f"resources.gpu: auto — a trial needs about {gib(needed)} GiB, more than a whole {gib(gpu_bytes)} GiB GPU; "
+        "lower train.batch_size, data.max_seq_len or evaluate.batch_size, or use gradient checkpointing"
+    )
+
+
+def check_fraction(fraction: float, gpu_bytes: int, est: Estimate) -> None:
+    """Refuse, in one line with the numbers, a share of a GPU that the estimate does not fit in."""
+    share = fraction * gpu_bytes if fraction < 1 else gpu_bytes
+    if est.total > share:
+        raise GridrunError(
+            f"resources.gpu: {fraction:g} of a {gib(gpu_bytes)} GiB GPU is {gib(share)} GiB; a trial needs about "
+            f"{gib(est.total)} GiB ({est.breakdown()}); use gpu: auto, a larger fraction, or smaller batches"
+        )
+
+
+def resolve_gpu(
+    spec: ExperimentSpec, config: Mapping[str, Any] | None, gpu_bytes: int | None, gpus: float
+) -> tuple[float, str | None]:
+    """``resources.gpu`` as launch gives it to Ray, and a line to print: ``auto`` becomes the smallest 1/k of a
+    GPU holding the estimate x :data:`HEADROOM` (0, CPU trials, where there is no GPU); an explicit share is
+    checked against the estimate where the GPU's size and the model's config are known.
+
+    Args:
+        config: the model's config (None: not readable).
+        gpu_bytes: one GPU's memory (None: unknown).
+        gpus: GPUs in the cluster.
+    """
+    gpu = spec.resources.gpu
+    if gpu != "auto":
+        if gpu > 0 and gpu_bytes and config is not None:
+            check_fraction(gpu, gpu_bytes, estimate_memory(config, spec))
+        return gpu, None
+    if gpus <= 0:
+        if spec.model.quantization != "none" and spec.model.compute_dtype == "float16":
+            raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU, and gpu: auto found none")
+        return 0.0, "resources.gpu: auto — no GPU here: trials run on CPU (gpu 0)"
+    if config is None:
+        raise GridrunError(f"resources.gpu: auto needs the config of {spec.model.name}, which could not be read")
+    if not gpu_bytes:
+        raise GridrunError("resources.gpu: auto could not read the GPU's memory; set resources.gpu_memory_gb")
+    est = estimate_memory(config, spec)
+    share = pick_fraction(est.total, gpu_bytes)
+    return share, (
+        f"resources.gpu: auto → {share:g} of a {gib(gpu_bytes)} GiB GPU ({gib(share * gpu_bytes)} GiB) for a trial "
+        f"estimated at {gib(est.total)} GiB ({est.breakdown()})"
+    )
+
+
+def allocator_fraction(fraction: float, gpu_bytes: int) -> float:
+    """What ``torch.cuda.set_per_process_memory_fraction`` gets for a share: the share less the CUDA context,
+    which lives outside torch's allocator, so the trials packed on one GPU fit side by side."""
+    return max(0.01, (fraction * gpu_bytes - CUDA_CONTEXT_BYTES) / gpu_bytes)
+
+
+def oom_message(fraction: float, gpu_bytes: int, estimate: int | None, peak: int, detail: str = "") -> str:
+    """The one line a trial that outgrew its GPU share fails with (its neighbours keep running)."""
+    est = f"estimated {gib(estimate)} GiB" if estimate else "no estimate"
+    return (
+        f"resources.gpu: the trial ran out of its share of the GPU, {fraction:g} of {gib(gpu_bytes)} GiB = "
+        f"{gib(fraction * gpu_bytes)} GiB ({est}, measured peak {gib(peak)} GiB{'; ' + detail if detail else ''}); "
+        "give it a larger fraction (or gpu: auto), or lower train.batch_size, data.max_seq_len or evaluate.batch_size"
+    )
