@@ -125,5 +125,16 @@ if __name__ == "__main__":  # python -m tests.replay_trainable DELAY_S launch|re
     from gridrun.cli import main
 
     gridrun.launch._trainable = replay_trainable(float(sys.argv[1]), checkpoints=True)
+    if os.environ.get("REPLAY_HOLD_STOP_S"):  # a clean stop that takes this long (a slow last sync, say)
+        from gridrun.tracking import MLflowTracker
+
+        ended = MLflowTracker.on_experiment_end
+
+        def held(self: Any, trials: list[Any], **info: Any) -> None:
+            print("replay: the clean stop is held", flush=True)
+            time.sleep(float(os.environ["REPLAY_HOLD_STOP_S"]))
+            ended(self, trials, **info)
+
+        MLflowTracker.on_experiment_end = held  # type: ignore[method-assign]
     logging.basicConfig(level=logging.WARNING, format="gridrun: %(message)s")
     sys.exit(main(sys.argv[2:]))

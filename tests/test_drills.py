@@ -410,12 +410,12 @@ def test_ctrl_c_stops_cleanly_then_resume_continues(tmp_path: Path, tiny_model_p
     assert client.get_run(ml["parent_run_id"]).info.status == "KILLED"
 
     # resume, and press Ctrl-C twice: the second exits at once
-    again = _replay_cli(tmp_path, 0.4, "resume", str(exp_dir))
+    again = _replay_cli(tmp_path, 0.4, "resume", str(exp_dir), env={"REPLAY_HOLD_STOP_S": "120"})
     out2 = Output(again)
     try:
         out2.wait_for(" started: ", 240)  # a continued trial is running again
         os.killpg(again.pid, signal.SIGINT)
-        out2.wait_for("Stop signal received", 30)  # Tune is stopping cleanly ...
+        out2.wait_for("the clean stop is held", 30)  # Tune is stopping cleanly, slowly ...
         os.killpg(again.pid, signal.SIGINT)  # ... and is told not to
         t0 = time.monotonic()
         rc2 = again.wait(timeout=30)
