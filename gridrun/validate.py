@@ -225,36 +225,102 @@ def check_address(address: str) -> None:
         raise GridrunError(f"resources.address: Ray cluster at {address} is unreachable ({e.strerror or e})") from None
 
 
+#: The shape of every builtin model's architecture: a Qwen2. Module names, not sizes, matter to the LoRA check.
+_BUILTIN_ARCH = {
+    "model_type": "qwen2",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "vocab_size": 64,
+}
+
+
 def check_lora_targets(spec: ExperimentSpec) -> None:
     """Refuse ``lora.target_modules`` the model does not have, from its architecture alone: the model is built
     from its config on the meta device (no weights read or allocated), as peft would look its modules up."""
+    model_type, names, linear = _architecture_modules(spec)
+    missing = [t for t in spec.lora.target_modules if t not in names]
+    if missing:
+        raise GridrunError(
+            f"lora.target_modules: {', '.join(missing)} not in {spec.model.name} "
+            f"({model_type}); its linear layers are: {', '.join(linear)}"
+        )
+
+
+def _architecture_modules(spec: ExperimentSpec) -> tuple[str, set[str], list[str]]:
+    """``(model_type, module names, linear layer names)`` of the spec's model (last parts of the dotted names).
+
+    Building even a meta-device model costs seconds of imports and class set-up at every launch, so the names
+    are cached by the config's content and the transformers version (builtin and local configs are read as
+    JSON: no transformers import on a cache hit)."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    from filelock import FileLock
+
+    from gridrun.builtin.tiny_model import cache_root
+
+    local = Path(spec.model.name).expanduser() / "config.json"
+    config_json: dict[str, Any] | None = None
+    if builtin_name(spec.model.name):
+        config_json = _BUILTIN_ARCH
+    elif local.is_file():
+        try:
+            config_json = json.loads(local.read_text())
+        except (OSError, ValueError):
+            config_json = None  # AutoConfig below says what is wrong with it
+    config = None
+    if config_json is None:  # a hub model (validate --deep) or an unreadable folder: transformers reads it
+        config = _auto_config(spec)
+        config_json = config.to_dict()
+    key_text = json.dumps({"transformers": version("transformers"), "config": config_json}, sort_keys=True, default=str)
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
+    path = cache_root() / "architectures.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        table = json.loads(path.read_text()) if path.is_file() else {}
+    if key in table:
+        hit = table[key]
+        return hit["model_type"], set(hit["names"]), hit["linear"]
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from trainables.model import quiet_hf
 
     quiet_hf()
-    if builtin_name(spec.model.name):  # every builtin model is a Qwen2: its module names, not its sizes, matter
-        config = AutoConfig.for_model(
-            "qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
+    if config is None:
+        kind = dict(config_json)
+        config = (
+            AutoConfig.for_model(kind.pop("model_type"), **kind) if config_json is _BUILTIN_ARCH else _auto_config(spec)
         )
-    else:
-        try:
-            config = AutoConfig.from_pretrained(str(Path(spec.model.name).expanduser()), revision=spec.model.revision)
-        except (OSError, ValueError) as e:
-            raise GridrunError(
-                f"model.name: cannot read the config of {spec.model.name!r}: {str(e).splitlines()[0]}"
-            ) from None
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in spec.lora.target_modules if t not in names]
-    if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules()})
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    with FileLock(str(path) + ".lock"):
+        table = json.loads(path.read_text()) if path.is_file() else {}
+        table[key] = {"model": spec.model.name, "model_type": config.model_type, "names": names, "linear": linear}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        tmp.replace(path)
+    return config.model_type, set(names), linear
+
+
+def _auto_config(spec: ExperimentSpec) -> Any:
+    from transformers import AutoConfig
+
+    from trainables.model import quiet_hf
+
+    quiet_hf()
+    try:
+        return AutoConfig.from_pretrained(str(Path(spec.model.name).expanduser()), revision=spec.model.revision)
+    except (OSError, ValueError) as e:
         raise GridrunError(
-            f"lora.target_modules: {', '.join(missing)} not in {spec.model.name} "
-            f"({config.model_type}); its linear layers are: {', '.join(linear)}"
-        )
+            f"model.name: cannot read the config of {spec.model.name!r}: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def _check_tracking_scheme(uri: str) -> None:

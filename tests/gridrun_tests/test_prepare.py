@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from tests.conftest import run_cli
@@ -135,3 +136,42 @@ def test_validate_refuses_lora_targets_the_model_lacks(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "lora.target_modules: c_attn not in builtin:tiny-general (qwen2); its linear layers are:" in r.stderr
     assert "q_proj" in r.stderr.split("linear layers are:")[1]
+
+
+def test_lora_target_names_are_cached_by_the_config_content(tmp_path: Path, monkeypatch) -> None:
+    """The names come from a meta-device model once per architecture; a launch after that reads them from the
+    cache, and a changed config is a new architecture (built again, judged on its own modules)."""
+    import transformers
+
+    from gridrun.errors import GridrunError
+    from gridrun.spec import load_spec
+    from gridrun.validate import check_lora_targets
+    from tests.conftest import FORGETTING
+
+    monkeypatch.setenv("GRIDRUN_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    config = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 64}  # fmt: skip
+    (model / "config.json").write_text(json.dumps(config))
+    spec = load_spec(FORGETTING, [f"model.name={model}", "lora.target_modules=[q_proj, up_proj]"])
+    builds: list[str] = []
+    real = transformers.AutoModelForCausalLM.from_config
+
+    def counted(cfg, *a, **k):
+        builds.append(cfg.model_type)
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", counted)
+    check_lora_targets(spec)
+    check_lora_targets(spec)
+    assert builds == ["llama"]  # the second check read the cache
+    cached = json.loads((tmp_path / "cache" / "architectures.json").read_text())
+    assert [v["model_type"] for v in cached.values()] == ["llama"]
+
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "gpt_neox"}))
+    with pytest.raises(GridrunError) as e:  # the cached llama names would have let it pass
+        check_lora_targets(spec)
+    assert str(e.value).startswith("lora.target_modules: q_proj, up_proj not in ") and "(gpt_neox)" in str(e.value)
+    assert "query_key_value" in str(e.value)
+    assert builds == ["llama", "gpt_neox"]
