@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.machine import steal_s  # noqa: E402
 
 DEMO = ROOT / "search_spaces" / "forgetting.yaml"
 
@@ -45,15 +46,6 @@ def _spec(train_size: int, padding_free: bool | str = "auto", group_by_length: b
         f"train.group_by_length={str(group_by_length).lower()}",
     ]
     return load_spec(DEMO, overrides)
-
-
-def _steal_s() -> float:
-    """CPU seconds the hypervisor took so far (a contended run shows here)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
-    except (OSError, ValueError):
-        return 0.0
 
 
 def _gridrun(spec, baseline) -> dict:
@@ -127,7 +119,7 @@ def main() -> None:
 
     quiet_hf()
     torch.set_num_threads(1)
-    steal0 = _steal_s()
+    steal0 = steal_s()
     size = 256 if args.quick else 1024
     reps = 1 if args.quick else args.reps
     spec = _spec(size)
@@ -153,7 +145,7 @@ def main() -> None:
         "ratio_gridrun_vs_trainer": round(med["gridrun"] / med["trainer"], 3),
         "ratio_grouped_vs_trainer": round(med["grouped"] / med["trainer"], 3),
         "ratio_padding_free_vs_padded": round(med["padding_free"] / med["gridrun"], 3),
-        "steal_s": round(_steal_s() - steal0, 1),
+        "steal_s": round(steal_s() - steal0, 1),
     }
     if not args.quick:
         result["demo_trial"] = _demo_eval_share(lambda s: cached_baseline(s, compute_baseline)[0])

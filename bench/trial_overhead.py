@@ -23,14 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _steal_s() -> float:
-    """Seconds of CPU stolen by the hypervisor so far, summed over CPUs (0 where /proc/stat has no such field)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
-    except (OSError, ValueError):
-        return 0.0
+from bench.machine import steal_s  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +56,7 @@ def main() -> None:
     base, _ = cached_baseline(spec, compute_baseline)  # warm: both paths reuse the cached value
 
     torch.set_num_threads(1)
-    steal0 = _steal_s()
+    steal0 = steal_s()
     t0, c0 = time.perf_counter(), time.process_time()
     direct = run(spec, base, lambda m, d: None)
     t_direct, cpu_direct = time.perf_counter() - t0, time.process_time() - c0
@@ -73,7 +66,7 @@ def main() -> None:
     summary = launch(spec, quiet=True)
     t_launch = time.perf_counter() - t0
     t_fit = float(summary["wall_s"])
-    steal = _steal_s() - steal0
+    steal = steal_s() - steal0
 
     via = summary["trials"][0]  # compare the last eval round: the summary's headline is the best checkpoint
     same = via["trained"] == direct["samples_seen"] and via["last"]["task"] == direct[spec.objective.metric]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -163,20 +164,30 @@ def _hash_value(text: str) -> Fraction | None:
     return value if form == "hash" else None  # strict-match reads '####' answers only
 
 
-def test_hash_extraction_agrees_with_lm_eval_strict_match(lm_strict: Any) -> None:
-    cases = hash_cases()
+def _agreement(
+    cases: list[Case], ours: Callable[[str], Any], theirs: Callable[[str], Any], differences: Any
+) -> tuple[int, dict[str, int]]:
+    """``(agreeing cases, documented differences seen per tag)``: each case's value is ours; the oracle agrees on
+    every case except those whose tag is a documented difference, where it must still differ."""
     agree, differ = 0, {}
     for c in cases:
-        ours, theirs = _hash_value(c.text), lm_strict(c.text)
-        assert ours == c.ours, c
-        if c.tag in HASH_DIFFERENCES:
-            assert theirs != ours, f"documented difference {c.tag!r} no longer differs: {c}"
+        value = ours(c.text)
+        assert value == c.ours, c
+        other = theirs(c.text)
+        if c.tag in differences:
+            assert other != value, f"documented difference {c.tag!r} no longer differs: {c}"
             differ[c.tag] = differ.get(c.tag, 0) + 1
         else:
-            assert theirs == ours, c
+            assert other == value, (c, other)
             agree += 1
-    assert set(differ) == set(HASH_DIFFERENCES)  # every documented difference is exercised
+    assert set(differ) == set(differences)  # every documented difference is exercised
     assert len(cases) > 300
+    return agree, differ
+
+
+def test_hash_extraction_agrees_with_lm_eval_strict_match(lm_strict: Any) -> None:
+    cases = hash_cases()
+    agree, differ = _agreement(cases, _hash_value, lm_strict, HASH_DIFFERENCES)
     print(f"\ngridrun agrees with lm-eval strict-match on {agree}/{len(cases)} '####' cases; differences: {differ}")
 
 
@@ -356,21 +367,15 @@ def boxed_cases() -> list[Case]:
     return cases
 
 
+def _boxed_value(text: str) -> Fraction | None:
+    value, form = extract_answer(text)
+    assert form == "boxed", text
+    return value
+
+
 def test_boxed_extraction_agrees_with_math_verify(math_verify: Any) -> None:
     cases = boxed_cases()
-    agree, differ = 0, {}
-    for c in cases:
-        value, form = extract_answer(c.text)
-        assert form == "boxed" and value == c.ours, c
-        theirs = math_verify(c.text)
-        if c.tag in BOXED_DIFFERENCES:
-            assert theirs != value, f"documented difference {c.tag!r} no longer differs: {c}"
-            differ[c.tag] = differ.get(c.tag, 0) + 1
-        else:
-            assert theirs == value, (c, theirs)
-            agree += 1
-    assert set(differ) == set(BOXED_DIFFERENCES)  # every documented difference is exercised
-    assert len(cases) > 300
+    agree, differ = _agreement(cases, _boxed_value, math_verify, BOXED_DIFFERENCES)
     print(f"\ngridrun agrees with math-verify on {agree}/{len(cases)} boxed cases; differences: {differ}")
 
 
