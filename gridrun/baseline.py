@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gridrun.builtin import builtin_name
-from gridrun.builtin.tiny_model import RECIPE, cache_root, recipe_hash
+from gridrun.builtin.tiny_model import RECIPE, recipe_hash
+from gridrun.cache import cache_get, cache_put
 
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
@@ -64,39 +65,26 @@ def baseline_key(spec: ExperimentSpec, kind: str = "probe") -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _cache_file() -> Path:
-    return cache_root() / "baselines.json"
-
-
 def cached_baseline(
     spec: ExperimentSpec, compute: Callable[[ExperimentSpec], Any], kind: str = "probe"
 ) -> tuple[Any, bool]:
     """``(value, was_cached)`` for the base model's probe loss (``kind="probe"``, a float) or multiple-choice
     accuracies (``kind="mc"``, benchmark → accuracy); ``compute(spec)`` runs only on a cache miss."""
-    from filelock import FileLock
-
     key = baseline_key(spec, kind)
-    path = _cache_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        table = json.loads(path.read_text()) if path.is_file() else {}
-        if key in table:
-            return table[key]["value"], True
+    hit = cache_get("baselines", key)
+    if hit is not None:
+        return hit["value"], True
     value = compute(spec)  # outside the lock: may take minutes on a real model
     value = {k: float(v) for k, v in value.items()} if isinstance(value, dict) else float(value)
-    with FileLock(str(path) + ".lock"):
-        table = json.loads(path.read_text()) if path.is_file() else {}
-        table[key] = {
-            "kind": kind,
-            "value": value,
-            "model": spec.model.name,
-            "probe": spec.forgetting.probe,
-            "seq_len": spec.forgetting.seq_len,
-            "quantization": spec.model.quantization,
-        }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=2))
-        tmp.replace(path)
+    entry = {
+        "kind": kind,
+        "value": value,
+        "model": spec.model.name,
+        "probe": spec.forgetting.probe,
+        "seq_len": spec.forgetting.seq_len,
+        "quantization": spec.model.quantization,
+    }
+    cache_put("baselines", key, entry)
     return value, False
 
 

@@ -258,9 +258,7 @@ def _architecture_modules(spec: ExperimentSpec) -> tuple[str, set[str], list[str
     import json
     from importlib.metadata import version
 
-    from filelock import FileLock
-
-    from gridrun.builtin.tiny_model import cache_root
+    from gridrun.cache import cache_get, cache_put
 
     local = Path(spec.model.name).expanduser() / "config.json"
     config_json: dict[str, Any] | None = None
@@ -277,12 +275,8 @@ def _architecture_modules(spec: ExperimentSpec) -> tuple[str, set[str], list[str
         config_json = config.to_dict()
     key_text = json.dumps({"transformers": version("transformers"), "config": config_json}, sort_keys=True, default=str)
     key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
-    path = cache_root() / "architectures.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        table = json.loads(path.read_text()) if path.is_file() else {}
-    if key in table:
-        hit = table[key]
+    hit = cache_get("architectures", key)
+    if hit is not None:
         return hit["model_type"], set(hit["names"]), hit["linear"]
 
     import torch
@@ -291,21 +285,16 @@ def _architecture_modules(spec: ExperimentSpec) -> tuple[str, set[str], list[str
     from trainables.model import quiet_hf
 
     quiet_hf()
-    if config is None:
-        kind = dict(config_json)
-        config = (
-            AutoConfig.for_model(kind.pop("model_type"), **kind) if config_json is _BUILTIN_ARCH else _auto_config(spec)
-        )
+    if config is None and config_json is _BUILTIN_ARCH:
+        config = AutoConfig.for_model(**_BUILTIN_ARCH)
+    elif config is None:
+        config = _auto_config(spec)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules()})
     linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-    with FileLock(str(path) + ".lock"):
-        table = json.loads(path.read_text()) if path.is_file() else {}
-        table[key] = {"model": spec.model.name, "model_type": config.model_type, "names": names, "linear": linear}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(path)
+    entry = {"model": spec.model.name, "model_type": config.model_type, "names": names, "linear": linear}
+    cache_put("architectures", key, entry)
     return config.model_type, set(names), linear
 
 

@@ -29,6 +29,14 @@ def test_computed_once_then_reused(tiny_spec) -> None:
     assert len(calls) == 1
 
 
+def test_a_damaged_cache_file_is_started_anew_not_fatal(tiny_spec, tmp_path, caplog) -> None:
+    """A half-written or hand-edited cache table costs a recomputation and a warning, never the command."""
+    (tmp_path / "baselines.json").write_text('{"abc": {"value": 1.')  # cut off mid-write
+    assert cached_baseline(tiny_spec, lambda s: 2.5) == (2.5, False)
+    assert "baselines.json is unreadable" in caplog.text
+    assert cached_baseline(tiny_spec, lambda s: 9.0) == (2.5, True)  # written anew, and read back
+
+
 def test_key_changes_with_what_changes_the_number(tiny_spec) -> None:
     spec = tiny_spec
     key = baseline_key(spec)
