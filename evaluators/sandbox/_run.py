@@ -23,7 +23,8 @@ code. Nothing of this process (no ctypes, no open file but the job's) is carried
 Where bubblewrap or user namespaces are missing, ``run_cases`` runs the runner directly, with the resource limits
 and the audit hook only, and ``isolation()`` says so (``code_exec`` refuses to run so unless told
 ``isolation: best_effort``). A timeout, crash or refused operation fails the remaining cases; ``run_cases``
-never raises.
+never raises, whatever the text: source over ``MAX_SOURCE_CHARS`` or too deep for the compiler is a ``crash``,
+NUL bytes or lone surrogates a ``syntax_error``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Limits", "SandboxResult", "isolation", "isolation_problem", "run_cases"]
+__all__ = ["MAX_SOURCE_CHARS", "Limits", "SandboxResult", "isolation", "isolation_problem", "run_cases"]
 
 RUNNER = Path(__file__).with_name("_runner.py")
 #: The unprivileged user and group the code runs as, inside the sandbox and on the host ("nobody").
@@ -60,6 +61,8 @@ _DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
 _BWRAP_LAYERS = ("bwrap", "pidns", "netns", "ipcns", "mountns", "tmpfs")
 #: The most of the results (and of bubblewrap's complaints) that is read back.
 _MAX_RESULTS_BYTES = 1 << 20
+#: The longest source the sandbox takes (characters); longer is a crash, never parsed here.
+MAX_SOURCE_CHARS = 1 << 20
 _PROBE: tuple[str, str, list[tuple[list[Any], Any]]] = ("def f():\n    return 1\n", "f", [([], 1)])
 
 
@@ -112,21 +115,29 @@ def isolation_problem() -> str:
 def _run_cases(
     code: str, function: str, cases: list[tuple[list[Any], Any]], limits: Limits, audit_hook: bool, bwrap: bool
 ) -> SandboxResult:
+    failed = [False] * len(cases)
+    if not isinstance(code, str) or len(code) > MAX_SOURCE_CHARS:
+        what = f"{len(code):,} characters" if isinstance(code, str) else type(code).__name__
+        return SandboxResult(failed, "crash", f"source of {what}; the sandbox takes str up to {MAX_SOURCE_CHARS:,}")
     try:
-        compile(code, "candidate.py", "exec")
-    except (SyntaxError, ValueError) as e:
-        return SandboxResult([False] * len(cases), "syntax_error", str(e)[:200])
-    job = {
-        "code": code,
-        "function": function,
-        "cases": [[list(a), e] for a, e in cases],
-        "limits": limits.__dict__,
-        "audit_hook": audit_hook,
-    }
+        compile(code, "candidate.py", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes, lone surrogates (UnicodeEncodeError)
+        return SandboxResult(failed, "syntax_error", str(e)[:200])
+    except (RecursionError, MemoryError, OverflowError) as e:  # nesting too deep for the compiler, or too much
+        return SandboxResult(failed, "crash", f"{type(e).__name__}: {e}"[:300])
     try:
-        return _run(json.dumps(job).encode(), len(cases), limits, bwrap)
-    except (OSError, ValueError, subprocess.SubprocessError) as e:  # the sandbox could not even start
-        return SandboxResult([False] * len(cases), "crash", f"sandbox: {e}"[:300])
+        job = json.dumps(
+            {
+                "code": code,
+                "function": function,
+                "cases": [[list(a), e] for a, e in cases],
+                "limits": limits.__dict__,
+                "audit_hook": audit_hook,
+            }
+        ).encode()
+        return _run(job, len(cases), limits, bwrap)
+    except (OSError, ValueError, TypeError, RecursionError, subprocess.SubprocessError) as e:  # it never started
+        return SandboxResult(failed, "crash", f"sandbox: {type(e).__name__}: {e}"[:300])
 
 
 def _run(job: bytes, n: int, limits: Limits, bwrap: bool) -> SandboxResult:
