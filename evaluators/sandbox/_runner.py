@@ -16,7 +16,8 @@ Then, before any of the code runs:
 1. resource limits: CPU seconds, address space, file size (SIGXFSZ ignored, so a write past it fails with
    EFBIG), open files, no core files, and processes (``RLIMIT_NPROC``: the sandbox's processes and threads at
    once, this one included). For an unprivileged user in its own user namespace the kernel counts only the
-   sandbox's tasks, so memory is bounded in total by ``processes * memory_mb``;
+   sandbox's tasks, so memory is bounded in total by ``processes * memory_mb`` (by ``memory_mb`` where the
+   caller put the run in a memory cgroup);
 2. the wall clock (SIGALRM: a "timeout" line, then exit; the caller kills the sandbox shortly after anyway);
 3. an audit hook, armed for good, refusing process creation, sockets, ctypes, writes outside the working folder
    and the introspection that could reach the hook (gc's object lists, trace and profile functions). It is a
