@@ -20,7 +20,7 @@ from collections import defaultdict
 from typing import Any, ClassVar
 
 from evaluators._base import Evaluator, GenerationSettings, generate, register_evaluator
-from evaluators.sandbox import Limits, isolation_problem, run_cases
+from evaluators.sandbox import MAX_SOURCE_CHARS, Limits, isolation_problem, run_cases
 from evaluators.sandbox import isolation as isolation_layers
 
 #: What ``isolation: strict`` requires of the sandbox (layer names as ``evaluators.sandbox.isolation`` gives them).
@@ -34,7 +34,11 @@ _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
 
 
 def extract_function(text: str, name: str) -> str | None:
-    """The smallest prefix of the (fenced) code that parses and defines ``name``; None if there is none."""
+    """The longest prefix of the (fenced) code that parses and defines ``name``; None if there is none. Never
+    raises: source too deep for the parser (``RecursionError``, ``MemoryError``) goes to the sandbox as it is,
+    which calls it a crash, and text over the sandbox's ``MAX_SOURCE_CHARS`` is not parsed at all (None)."""
+    if len(text) > MAX_SOURCE_CHARS:
+        return None
     m = _FENCE.search(text)
     code = m.group(1) if m else text
     start = code.find(f"def {name}(")
@@ -44,14 +48,22 @@ def extract_function(text: str, name: str) -> str | None:
     # keep imports written before the function; drop any prose
     imports = "\n".join(line for line in head.splitlines() if line.startswith(("import ", "from ")))
     lines = code[start:].splitlines()
-    for end in range(len(lines), 0, -1):
+    offset = imports.count("\n") + 1 if imports else 0  # lines before the function's in a candidate
+    end = len(lines)
+    while end > 0:
         candidate = (imports + "\n" if imports else "") + "\n".join(lines[:end]) + "\n"
         try:
             tree = ast.parse(candidate)
-        except SyntaxError:
+        except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes (Python 3.11)
+            # a prefix holding the line the parser stopped at whole fails alike: skip to it (linear, not quadratic)
+            stop = getattr(e, "lineno", None)
+            end = min(end - 1, stop - offset) if isinstance(stop, int) and stop - offset > 0 else end - 1
             continue
+        except (RecursionError, MemoryError):
+            return candidate
         if any(isinstance(n, ast.FunctionDef) and n.name == name for n in tree.body):
             return candidate
+        end -= 1
     return None
 
 
@@ -97,7 +109,9 @@ class CodeExecEvaluator(Evaluator):
         for text, ex in zip(completions, examples, strict=True):
             code = extract_function(text, ex["function"])
             cases = [(a, e) for a, e in ex["cases"]]
-            if code is None:
+            if len(text) > MAX_SOURCE_CHARS:
+                passed, status = [False] * len(cases), "crash"
+            elif code is None:
                 passed, status = [False] * len(cases), "no_function"
             else:
                 c["extracted"] += 1

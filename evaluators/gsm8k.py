@@ -14,7 +14,8 @@ cross-checks it against lm-evaluation-harness's strict ``####`` regex and agains
   ``1\\frac{1}{2}``, powers ``10^3`` / ``10³``, scientific ``1.5e3`` / ``1.5 \\times 10^3``;
 - in a box, unit words after the number (``18 \\text{ dollars}``) and a leading ``x =`` are allowed; anything
   else (``2+3``, ``\\sqrt{4}``, ``5x``) is no answer rather than a guess, and so is an unreadable last box (the
-  earlier boxes are superseded answers, not fallbacks).
+  earlier boxes are superseded answers, not fallbacks);
+- a box in a box (``\\boxed{\\boxed{12}}``, ``\\boxed{\\text{so } \\boxed{12}}``) is read at its innermost, last box.
 
 Values are exact fractions. Accuracy: integers compare exactly (``1,500,001`` is not ``1500000``); two non-integers
 with a relative tolerance of 1e-9 (``\\frac{2}{3}`` = ``0.6666666667``). Metrics: accuracy (match with the
@@ -197,19 +198,43 @@ def _boxed_value(tex: str) -> Fraction | None:
     return _signed(m, value)
 
 
+_BRACE = re.compile(r"\\boxed\{|[{}]")
+
+
 def _boxed_contents(text: str) -> list[str | None]:
-    """What each ``\\boxed{...}`` holds, braces balanced (``\\boxed{\\frac{1}{2}}`` → ``\\frac{1}{2}``); None for
-    one cut off before its closing brace."""
+    """What each outermost ``\\boxed{...}`` holds, braces balanced (``\\boxed{\\frac{1}{2}}`` → ``\\frac{1}{2}``);
+    None for one cut off before its closing brace. A box holding boxes (``\\boxed{\\boxed{12}}``,
+    ``\\boxed{x = \\boxed{12}}``) holds its innermost last one, as math-verify reads it.
+
+    One pass with a stack, by hand: no maintained LaTeX reader gives this (see the note on math-verify above), and
+    a hostile completion nesting boxes 50,000 deep must neither exhaust the stack nor cost quadratic time.
+    """
+    # per box: [content start, content end or -1 while open, index of its last box child or -1]
+    boxes: list[list[int]] = []
+    tops: list[int] = []
+    groups: list[int] = []  # braces open inside boxes: a box's index, or -1 for a plain group
+    open_boxes: list[int] = []
+    for m in _BRACE.finditer(text):
+        if m.group() == "{":
+            if groups:
+                groups.append(-1)
+        elif m.group() == "}":
+            if groups and groups.pop() >= 0:
+                boxes[open_boxes.pop()][1] = m.start()
+        else:  # \boxed{
+            if open_boxes:
+                boxes[open_boxes[-1]][2] = len(boxes)
+            else:
+                tops.append(len(boxes))
+            open_boxes.append(len(boxes))
+            groups.append(len(boxes))
+            boxes.append([m.end(), -1, -1])
     out: list[str | None] = []
-    start = text.find("\\boxed{")
-    while start >= 0:
-        i, depth = start + len("\\boxed{"), 1
-        j = i
-        while j < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            j += 1
-        out.append(text[i : j - 1] if depth == 0 else None)
-        start = text.find("\\boxed{", j)
+    for k in tops:
+        while boxes[k][2] >= 0:
+            k = boxes[k][2]
+        start, end, _ = boxes[k]
+        out.append(text[start:end] if end >= 0 else None)
     return out
 
 

@@ -5,6 +5,6 @@ user, a size-limited working tmpfs, the seccomp filter of ``_seccomp``) and has 
 running the runner (``_runner``), which sets the resource limits and an audit hook before any candidate code runs.
 """
 
-from evaluators.sandbox._run import Limits, SandboxResult, isolation, isolation_problem, run_cases
+from evaluators.sandbox._run import MAX_SOURCE_CHARS, Limits, SandboxResult, isolation, isolation_problem, run_cases
 
-__all__ = ["Limits", "SandboxResult", "isolation", "isolation_problem", "run_cases"]
+__all__ = ["MAX_SOURCE_CHARS", "Limits", "SandboxResult", "isolation", "isolation_problem", "run_cases"]

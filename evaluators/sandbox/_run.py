@@ -14,16 +14,21 @@ code. Nothing of this process (no ctypes, no open file but the job's) is carried
   ``ld.so.cache``), a fresh ``/proc`` of the sandbox's PID namespace, ``/dev`` with only ``null``, ``zero`` and
   ``urandom``, and the working folder ``/job``: a tmpfs of ``file_mb`` megabytes, the only place it can write;
 * no capabilities, and a seccomp filter (``_seccomp``): ioctl only from a small allow-list; no namespaces,
-  mounts, ptrace, BPF, io_uring, keyrings or sockets;
+  mounts, ptrace, BPF, io_uring, keyrings, sockets, System V IPC or file locks;
 * resource limits, set by the runner: CPU seconds, address space, file size, open files, and processes
-  (``RLIMIT_NPROC``, counted inside the sandbox's user namespace): memory is bounded in total by
-  ``processes * memory_mb``. The wall clock kills the whole sandbox (``--die-with-parent``, the PID namespace);
+  (``RLIMIT_NPROC``, counted inside the sandbox's user namespace). The wall clock kills the whole sandbox
+  (``--die-with-parent``, the PID namespace);
+* a memory cgroup of the run's own where the host lets this process make one (``_cgroup``, layer ``memcg``):
+  ``memory_mb`` for the whole run, every process and the tmpfs pages together, no swap. Without it memory is
+  bounded per process, ``processes * memory_mb`` in total (System V shared memory, outside every rlimit, is
+  refused by the seccomp filter either way);
 * an audit hook in the runner (process creation, sockets, ctypes, writes outside ``/job``), a tripwire on top.
 
 Where bubblewrap or user namespaces are missing, ``run_cases`` runs the runner directly, with the resource limits
 and the audit hook only, and ``isolation()`` says so (``code_exec`` refuses to run so unless told
 ``isolation: best_effort``). A timeout, crash or refused operation fails the remaining cases; ``run_cases``
-never raises.
+never raises, whatever the text: source over ``MAX_SOURCE_CHARS`` or too deep for the compiler is a ``crash``,
+NUL bytes or lone surrogates a ``syntax_error``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -41,7 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Limits", "SandboxResult", "isolation", "isolation_problem", "run_cases"]
+from evaluators.sandbox import _cgroup
+
+__all__ = ["MAX_SOURCE_CHARS", "Limits", "SandboxResult", "isolation", "isolation_problem", "run_cases"]
+
+log = logging.getLogger("gridrun")
 
 RUNNER = Path(__file__).with_name("_runner.py")
 #: The unprivileged user and group the code runs as, inside the sandbox and on the host ("nobody").
@@ -60,6 +70,8 @@ _DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
 _BWRAP_LAYERS = ("bwrap", "pidns", "netns", "ipcns", "mountns", "tmpfs")
 #: The most of the results (and of bubblewrap's complaints) that is read back.
 _MAX_RESULTS_BYTES = 1 << 20
+#: The longest source the sandbox takes (characters); longer is a crash, never parsed here.
+MAX_SOURCE_CHARS = 1 << 20
 _PROBE: tuple[str, str, list[tuple[list[Any], Any]]] = ("def f():\n    return 1\n", "f", [([], 1)])
 
 
@@ -67,7 +79,7 @@ _PROBE: tuple[str, str, list[tuple[list[Any], Any]]] = ("def f():\n    return 1\
 class Limits:
     wall_s: float = 5.0
     cpu_s: int = 3
-    memory_mb: int = 512  # address space, per process
+    memory_mb: int = 512  # address space per process, and the whole run's memory where a cgroup is available
     file_mb: int = 1  # per file, and the whole working folder
     processes: int = 4  # processes and threads at once, the runner's own included
 
@@ -112,21 +124,29 @@ def isolation_problem() -> str:
 def _run_cases(
     code: str, function: str, cases: list[tuple[list[Any], Any]], limits: Limits, audit_hook: bool, bwrap: bool
 ) -> SandboxResult:
+    failed = [False] * len(cases)
+    if not isinstance(code, str) or len(code) > MAX_SOURCE_CHARS:
+        what = f"{len(code):,} characters" if isinstance(code, str) else type(code).__name__
+        return SandboxResult(failed, "crash", f"source of {what}; the sandbox takes str up to {MAX_SOURCE_CHARS:,}")
     try:
-        compile(code, "candidate.py", "exec")
-    except (SyntaxError, ValueError) as e:
-        return SandboxResult([False] * len(cases), "syntax_error", str(e)[:200])
-    job = {
-        "code": code,
-        "function": function,
-        "cases": [[list(a), e] for a, e in cases],
-        "limits": limits.__dict__,
-        "audit_hook": audit_hook,
-    }
+        compile(code, "candidate.py", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes, lone surrogates (UnicodeEncodeError)
+        return SandboxResult(failed, "syntax_error", str(e)[:200])
+    except (RecursionError, MemoryError, OverflowError) as e:  # nesting too deep for the compiler, or too much
+        return SandboxResult(failed, "crash", f"{type(e).__name__}: {e}"[:300])
     try:
-        return _run(json.dumps(job).encode(), len(cases), limits, bwrap)
-    except (OSError, ValueError, subprocess.SubprocessError) as e:  # the sandbox could not even start
-        return SandboxResult([False] * len(cases), "crash", f"sandbox: {e}"[:300])
+        job = json.dumps(
+            {
+                "code": code,
+                "function": function,
+                "cases": [[list(a), e] for a, e in cases],
+                "limits": limits.__dict__,
+                "audit_hook": audit_hook,
+            }
+        ).encode()
+        return _run(job, len(cases), limits, bwrap)
+    except (OSError, ValueError, TypeError, RecursionError, subprocess.SubprocessError) as e:  # it never started
+        return SandboxResult(failed, "crash", f"sandbox: {type(e).__name__}: {e}"[:300])
 
 
 def _run(job: bytes, n: int, limits: Limits, bwrap: bool) -> SandboxResult:
@@ -134,6 +154,7 @@ def _run(job: bytes, n: int, limits: Limits, bwrap: bool) -> SandboxResult:
     own: list[int] = []  # descriptors to close here once the sandbox has started
     keep: list[int] = []  # descriptors to read back from, closed at the end
     workdir = None
+    group = _cgroup.create(limits.memory_mb, limits.processes)  # the run's memory in total, where the host allows
     try:
         job_fd = _memfd("gridrun-job", job)
         own.append(job_fd)
@@ -150,7 +171,7 @@ def _run(job: bytes, n: int, limits: Limits, bwrap: bool) -> SandboxResult:
             env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
             popen_kw = {"cwd": workdir, "env": env}
         proc = subprocess.Popen(
-            argv,
+            group.wrap(argv) if group else argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err_fd,
@@ -172,12 +193,16 @@ def _run(job: bytes, n: int, limits: Limits, bwrap: bool) -> SandboxResult:
             proc.wait()
         text = os.pread(out_fd, _MAX_RESULTS_BYTES, 0).decode("utf-8", errors="replace")
         complaint = os.pread(err_fd, 4096, 0).decode("utf-8", errors="replace")
-        return _read_results(text, n, timed_out, proc.returncode, complaint, _BWRAP_LAYERS if bwrap else ())
+        base = (*(_BWRAP_LAYERS if bwrap else ()), *(("memcg",) if group else ()))
+        oom = group is not None and group.oom_killed()
+        return _read_results(text, n, timed_out, proc.returncode, complaint, base, oom)
     finally:
         for fd in own + keep:
             os.close(fd)
         if workdir:
             _remove(workdir)
+        if group and (problem := group.remove()):
+            log.warning("sandbox: %s", problem)
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -203,7 +228,7 @@ def _remove(folder: str) -> None:
 
 
 def _read_results(
-    text: str, n: int, timed_out: bool, returncode: int, complaint: str, base_layers: tuple[str, ...]
+    text: str, n: int, timed_out: bool, returncode: int, complaint: str, base_layers: tuple[str, ...], oom: bool
 ) -> SandboxResult:
     passed: list[bool] = []
     layers: tuple[str, ...] | None = None
@@ -224,7 +249,9 @@ def _read_results(
     passed = passed[:n]
     # bubblewrap passes on how the runner ended: its exit code, or 128 + the signal that killed it
     killed_by = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
-    if timed_out and status == "ok":
+    if oom and status == "ok" and len(passed) < n:  # the kernel killed it (SIGKILL) for the run's memory
+        status, detail = "crash", "memory limit of the run (cgroup)"
+    elif timed_out and status == "ok":
         status, detail = "timeout", "wall clock (sandbox killed)"
     elif status == "ok" and len(passed) < n:
         # stopped mid-way by a limit: CPU seconds (SIGXCPU, or SIGKILL at the hard limit), memory, or a crash

@@ -16,12 +16,17 @@ Then, before any of the code runs:
 1. resource limits: CPU seconds, address space, file size (SIGXFSZ ignored, so a write past it fails with
    EFBIG), open files, no core files, and processes (``RLIMIT_NPROC``: the sandbox's processes and threads at
    once, this one included). For an unprivileged user in its own user namespace the kernel counts only the
-   sandbox's tasks, so memory is bounded in total by ``processes * memory_mb``;
+   sandbox's tasks, so memory is bounded in total by ``processes * memory_mb`` (by ``memory_mb`` where the
+   caller put the run in a memory cgroup);
 2. the wall clock (SIGALRM: a "timeout" line, then exit; the caller kills the sandbox shortly after anyway);
 3. an audit hook, armed for good, refusing process creation, sockets, ctypes, writes outside the working folder
    and the introspection that could reach the hook (gc's object lists, trace and profile functions). It is a
    tripwire on top of the kernel's layers, not one they rely on: it leaves frames (``sys._getframe``, which
    ``collections.namedtuple`` uses), recursion limits and every pure-stdlib import alone.
+
+The code runs as a real module, ``candidate``, registered in ``sys.modules`` (dataclasses under string
+annotations, ``typing.get_type_hints`` and pickle look their classes up there); ``if __name__ == "__main__"``
+blocks stay out. A result is compared as JSON holds it (the cases come as JSON): a tuple equals the stored list.
 
 The code can write to its folder and to ``OUT_FD``: the layers protect the machine, not the score against code
 written on purpose to fake its own results.
@@ -33,6 +38,7 @@ import os
 import resource
 import signal
 import sys
+import types
 
 
 def close_other_fds(keep):
@@ -185,6 +191,15 @@ def arm_audit_hook(home):
     sys.addaudithook(hook)
 
 
+def as_json(value, dumps=json.dumps, loads=json.loads):
+    """``value`` as the case stores it (the cases come as JSON): tuples become lists, keys strings, and int or str
+    subclasses plain ones. A value JSON cannot hold (a set, an object) is compared as it is."""
+    try:
+        return loads(dumps(value))
+    except (TypeError, ValueError, RecursionError, OverflowError):
+        return value
+
+
 def main():
     argv = sys.argv[1:]
     job_fd, out_fd = int(argv[0]), int(argv[1])
@@ -218,11 +233,19 @@ def main():
     os.dup2(null, 2)
     os.close(null)
     cases, name = cfg["cases"], cfg["function"]
-    code = compile(cfg["code"], "candidate.py", "exec")
+    try:  # the caller compiled it already; a crash here still says why
+        code = compile(cfg["code"], "candidate.py", "exec")
+    except BaseException as e:
+        write({"status": "crash", "detail": type(e).__name__ + ": " + str(e)[:500]})
+        exit_(0)
+    # a real module, registered: dataclasses (string annotations), pickle and typing look classes up by module
+    module = types.ModuleType("candidate")
+    module.__file__ = os.path.join(os.getcwd(), "candidate.py")
+    sys.modules["candidate"] = module
+    ns = module.__dict__
     if cfg.get("audit_hook", True):
         arm_audit_hook(os.getcwd())
     signal.setitimer(signal.ITIMER_REAL, float(lim["wall_s"]))
-    ns = {"__name__": "candidate"}
     try:
         exec(code, ns)
     except BaseException as e:
@@ -236,7 +259,7 @@ def main():
         exit_(0)
     for args, expected in cases:
         try:
-            got = fn(*args)
+            got = as_json(fn(*args))
             ok = got == expected or (
                 isinstance(expected, float) and isinstance(got, int | float) and abs(got - expected) < 1e-6
             )

@@ -363,8 +363,28 @@ def boxed_cases() -> list[Case]:
         Case("First \\boxed{2}, or rather \\boxed{3}.", F(3), "several_boxes"),
         Case("\\boxed{12} apples, so \\boxed{\\frac{1}{2}} each", F(1, 2), "several_boxes"),
         Case("Maybe \\boxed{7}; no: \\boxed{x}", None, "several_boxes_unreadable"),  # x is no number to either
+        # a box in a box, one case per shape: the innermost (last) box is the answer
+        Case("\\boxed{\\boxed{12}}", F(12), "nested"),
+        Case("So \\boxed{\\boxed{\\boxed{12}}}.", F(12), "nested"),
+        Case("The answer is \\boxed{ \\boxed{12} }.", F(12), "nested"),
+        Case("\\boxed{\\text{The answer is } \\boxed{12}}", F(12), "nested"),
+        Case("\\boxed{x = \\boxed{12}}", F(12), "nested"),
+        Case("$\\boxed{\\boxed{\\frac{1}{2}}}$", F(1, 2), "nested"),
+        Case("\\boxed{\\boxed{1,500}}", F(1500), "nested"),
+        Case("\\boxed{\\boxed{-\\$5}}", F(-5), "nested"),
+        Case("\\boxed{\\boxed{12}", F(12), "nested"),  # the outer box cut off, the inner one whole
+        Case("\\boxed{7} then \\boxed{\\boxed{12}}", F(12), "nested"),
+        Case("\\boxed{\\boxed{x}}", None, "nested_unreadable"),
+        Case("\\boxed{\\boxed{2} \\boxed{3}}", F(3), "several_boxes"),  # the last innermost box
     ]
     return cases
+
+
+def test_nesting_of_any_depth_reads_the_innermost_box() -> None:
+    """A loop, not recursion: a hostile completion nesting boxes 50,000 deep is read, and so is its cut-off twin."""
+    deep = "\\boxed{" * 50_000 + "7" + "}" * 50_000
+    assert extract_answer(deep) == (F(7), "boxed")
+    assert extract_answer("\\boxed{" * 50_000 + "7") == (None, "boxed")
 
 
 def _boxed_value(text: str) -> Fraction | None:

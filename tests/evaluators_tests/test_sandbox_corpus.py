@@ -1,10 +1,15 @@
 """Correct code passes in the sandbox: reference solutions for every ``builtin:algo`` type, plus alternatives
 written the way people write them, with common standard-library modules (collections incl. namedtuple,
 itertools, functools, re, heapq, bisect, math, dataclasses, typing, string, copy, fractions, decimal, shutil,
-tempfile, operator, ast). Every one must pass every generated case, with the audit hook on: a sandbox that
+tempfile, operator, ast, pickle), dataclasses under ``from __future__ import annotations``, and tuples where the case
+stores a JSON list. Every one must pass every generated case, with the audit hook on: a sandbox that
 crashes correct code under-reports the study's pass rates."""
 
 from __future__ import annotations
+
+import json
+import sys
+import types
 
 import pytest
 
@@ -208,6 +213,16 @@ def two_sum(xs, target):
             return [before[k - 1], j]
     return []
 """,
+        # a tuple, where the case stores the JSON list [i, j]
+        """
+def two_sum(xs, target):
+    seen = {}
+    for j, x in enumerate(xs):
+        if target - x in seen:
+            return seen[target - x], j
+        seen[x] = j
+    return ()
+""",
     ],
     "max_subarray": [
         """
@@ -254,6 +269,34 @@ def remove_duplicates(xs):
     out = [heapq.heappop(heap)[1] for _ in range(len(heap))]
     assert sum(Counter(out).values()) == len(set(xs))
     return out
+""",
+        # string annotations: dataclasses and get_type_hints look the candidate's module up in sys.modules; its
+        # own classes pickle (by module and name); the result is a tuple
+        """
+from __future__ import annotations
+
+import pickle
+import typing
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Seen:
+    order: list[int] = field(default_factory=list)
+    members: set[int] = field(default_factory=set)
+
+    def add(self, x: int) -> None:
+        if x not in self.members:
+            self.members.add(x)
+            self.order.append(x)
+
+
+def remove_duplicates(xs: list[int]) -> tuple[int, ...]:
+    seen = Seen()
+    for x in xs:
+        seen.add(x)
+    assert typing.get_type_hints(Seen)["order"] == list[int]
+    return tuple(pickle.loads(pickle.dumps(seen)).order)
 """,
     ],
     "balanced_parens": [
@@ -391,11 +434,14 @@ def test_the_corpus_covers_every_type_and_the_modules() -> None:
 
 
 @pytest.mark.parametrize(("kind", "name", "code"), CORPUS, ids=[f"{k}-{n}" for k, n, _ in CORPUS])
-def test_correct_code_passes_in_the_sandbox(kind: str, name: str, code: str) -> None:
+def test_correct_code_passes_in_the_sandbox(kind: str, name: str, code: str, monkeypatch) -> None:
     func = PROBLEMS[kind][0].__name__
     cases = _cases(kind)
-    ns: dict = {}
-    exec(compile(code, f"{kind}-{name}", "exec"), ns)  # our own corpus: checked outside the sandbox first
-    assert [ns[func](*a) == e for a, e in cases] == [True] * len(cases), "the corpus itself is wrong"
+    # our own corpus, checked outside the sandbox first: as a module of its own, its results as JSON holds them
+    module = types.ModuleType(f"corpus_{kind}_{name}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(code, f"{kind}-{name}", "exec"), module.__dict__)
+    fn = module.__dict__[func]
+    assert [json.loads(json.dumps(fn(*a))) == e for a, e in cases] == [True] * len(cases), "the corpus is wrong"
     r = run_cases(code, func, cases)
     assert (r.status, r.detail, r.passed) == ("ok", "", [True] * len(cases))
