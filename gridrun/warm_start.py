@@ -17,7 +17,7 @@ from typing import Any
 from gridrun.errors import GridrunError
 from gridrun.metrics import penalized
 
-__all__ = ["CONSTRAINT", "earlier_trials", "load_earlier", "warm_trials"]
+__all__ = ["CONSTRAINT", "check_source", "earlier_trials", "load_earlier", "warm_trials"]
 
 #: The name of the forgetting constraint on Optuna trials (constrained mode): forget/delta - budget, <= 0 feasible.
 CONSTRAINT = "forgetting"
@@ -32,14 +32,26 @@ def earlier_trials(spec: Any, searched: dict[str, Any]) -> list[Any] | None:
     return warm_trials(spec, searched, load_earlier(spec.search.warm_start, spec.tracking.uri))
 
 
-def load_earlier(source: str, tracking_uri: str) -> dict[str, Any]:
-    """The earlier study's summary: ``source`` is its experiment folder, else its MLflow parent run id."""
+def check_source(source: str) -> dict[str, Any] | None:
+    """What can be checked of ``source`` offline: an experiment folder's summary (returned), else that it can be
+    an MLflow run id (None: MLflow has the rest)."""
     from gridrun.report.summary import load_summary
 
     if Path(source).expanduser().is_dir():
-        return load_summary(source)
+        try:
+            return load_summary(source)
+        except GridrunError as e:
+            raise GridrunError(f"search.warm_start: {e}") from None
     if "/" in source or not source.isalnum():
         raise GridrunError(f"search.warm_start: {source!r} is neither an experiment folder nor an MLflow run id")
+    return None
+
+
+def load_earlier(source: str, tracking_uri: str) -> dict[str, Any]:
+    """The earlier study's summary: ``source`` is its experiment folder, else its MLflow parent run id."""
+    summary = check_source(source)
+    if summary is not None:
+        return summary
     from gridrun.tracking import summary_from_mlflow
 
     try:

@@ -112,5 +112,9 @@ def test_warm_start_from_an_experiment_folder_seeds_the_study(tmp_path: Path) ->
 def test_a_bad_warm_start_source_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(GridrunError, match="neither an experiment folder nor an MLflow run id"):
         load_earlier(str(tmp_path / "missing"), "sqlite:///x.db")
-    with pytest.raises(GridrunError, match="no gridrun summary"):
+    with pytest.raises(GridrunError, match=r"search\.warm_start: no gridrun summary"):
         load_earlier(str(tmp_path), "sqlite:///x.db")
+    from gridrun.validate import check_spec
+
+    with pytest.raises(GridrunError, match="neither an experiment folder nor an MLflow run id"):
+        check_spec(spec_from_dict({"name": "t", "search": {"space": SPACE, "warm_start": "no/such/folder"}}))
