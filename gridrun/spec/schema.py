@@ -317,9 +317,11 @@ class ExperimentSpec(_Section):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
-    def _constrained_needs_budget(self) -> ExperimentSpec:
+    def _modes_fit(self) -> ExperimentSpec:
         if self.objective.mode == "constrained" and self.forgetting.budget is None:
             raise ValueError("objective.mode constrained needs forgetting.budget (the most forgetting allowed)")
+        if self.objective.mode == "pareto" and self.scheduler.type == "asha" and self.scheduler.brackets > 1:
+            raise ValueError("scheduler.brackets: MOASHA (objective.mode pareto) runs one bracket; set brackets: 1")
         return self
 
     def trial_dict(self) -> dict[str, Any]:

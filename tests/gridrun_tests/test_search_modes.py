@@ -32,6 +32,11 @@ def test_constrained_mode_needs_a_budget() -> None:
         spec_from_dict({"name": "t", "objective": {"mode": "constrained"}})
 
 
+def test_pareto_mode_runs_one_moasha_bracket() -> None:
+    with pytest.raises(SpecError, match=r"MOASHA .* runs one bracket"):
+        spec_from_dict({"name": "t", "objective": {"mode": "pareto"}, "scheduler": {"brackets": 2}})
+
+
 def test_constrained_mode_tells_optuna_the_forgetting_over_budget() -> None:
     spec = _spec(mode="constrained")
     searcher = build_searcher(spec, to_optuna(spec.search.space)[0])
