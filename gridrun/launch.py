@@ -186,29 +186,13 @@ def _baseline(spec: ExperimentSpec, trial_spec: ExperimentSpec) -> tuple[dict[st
     return out, cached
 
 
-def _searcher(spec: ExperimentSpec, searched: dict[str, Any]) -> Any:
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+def _searcher(spec: ExperimentSpec, searched: dict[str, Any], warm: list[Any] | None = None) -> Any:
+    """The spec's Optuna searcher; ``search.warm_start``'s trials are read here unless given (launch reads them
+    before anything starts, so a bad source costs nothing)."""
+    from gridrun.searcher import build_searcher
+    from gridrun.warm_start import earlier_trials
 
-    s = spec.search
-    if not searched:
-        return None  # nothing to search: every trial runs the fixed config (repeats differ only if seeds do)
-    if s.sampler == "random":
-        sampler: Any = optuna.samplers.RandomSampler(seed=s.seed)
-    elif s.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=s.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(
-            seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True, constant_liar=True
-        )
-    if spec.objective.mode == "pareto":
-        return OptunaSearch(
-            space=searched,
-            metric=[spec.objective.metric, "forget/delta"],
-            mode=[spec.objective.direction, "min"],
-            sampler=sampler,
-        )
-    return OptunaSearch(space=searched, metric="objective", mode="max", sampler=sampler)
+    return build_searcher(spec, searched, earlier_trials(spec, searched) if warm is None else warm)
 
 
 def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -224,10 +208,12 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     from gridrun.spec.space import to_optuna
     from gridrun.stopping import build_stopping
     from gridrun.tracking import MLflowTracker, start_parent_run
+    from gridrun.warm_start import earlier_trials
     from gridrun.writer import SPILL_FILE
 
     searched, fixed = to_optuna(spec.search.space)
     trial_spec = spec.with_params(fixed)
+    warm = earlier_trials(spec, searched)  # search.warm_start's trials: a bad source stops here, before any record
     exp_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = Path(spec.tracking.storage).expanduser().resolve()
     storage.mkdir(parents=True, exist_ok=True)
@@ -293,7 +279,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         tuner = tune.Tuner(
             _trainable(spec, trial_spec, baseline),
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec, searched),
+                search_alg=_searcher(spec, searched, warm),
                 scheduler=scheduler,
                 num_samples=spec.search.num_trials,
                 max_concurrent_trials=_concurrency(spec, total),

@@ -8,14 +8,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "FORGETTING_METRIC",
     "METRIC_NAMES",
     "METRIC_PREFIXES",
+    "feasible",
     "forget_delta",
     "namespaced_metrics",
     "pareto_front",
     "penalized",
     "stop_reason",
 ]
+
+#: The forgetting measure the search trades against the task (pareto's second objective, constrained mode's
+#: constraint, the budget's and MOASHA's metric): the one place its name is written on the search side.
+FORGETTING_METRIC = "forget/delta"
 
 #: Result keys that are metrics (numeric values under these prefixes, plus the bare names): what MLflow,
 #: checkpoint records and adapter cards hold.
@@ -60,6 +66,11 @@ def penalized(task: float, delta: float, penalty: float, direction: str = "max")
         raise ValueError(f"direction must be 'max' or 'min', got {direction!r}")
     score = task if direction == "max" else -task
     return score - penalty * max(0.0, delta)
+
+
+def feasible(delta: float, budget: float) -> bool:
+    """Whether a trial's forgetting keeps to the budget (constrained mode): an unknown (NaN) forgetting does not."""
+    return math.isfinite(delta) and delta <= budget
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -9,6 +9,8 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.stopper import CombinedStopper, Stopper
 
 from gridrun.builtin import builtin_name
+from gridrun.metrics import FORGETTING_METRIC
+from gridrun.moasha import MOASHA
 
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
@@ -71,21 +73,36 @@ class RecordingASHA(AsyncHyperBandScheduler):
         return decision
 
 
-def build_stopping(spec: ExperimentSpec, reasons: dict[str, str]) -> tuple[RecordingASHA | None, Stopper]:
-    """The spec's scheduler (ASHA over samples seen, or none) and stoppers, all recording into ``reasons``."""
+def build_stopping(spec: ExperimentSpec, reasons: dict[str, str]) -> tuple[RecordingASHA | MOASHA | None, Stopper]:
+    """The spec's scheduler (ASHA over samples seen, or none) and stoppers, all recording into ``reasons``.
+
+    ASHA ranks trials by the objective; in pareto mode by (task, forgetting) at once (MOASHA); in constrained mode
+    by the task metric (the forgetting budget stops trials over it)."""
     stoppers: list[Stopper] = [NonFiniteLoss(reasons)]
     if spec.forgetting.budget is not None:
         stoppers.append(ForgettingBudget(spec.forgetting.budget, spec.forgetting.patience, reasons))
     scheduler = None
     if spec.scheduler.type == "asha":
         max_t = asha_max_t(spec)
+        grace = min(spec.scheduler.grace_period, max_t)
+        if spec.objective.mode == "pareto":
+            return MOASHA(
+                reasons,
+                time_attr="samples_seen",
+                metrics=(spec.objective.metric, FORGETTING_METRIC),
+                modes=(spec.objective.direction, "min"),
+                max_t=max_t,
+                grace_period=grace,
+                reduction_factor=spec.scheduler.reduction_factor,
+            ), CombinedStopper(*stoppers)
+        constrained = spec.objective.mode == "constrained"
         scheduler = RecordingASHA(
             reasons,
             time_attr="samples_seen",
-            metric="objective",
-            mode="max",
+            metric=spec.objective.metric if constrained else "objective",
+            mode=spec.objective.direction if constrained else "max",
             max_t=max_t,
-            grace_period=min(spec.scheduler.grace_period, max_t),
+            grace_period=grace,
             reduction_factor=spec.scheduler.reduction_factor,
             brackets=spec.scheduler.brackets,
         )

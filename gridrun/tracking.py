@@ -358,6 +358,11 @@ def finish_parent(uri: str, parent_run_id: str, summary: dict[str, Any], plots: 
         client.log_artifact(parent_run_id, str(plot), "report")
     client.log_text(parent_run_id, json.dumps(summary, indent=2, default=str), "summary.json")
     client.set_tag(parent_run_id, "gridrun.best_trial", str(best.get("trial_id")))
+    if "infeasible" in summary:  # constrained mode: which trials broke the forgetting budget, on each run
+        client.log_metric(parent_run_id, "infeasible_trials", float(len(summary["infeasible"])))
+        for row in summary["trials"]:
+            if row.get("mlflow_run_id"):
+                client.set_tag(row["mlflow_run_id"], "gridrun.feasible", str(row["feasible"]).lower())
     client.set_terminated(parent_run_id, "FINISHED")
 
 

@@ -86,6 +86,10 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
     """
     from evaluators import EVALUATORS, GenerationSettings, build_evaluator, check_evaluator_names
 
+    if spec.search.warm_start:  # the earlier study's folder and summary (a run id is MLflow's to answer)
+        from gridrun.warm_start import check_source
+
+        check_source(spec.search.warm_start)
     mc_custom = next((m.source for m in spec.forgetting.mc if m.benchmark == "custom"), None)
     check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval, mc_custom)
     check_evaluator_names(spec.evaluate.evaluators)

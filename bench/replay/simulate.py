@@ -35,8 +35,20 @@ class _Trial:
     trial_id: str
 
 
-def simulate(spec: Any, table: Table) -> list[tuple[str, int, float]]:
-    """One search: (trial id, samples_seen, objective) for every result, in the order Tune would see them."""
+def simulate(
+    spec: Any,
+    table: Table,
+    warm: list[Any] | None = None,
+    results: list[tuple[str, dict[str, Any]]] | None = None,
+    configs: dict[str, dict[str, Any]] | None = None,
+) -> list[tuple[str, int, float]]:
+    """One search: (trial id, samples_seen, objective) for every result, in the order Tune would see them.
+
+    Args:
+        warm: finished Optuna trials the searcher starts from (``gridrun.warm_start``); default: the spec's own.
+        results: if given, (trial id, full result) for every result is appended to it.
+        configs: if given, trial id -> the config the searcher suggested is written into it.
+    """
     from ray.tune.schedulers import TrialScheduler
 
     from gridrun.launch import _searcher
@@ -45,7 +57,7 @@ def simulate(spec: Any, table: Table) -> list[tuple[str, int, float]]:
 
     searched, fixed = to_optuna(spec.search.space)
     trial_spec = spec.with_params(fixed)
-    searcher = _searcher(spec, searched)
+    searcher = _searcher(spec, searched, warm)
     scheduler, stopper = build_stopping(spec, {})
     slots = spec.search.max_concurrent or 1
     events: list[tuple[str, int, float]] = []
@@ -58,6 +70,8 @@ def simulate(spec: Any, table: Table) -> list[tuple[str, int, float]]:
         nonlocal started
         tid = f"{started:05d}"
         config = searcher.suggest(tid)
+        if configs is not None:
+            configs[tid] = config
         s = trial_spec.with_params(config)
         curves[tid] = [reported(r) for r in table[nearest(table, s.train.lr, s.lora.r, s.data.sample_ratio)]]
         position[tid] = 0
@@ -78,6 +92,8 @@ def simulate(spec: Any, table: Table) -> list[tuple[str, int, float]]:
         i = position[tid]
         result = {**curves[tid][i], "training_iteration": i + 1, "trial_id": tid}  # Tune adds these
         events.append((tid, int(result["samples_seen"]), float(result["objective"])))
+        if results is not None:
+            results.append((tid, result))
         last = i == len(curves[tid]) - 1
         stop = stopper(tid, result)
         if not stop and scheduler is not None:

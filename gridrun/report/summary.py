@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gridrun.metrics import pareto_front, stop_reason
+from gridrun.metrics import feasible, pareto_front, stop_reason
 
 __all__ = ["format_summary", "importance", "load_summary", "summarize"]
 
@@ -80,6 +80,13 @@ def summarize(
     ok = [x for x in rows if x["status"] != "ERROR" and math.isfinite(x["objective"])]
     best = max(ok, key=lambda x: x["objective"]) if ok else None
     sign = 1 if spec.objective.direction == "max" else -1
+    infeasible: list[str] = []
+    if spec.objective.mode == "constrained":  # the best is the best task metric among trials within the budget
+        for x in rows:
+            x["feasible"] = feasible(x["forget_delta"], spec.forgetting.budget)
+        infeasible = [x["trial_id"] for x in rows if not x["feasible"]]
+        pool = [x for x in ok if x["feasible"]]
+        best = max(pool, key=lambda x: sign * x["task"]) if pool else None
     front = pareto_front([(sign * x["task"], x["forget_delta"]) for x in ok])
     return {
         "name": spec.name,
@@ -90,6 +97,11 @@ def summarize(
         "trials": rows,
         "best": best,
         "pareto_front": [ok[i]["trial_id"] for i in front],
+        **(
+            {"forgetting_budget": spec.forgetting.budget, "infeasible": infeasible}
+            if spec.objective.mode == "constrained"
+            else {}
+        ),
     }
 
 
@@ -181,8 +193,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
         out.append("best config: " + json.dumps(best["params"], default=str))
         out.append(f"best adapter: {best['adapter']}")
+    elif "infeasible" in summary:
+        out.append(f"no trial kept forget/delta within the budget {summary['forgetting_budget']}")
     else:
         out.append("no trial finished with a finite objective")
+    if summary.get("infeasible"):
+        out.append(f"infeasible (forget/delta > {summary['forgetting_budget']}): " + ", ".join(summary["infeasible"]))
     if summary.get("pareto_front"):
         out.append("pareto front (task vs forgetting): " + ", ".join(summary["pareto_front"]))
     if summary.get("importance"):

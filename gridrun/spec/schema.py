@@ -170,7 +170,11 @@ class ObjectiveSpec(_Section):
     metric: str = Field("task/format_success", description="task metric the objective is built on")
     direction: Literal["max", "min"] = Field("max", description="whether the task metric is better high or low")
     penalty: float = Field(1.0, ge=0, description="objective = task - penalty * max(0, forget/delta)")
-    mode: Literal["penalized", "pareto"] = Field("penalized", description="scalar objective, or task vs forgetting")
+    mode: Literal["penalized", "pareto", "constrained"] = Field(
+        "penalized",
+        description="penalized: the scalar objective; pareto: task vs forgetting (MOASHA stops trials on both); "
+        "constrained: the task metric subject to forget/delta <= forgetting.budget (an Optuna constraint)",
+    )
     weights: dict[str, float] = Field(
         default_factory=dict,
         description="weighted sum of task metrics reported as task/weighted (set metric: task/weighted to use it)",
@@ -204,6 +208,11 @@ class SearchSpec(_Section):
     sampler: Literal["tpe", "random", "nsga2"] = Field("tpe", description="Optuna sampler")
     n_startup_trials: int = Field(6, ge=0, description="random trials before TPE starts modelling")
     seed: int = Field(0, description="sampler seed")
+    warm_start: str | None = Field(
+        None,
+        description="seed the sampler with an earlier study's trials: its experiment folder, or its MLflow parent "
+        "run id (same searched names; values outside this space are dropped)",
+    )
 
     @field_validator("space", mode="before")
     @classmethod
@@ -306,6 +315,14 @@ class ExperimentSpec(_Section):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @model_validator(mode="after")
+    def _modes_fit(self) -> ExperimentSpec:
+        if self.objective.mode == "constrained" and self.forgetting.budget is None:
+            raise ValueError("objective.mode constrained needs forgetting.budget (the most forgetting allowed)")
+        if self.objective.mode == "pareto" and self.scheduler.type == "asha" and self.scheduler.brackets > 1:
+            raise ValueError("scheduler.brackets: MOASHA (objective.mode pareto) runs one bracket; set brackets: 1")
+        return self
 
     def trial_dict(self) -> dict[str, Any]:
         """The spec as plain data, the search space left out (what a trial needs)."""
