@@ -139,6 +139,7 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
         raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU; use float32 on CPU")
     check_answer_formats(spec)
     check_memory(spec)
+    check_tracking_uri(spec.tracking.uri, reach=False)  # scheme, form and local folder: no server needed
     return sorted(set(unchecked))
 
 
@@ -181,10 +182,19 @@ def preflight(spec: ExperimentSpec, resolve_hub: bool = True) -> None:
     check_memory(spec, deep=True, hub=resolve_hub)
 
 
-def check_tracking_uri(uri: str) -> None:
-    """Fail fast (one line) when the tracking store cannot be reached or created."""
+def check_tracking_uri(uri: str, reach: bool = True) -> None:
+    """Fail fast (one line) when the tracking store cannot be reached or created.
+
+    Args:
+        reach: also ask an HTTP server for its health (offline ``validate`` checks the scheme, form and a local
+            store's folder only).
+    """
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise GridrunError(f"tracking.uri: expected http(s)://host[:port], got {uri!r}")
+        if not reach:
+            return
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
                 if r.status != 200:

@@ -105,6 +105,10 @@ def test_report_of_a_folder_that_is_no_experiment(tmp_path: Path) -> None:
         ),
         (["evaluate.evaluators=[nope]"], "evaluate.evaluators: unknown evaluator 'nope'"),
         (["data.task=builtin:nope"], "data.task: unknown builtin task 'builtin:nope'"),
+        # the tracking URI's scheme, form and local folder need no server: checked offline too
+        (["tracking.uri=ftp://127.0.0.1/mlruns"], "tracking.uri: MLflow has no tracking store for 'ftp://"),
+        (["tracking.uri=sqlite:////nonexistent/dir/mlruns.db"], "tracking.uri: folder /nonexistent/dir does not"),
+        (["tracking.uri=http://"], "tracking.uri: expected http(s)://host[:port], got 'http://'"),
     ],
 )
 def test_validate_checks_what_trials_would_meet(overrides: list[str], expected: str) -> None:
