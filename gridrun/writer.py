@@ -217,6 +217,11 @@ class OpQueue:
         self.last_ok = time.monotonic()
         self.written = self.dropped = 0
         self._warned_full = False
+        # While the driver waits at the end (``drain``), a failing write is retried at least every ``probe_s``
+        # seconds, not after the outage's long backoff: a server back mid-wait is written to at once.
+        self.probe_s = 1.0
+        self._draining = False
+        self._wake = threading.Event()  # cuts a backoff short (drain starts, or the queue closes)
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -278,7 +283,9 @@ class OpQueue:
                         _line(e),
                         len(self._ops),
                     )
-                self._stop.wait(min(10.0, 0.5 * 2 ** (failures - 1)))
+                delay = min(10.0, 0.5 * 2 ** (failures - 1))
+                self._wake.clear()
+                self._wake.wait(min(delay, self.probe_s) if self._draining else delay)
                 continue
             failures = 0
             if self.failing_since is not None:
@@ -303,20 +310,27 @@ class OpQueue:
 
     def drain(self, patience_s: float) -> bool:
         """Wait until every write is made; gives up (False) once MLflow has taken nothing for ``patience_s``
-        seconds while failing. A server that is slow but answering is waited for."""
+        seconds while failing. A server that is slow but answering is waited for; one that is away is tried at
+        least every ``probe_s`` seconds meanwhile, and written to as soon as it answers."""
         start = time.monotonic()
-        with self.lock:
-            if self._ops:
-                self._start()
-            while self._ops:
-                if self.failing_since is not None and time.monotonic() - max(start, self.last_ok) > patience_s:
-                    return False
-                self.lock.wait(0.2)
-        return True
+        self._draining = True
+        self._wake.set()  # a write waiting out a long backoff is tried now, then every ``probe_s``
+        try:
+            with self.lock:
+                if self._ops:
+                    self._start()
+                while self._ops:
+                    if self.failing_since is not None and time.monotonic() - max(start, self.last_ok) > patience_s:
+                        return False
+                    self.lock.wait(0.2)
+            return True
+        finally:
+            self._draining = False
 
     def close(self) -> None:
         """Stop the thread (after the write it is making, if any); what is pending stays in ``pending()``."""
         self._stop.set()
+        self._wake.set()
         with self.lock:
             self.lock.notify_all()
 

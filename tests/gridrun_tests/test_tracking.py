@@ -214,6 +214,29 @@ def test_an_outage_at_the_end_is_spilled_then_replayed_exactly(store, parent, tm
     assert real.get_run(run_id).info.status == "FINISHED"
 
 
+def test_a_server_back_during_the_exit_wait_gets_everything_nothing_spilled(store, parent, tmp_path: Path) -> None:
+    """MLflow is away as the experiment ends and answers again partway through the exit patience: the writer
+    keeps trying it every ``probe_s`` during the wait (not after the outage's growing backoff, which would have
+    slept 0.5 + 1 + 2 + 4 s past this 4 s patience) and writes everything; nothing is spilled."""
+    _, real = store
+    flaky = Failing(real, "log_batch", 0)
+    t, trial = _tracker(store, parent, flaky, spill_path=tmp_path / SPILL_FILE, drain_s=4.0), _trial()
+    t.queue.probe_s = 0.2
+    t.on_trial_start(0, [trial], trial)
+    assert t.flush(5)
+    flaky.left = 8  # away for the next 8 attempts: about 8 * 0.2 s of the wait, then back
+    for i in (1, 2, 3):
+        t.on_trial_result(0, [trial], trial, {"objective": i / 10, "samples_seen": 8 * i})
+    trial.status = "TERMINATED"
+    t.on_trial_complete(0, [trial], trial)
+    t.on_experiment_end([trial])
+    assert flaky.left == 0 and t.pending() == 0
+    assert not (tmp_path / SPILL_FILE).exists()
+    run_id = t.runs["t1"]
+    assert _history(real, run_id, "objective") == [(8, 0.1), (16, 0.2), (24, 0.3)]
+    assert real.get_run(run_id).info.status == "FINISHED"
+
+
 def test_a_replay_while_mlflow_is_still_away_keeps_the_rest(store, parent, tmp_path: Path, monkeypatch) -> None:
     _, real = store
     t, trial = _tracker(store, parent, Failing(real, "create_run", 10**6), spill_path=tmp_path / SPILL_FILE), _trial()
