@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from gridrun.builtin import builtin_name, check_names
 from gridrun.errors import GridrunError
-from gridrun.sources import input_sources, is_hub_id, resolve_hub_ids
+from gridrun.sources import check_hub_cache, hub_offline, input_sources, is_hub_id, resolve_hub_ids
 from gridrun.spec import ExperimentSpec
 
 __all__ = [
@@ -162,6 +162,8 @@ def preflight(spec: ExperimentSpec, resolve_hub: bool = True) -> None:
             trusts the local cache instead; ``gridrun validate --deep`` always asks, and fails if it cannot.
     """
     unchecked = check_spec(spec)
+    if unchecked and not resolve_hub and hub_offline():
+        check_hub_cache(spec)  # the launch trusts the local cache: the model must be in it
     if unchecked and resolve_hub:
         resolve_hub_ids(spec)
         if is_hub_id(spec.model.name):

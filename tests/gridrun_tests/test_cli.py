@@ -45,6 +45,11 @@ def test_validate_ok() -> None:
         (["evaluate.evaluators=[json_fromat]"], "evaluate.evaluators: unknown evaluator 'json_fromat'"),
         (["objective.metric=task/f1"], "objective.metric: task/f1 is not reported by evaluators json_format"),
         (["resources.gpu=1"], "resources.gpu: 1.0 GPU per trial requested, but this machine has no CUDA GPU"),
+        # tests run with HF_HUB_OFFLINE=1 (conftest): a hub model not in the local cache fails before Ray starts
+        (
+            ["model.name=Qwen/NoSuchModel"],
+            "model.name: 'Qwen/NoSuchModel' is not in the local hub cache and the hub is switched off here",
+        ),
     ],
 )
 def test_launch_rejects_bad_input_before_starting_anything(tmp_path: Path, overrides: list[str], expected: str) -> None:
