@@ -32,7 +32,15 @@ def _load(args: argparse.Namespace):
         overrides.append(f"resources.address={args.address}")
     if getattr(args, "tracking_uri", None):
         overrides.append(f"tracking.uri={args.tracking_uri}")
-    return load_spec(args.spec, overrides)
+    spec = load_spec(args.spec, overrides)
+    from gridrun.validate import absolute_uri
+
+    uri = absolute_uri(spec.tracking.uri)  # shown and recorded absolute: one store wherever a command runs
+    return (
+        spec
+        if uri == spec.tracking.uri
+        else spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": uri})})
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -119,9 +127,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from gridrun.report import format_summary, load_summary
     from gridrun.tracking import summary_from_mlflow
+    from gridrun.validate import absolute_uri, check_store_exists
 
     if args.from_mlflow:
-        summary = summary_from_mlflow(args.tracking_uri, args.from_mlflow)
+        uri = absolute_uri(args.tracking_uri)
+        check_store_exists(uri)  # read-only: never create an empty store here
+        summary = summary_from_mlflow(uri, args.from_mlflow)
     elif args.experiment:
         summary = load_summary(args.experiment)
     else:
@@ -134,18 +145,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import os
     import shutil
 
+    from gridrun.validate import absolute_uri, check_store_exists
+
+    uri = absolute_uri(args.tracking_uri)
+    check_store_exists(uri)  # `mlflow ui` would create an empty store and show nothing
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
     cmd = [
         exe,
         "ui",
         "--backend-store-uri",
-        args.tracking_uri,
+        uri,
         "--host",
         "127.0.0.1",
         "--port",
         str(args.port),
     ]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
+    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop)")
     os.execv(exe, cmd)
     return 0  # pragma: no cover
 

@@ -27,11 +27,13 @@ from gridrun.sources import check_hub_cache, hub_offline, input_sources, is_hub_
 from gridrun.spec import ExperimentSpec
 
 __all__ = [
+    "absolute_uri",
     "check_address",
     "check_answer_formats",
     "check_lora_targets",
     "check_memory",
     "check_spec",
+    "check_store_exists",
     "check_tracking_uri",
     "gpu_memory_bytes",
     "preflight",
@@ -220,6 +222,37 @@ def check_tracking_uri(uri: str, reach: bool = True) -> None:
         raise GridrunError(f"tracking.uri: folder {parent} does not exist (from {uri})")
     if not os.access(parent, os.W_OK | os.X_OK):  # this user, not "anyone": a root-owned 0755 folder is read-only
         raise GridrunError(f"tracking.uri: folder {parent} is not writable by this user (from {uri})")
+
+
+def absolute_uri(uri: str) -> str:
+    """A local tracking store's URI with an absolute path (``sqlite:///mlruns.db`` is relative to the folder a
+    command runs in: shown and recorded absolute, it names one store wherever it is read from); others as given."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite" and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).expanduser().resolve()}"
+    if parsed.scheme == "" and uri:
+        return str(Path(uri).expanduser().resolve())
+    if parsed.scheme == "file" and not parsed.netloc and not parsed.path.startswith("/"):
+        return Path(parsed.path).expanduser().resolve().as_uri()
+    return uri
+
+
+def check_store_exists(uri: str) -> None:
+    """For commands that only read (report, ui): a local store must already be there (MLflow would create an
+    empty one and the command would then blame the run); a server must answer."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite" and uri.startswith("sqlite:///"):
+        where = Path(uri[len("sqlite:///") :]).expanduser()
+    elif parsed.scheme in ("", "file"):
+        where = Path(parsed.path if parsed.scheme else uri).expanduser()
+    else:
+        check_tracking_uri(uri)
+        return
+    if not where.exists():
+        raise GridrunError(
+            f"tracking.uri: no MLflow store at {where.resolve()} ({uri}); pass --tracking-uri of the store the "
+            "experiment was recorded in (the one launch printed)"
+        )
 
 
 def check_address(address: str) -> None:

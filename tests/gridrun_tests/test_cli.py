@@ -95,6 +95,21 @@ def test_report_of_a_folder_that_is_no_experiment(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no gridrun summary" in r.stderr
 
 
+@pytest.mark.parametrize("args", [["report", "--from-mlflow", "0123abcd"], ["ui", "--port", "9"]])
+def test_read_only_commands_never_create_a_store(tmp_path: Path, args: list[str]) -> None:
+    """Run from a folder with no mlruns.db: one line naming the absolute path looked at, and nothing created."""
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no MLflow store at {tmp_path.resolve()}/mlruns.db" in lines[0], r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_checks_an_absolute_tracking_uri(tmp_path: Path) -> None:
+    r = run_cli("validate", str(FORGETTING), "--set", "tracking.uri=sqlite:///sub/mlruns.db", cwd=tmp_path)
+    assert r.returncode == 2 and f"folder {tmp_path.resolve()}/sub does not exist" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
