@@ -417,3 +417,51 @@ def test_progress_says_when_a_trial_is_retried(capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert "trial a lost its worker or failed; retry 1/3 from its last checkpoint" in lines[0]
     assert "trial a restarted from its last checkpoint" in lines[1]
+
+
+def test_a_done_line_shows_the_last_and_the_best_round(capsys) -> None:
+    """The summary table shows a trial's best checkpoint; its done line must not pass off the last round as it."""
+    printer, trial = ProgressPrinter("task/x", {}, total=2), _trial("a")
+    printer.on_trial_start(0, [trial], trial)
+    rounds = [(0.5, 0.8555, 192), (0.375, 0.2309, 256)]
+    for task, obj, seen in rounds:
+        trial.last_result = {"task/x": task, "forget/delta": 0.1, "objective": obj, "samples_seen": seen}
+        printer.on_trial_result(0, [trial], trial, trial.last_result)
+    printer.on_trial_complete(0, [trial], trial)
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "done (1/2): last task/x 0.375, forget/delta 0.1, objective 0.2309 at 256 samples" in line
+    assert "; best task/x 0.5, forget/delta 0.1, objective 0.8555 at 192 samples" in line
+
+
+def test_running_trials_get_a_line_every_30_s_with_time_left(capsys, monkeypatch) -> None:
+    clock = [1000.0]
+    printer = ProgressPrinter("task/x", {}, total=4)
+    monkeypatch.setattr(printer, "_now", lambda: clock[0])
+    a, b = _trial("a"), _trial("b")
+    for t in (a, b):
+        printer.on_trial_start(0, [a, b], t)
+    a.last_result = {"progress": 0.25, "samples_seen": 64}
+    b.last_result = {}
+    clock[0] += 29
+    printer.on_step_end(0, [a, b])
+    assert "running" not in capsys.readouterr().out  # not yet 30 s
+    clock[0] += 1
+    printer.on_step_end(0, [a, b])
+    lines = capsys.readouterr().out.splitlines()
+    # a: 30 s for a quarter, so 120 s in all and 90 s left; b has not reported
+    assert lines[0] == "[gridrun] trial a running 30 s: 64 samples (25%), about 90 s left"
+    assert lines[1] == "[gridrun] trial b running 30 s: no evaluation round yet"
+    # 2 running (90 s left at most), 2 waiting: one more round of 120 s
+    assert lines[2] == "[gridrun] 0/4 trials done; at most about 4 min left"
+    printer.on_step_end(0, [a, b])
+    assert capsys.readouterr().out == ""  # the next lines come 30 s later
+
+
+def test_a_resumed_trial_is_continued_not_started(capsys) -> None:
+    first, trial = ProgressPrinter("task/x", {}), _trial("a")
+    first.on_trial_start(0, [trial], trial)
+    resumed = ProgressPrinter("task/x", {})
+    resumed.set_state(first.get_state())
+    resumed.on_trial_start(0, [trial], trial)
+    lines = capsys.readouterr().out.splitlines()
+    assert "trial a started: train.lr=0.01" in lines[0] and "trial a continued from its last checkpoint" in lines[1]
