@@ -165,11 +165,43 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+#: Where a launch's outputs land, for every help text that needs to say it.
+_OUTPUTS = """outputs (relative to the folder you run in, unless the spec says otherwise):
+  gridrun_results/<name>-<stamp>/   trials, checkpoints, summary, report plots   (tracking.storage)
+  mlruns.db                         MLflow runs, metrics, adapters' registry     (tracking.uri)"""
+
+_EXAMPLE = """example:
+  gridrun validate search_spaces/forgetting.yaml
+  gridrun launch search_spaces/forgetting.yaml --set search.num_trials=4 --set train.lr=1e-4
+  gridrun report gridrun_results/<name>-<stamp>      gridrun ui   (MLflow UI on http://127.0.0.1:5000)"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gridrun")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gridrun", description="Forgetting-aware QLoRA hyperparameter search.")
+    parser = argparse.ArgumentParser(
+        prog="gridrun",
+        description="Forgetting-aware QLoRA hyperparameter search.",
+        epilog=f"{_EXAMPLE}\n\n{_OUTPUTS}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gridrun {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("launch", help="run an experiment (Ray Tune + Optuna + ASHA, recorded in MLflow)")
+    p = sub.add_parser(
+        "launch",
+        help="run an experiment (Ray Tune + Optuna + ASHA, recorded in MLflow)",
+        description="Run an experiment: Ray Tune + Optuna + ASHA over QLoRA trials, recorded in MLflow.",
+        epilog=f"example:\n  gridrun launch search_spaces/forgetting.yaml --set search.num_trials=4\n\n{_OUTPUTS}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _spec_args(p)
     p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, sqlite:///mlruns.db)")

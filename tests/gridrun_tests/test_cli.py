@@ -136,3 +136,16 @@ def test_validate_checks_what_trials_would_meet(overrides: list[str], expected: 
     r = run_cli("validate", str(FORGETTING), *[a for o in overrides for a in ("--set", o)])
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and expected in r.stderr, r.stderr
+
+
+def test_help_shows_an_example_and_where_outputs_go_and_version() -> None:
+    from importlib.metadata import version
+
+    for args in (["--help"], ["launch", "--help"]):
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr
+        assert "example:\n  gridrun" in r.stdout and "gridrun launch search_spaces/forgetting.yaml" in r.stdout
+        assert "relative to the folder you run in" in r.stdout
+        assert "gridrun_results/" in r.stdout and "mlruns.db" in r.stdout
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"gridrun {version('gridrun')}"
