@@ -223,7 +223,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     from gridrun.progress import ProgressPrinter
     from gridrun.spec.space import to_optuna
     from gridrun.stopping import build_stopping
-    from gridrun.tracking import MLflowTracker, start_parent_run
+    from gridrun.tracking import MLflowTracker, flatten, start_parent_run
     from gridrun.writer import SPILL_FILE
 
     searched, fixed = to_optuna(spec.search.space)
@@ -246,6 +246,9 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             "cached" if cached else "computed once, now cached",
         )
 
+        # the fixed settings as they are, the searched ones as their ranges: experiments compare by settings
+        parent_params = {k: v for k, v in flatten(trial_spec.trial_dict()).items() if k not in searched}
+        parent_params.update({f"search.{k}": d.to_yaml() for k, d in spec.search.space.items() if k in searched})
         exp_id, parent = start_parent_run(
             spec.tracking.uri,
             spec.tracking.experiment or spec.name,
@@ -256,6 +259,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
                 "gridrun.objective": spec.objective.metric,
                 "mlflow.note.content": spec.description,
             },
+            params=parent_params,
         )
         meta = {
             "spec": spec.model_dump(mode="json"),

@@ -41,6 +41,7 @@ __all__ = [
     "flatten",
     "mark_interrupted",
     "register_adapters",
+    "run_name",
     "start_parent_run",
     "summary_from_mlflow",
 ]
@@ -63,8 +64,49 @@ def _client(uri: str) -> Any:
     return mlflow_client(uri)
 
 
-def start_parent_run(uri: str, experiment: str, run_name: str, spec_yaml: str, tags: dict[str, str]) -> tuple[str, str]:
-    """Create (or reuse) the MLflow experiment and open its parent run; returns (experiment_id, run_id)."""
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4):
+            mant, exp = f"{v:.1e}".split("e")
+            return f"{mant}e{int(exp)}"  # 1.2e-3, not 1.2e-03
+        return f"{v:.2g}"
+    return str(v)
+
+
+def run_name(config: dict[str, Any], searched: list[str], trial_id: str) -> str:
+    """A child run's name from its searched values, as the MLflow runs table shows it (``lr=1.2e-3 r=8
+    ratio=0.58``): each key's shortest unambiguous tail (``train.lr`` → ``lr``, ``data.sample_ratio`` →
+    ``ratio``); ``trial-<id>`` when nothing is searched."""
+    keys = [k for k in searched if k in config]
+    if not keys:
+        return f"trial-{trial_id}"
+
+    def tails(k: str) -> list[str]:
+        last = k.rsplit(".", 1)[-1]
+        return [last.rsplit("_", 1)[-1], last, k]
+
+    names = {}
+    for k in keys:
+        others = {t for o in keys if o != k for t in tails(o)}
+        names[k] = next(t for t in tails(k) if t not in others)
+    return " ".join(f"{names[k]}={_short(config[k])}" for k in keys)
+
+
+def start_parent_run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    spec_yaml: str,
+    tags: dict[str, str],
+    params: dict[str, Any] | None = None,
+) -> tuple[str, str]:
+    """Create (or reuse) the MLflow experiment and open its parent run; returns (experiment_id, run_id).
+
+    Args:
+        params: the spec's fixed settings and searched ranges, so experiments compare by their settings in the UI.
+    """
+    from mlflow.entities import Param
+
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
@@ -72,6 +114,9 @@ def start_parent_run(uri: str, experiment: str, run_name: str, spec_yaml: str, t
         # MLflow 3 shows experiments of unknown kind as GenAI projects; these are model-training runs.
         client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
     run = client.create_run(exp_id, run_name=run_name, tags={"gridrun.kind": "experiment", **tags})
+    items = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+    for i in range(0, len(items), 100):  # MLflow's per-batch limit
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
     client.log_text(run.info.run_id, spec_yaml, "spec.yaml")
     return exp_id, run.info.run_id
 
@@ -209,7 +254,7 @@ class MLflowTracker(Callback):
             {
                 "op": "start",
                 "trial": trial.trial_id,
-                "name": f"trial-{trial.trial_id}",
+                "name": run_name(trial.config, self.searched, trial.trial_id),
                 "tags": {
                     "gridrun.kind": "trial",
                     "gridrun.searched": ",".join(self.searched),

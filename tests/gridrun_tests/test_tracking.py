@@ -465,3 +465,31 @@ def test_a_resumed_trial_is_continued_not_started(capsys) -> None:
     resumed.on_trial_start(0, [trial], trial)
     lines = capsys.readouterr().out.splitlines()
     assert "trial a started: train.lr=0.01" in lines[0] and "trial a continued from its last checkpoint" in lines[1]
+
+
+def test_child_runs_are_named_by_their_searched_values(store, parent) -> None:
+    from gridrun.tracking import run_name
+
+    config = {"train.lr": 0.0012, "lora.r": 8, "data.sample_ratio": 0.5812, "train.warmup_ratio": 0.1}
+    searched = ["train.lr", "lora.r", "data.sample_ratio"]
+    assert run_name(config, searched, "07ed57a7") == "lr=1.2e-3 r=8 ratio=0.58"
+    both = [*searched, "train.warmup_ratio"]  # two `ratio`s: each keeps its last dotted part
+    assert run_name(config, both, "x") == "lr=1.2e-3 r=8 sample_ratio=0.58 warmup_ratio=0.1"
+    assert run_name({}, [], "07ed57a7") == "trial-07ed57a7"
+    _, real = store
+    t, trial = _tracker(store, parent), _trial()
+    t.on_trial_start(0, [trial], trial)
+    assert t.flush(5)
+    assert real.get_run(t.runs["t1"]).info.run_name == "lr=0.01"
+
+
+def test_the_parent_run_carries_the_fixed_settings_as_params(store) -> None:
+    from gridrun.tracking import start_parent_run
+
+    uri, real = store
+    params = {f"train.p{i}": i for i in range(150)}  # more than one MLflow batch
+    params["search.train.lr"] = {"type": "float", "low": 1e-5, "high": 0.02, "log": True}
+    _, run_id = start_parent_run(uri, "parent-params", "exp-1", "name: x\n", {}, params=params)
+    logged = real.get_run(run_id).data.params
+    assert len(logged) == 151 and logged["train.p149"] == "149"
+    assert logged["search.train.lr"] == "{'type': 'float', 'low': 1e-05, 'high': 0.02, 'log': True}"
