@@ -26,7 +26,7 @@ from gridrun.errors import GridrunError
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
 
-__all__ = ["SUMMARY_FILE", "fit_and_report", "sync"]
+__all__ = ["SUMMARY_FILE", "fit_and_report", "quiet_tune_restore_hint", "sync"]
 
 log = logging.getLogger("gridrun")
 
@@ -64,6 +64,20 @@ def _second_ctrl_c_exits(tracker: Any, exp_dir: Path) -> Iterator[None]:
         signal.signal(signal.SIGINT, before)
 
 
+class _NoRestoreHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(path=..., trainable=...)" after a Ctrl-C: gridrun
+    prints its own way on (``gridrun resume DIR``, which also replays MLflow writes and reopens the runs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Resume experiment with:" not in str(record.msg)
+
+
+def quiet_tune_restore_hint() -> None:
+    target = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoRestoreHint) for f in target.filters):
+        target.addFilter(_NoRestoreHint())
+
+
 def _write_summary(exp_dir: Path, summary: dict[str, Any]) -> None:
     (exp_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
 
@@ -80,6 +94,7 @@ def fit_and_report(
     from gridrun.tracking import close_parent
 
     parent = meta["mlflow"]["parent_run_id"]
+    quiet_tune_restore_hint()
     t0 = time.time()
     try:
         with _second_ctrl_c_exits(tracker, exp_dir):

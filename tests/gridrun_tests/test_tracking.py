@@ -493,3 +493,20 @@ def test_the_parent_run_carries_the_fixed_settings_as_params(store) -> None:
     logged = real.get_run(run_id).data.params
     assert len(logged) == 151 and logged["train.p149"] == "149"
     assert logged["search.train.lr"] == "{'type': 'float', 'low': 1e-05, 'high': 0.02, 'log': True}"
+
+
+def test_tunes_restore_hint_is_dropped_gridruns_resume_line_stands(caplog) -> None:
+    """After a Ctrl-C, Tune's 'Resume experiment with: Tuner.restore(...)' would contradict `gridrun resume`."""
+    import logging
+
+    from gridrun.finish import quiet_tune_restore_hint
+
+    quiet_tune_restore_hint()
+    tune_log = logging.getLogger("ray.tune.tune")
+    with caplog.at_level(logging.WARNING):
+        tune_log.warning(
+            "Experiment has been interrupted, but the most recent state was saved.\n"
+            "Resume experiment with: Tuner.restore(path='/x', trainable=...)"
+        )
+        tune_log.warning("Trials did not complete: [a]")
+    assert [r.getMessage() for r in caplog.records] == ["Trials did not complete: [a]"]
