@@ -362,8 +362,15 @@ def register_adapters(uri: str, model_name: str, rows: list[dict[str, Any]]) -> 
         metrics = (row.get("best_checkpoint") or {}).get("metrics") or row.get("metrics") or {}
         tags = {k: f"{v:.6g}" for k, v in metrics.items() if isinstance(v, int | float)}
         tags.update({"gridrun.trial_id": row["trial_id"], **{f"param.{k}": str(v) for k, v in row["params"].items()}})
-        mv = client.create_model_version(model_name, source=source, run_id=run_id, tags=tags)
+        model_id = run.data.tags.get("gridrun.model_id")  # the run's adapter as a LoggedModel (writer.py)
+        mv = client.create_model_version(model_name, source=source, run_id=run_id, tags=tags, model_id=model_id)
         versions.append(str(mv.version))
+        if model_id:  # the logged model lists its registered versions, as mlflow.register_model records them
+            from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+            known = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+            entry = [{"name": model_name, "version": str(mv.version)}]
+            client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(known + entry)})
     return versions
 
 

@@ -188,12 +188,32 @@ class RunWriter:
                     if (ckpt / "adapter").is_dir():
                         self.client.log_artifacts(run_id, str(ckpt / "adapter"), "adapter")
                         self.client.log_artifact(run_id, str(ckpt / "gridrun_card.json"), "adapter")
+                        tags["gridrun.model_id"] = self._link_model(run_id, op["trial"])
                     else:  # never lose the run's record over an artifact
                         tags["gridrun.artifact_error"] = f"checkpoint {saved.path} has no adapter/"
             except FileNotFoundError:
                 tags["gridrun.artifact_error"] = f"checkpoint {saved.path} is gone from storage"
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.set_terminated(run_id, op["status"])
+
+    def _link_model(self, run_id: str, trial_id: str) -> str:
+        """The run's adapter as an MLflow 3 LoggedModel, an output of the run (the runs table's Models column):
+        external, its files stay the run's ``adapter/`` artifact (one copy). Once per run, also when replayed."""
+        from mlflow.entities import LoggedModelOutput
+
+        run = self.client.get_run(run_id)
+        if "gridrun.model_id" in run.data.tags:
+            return str(run.data.tags["gridrun.model_id"])
+        model = self.client.create_logged_model(
+            self.experiment_id,
+            name=f"adapter-{trial_id}",
+            source_run_id=run_id,
+            tags={"mlflow.model.isExternal": "true", "gridrun.adapter_uri": f"{run.info.artifact_uri}/adapter"},
+            model_type="peft-lora-adapter",
+        )
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, self._written.get(run_id, 0))])
+        return str(model.model_id)
 
     def _kill(self, run_id: str, op: dict[str, Any]) -> None:
         self.client.set_terminated(run_id, "KILLED")

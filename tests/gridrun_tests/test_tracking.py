@@ -338,6 +338,22 @@ def test_the_tracker_uploads_the_best_checkpoint_from_storage(store, parent, tmp
     local = real.download_artifacts(run.info.run_id, "adapter/adapter_config.json", str(tmp_path / "dl"))
     assert Path(local).read_text() == "1"  # checkpoint 1: objective 0.9
     assert run.data.tags["gridrun.adapter_objective"] == "0.9" and run.info.status == "FINISHED"
+    # the adapter is the run's MLflow 3 model output (the runs table's Models column), once even if replayed
+    model_id = run.data.tags["gridrun.model_id"]
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    model = real.get_logged_model(model_id)
+    assert model.source_run_id == run.info.run_id and str(model.status) == "READY"
+    assert model.tags["gridrun.adapter_uri"] == f"{run.info.artifact_uri}/adapter"
+    assert t.writer._link_model(run.info.run_id, "t1") == model_id
+    # registered, the version is linked to that model too
+    import json
+
+    from gridrun.tracking import register_adapters
+
+    rows = [{"trial_id": "t1", "mlflow_run_id": run.info.run_id, "params": {}, "metrics": {"objective": 0.9}}]
+    version = register_adapters(store[0], "adapters-linked", rows)[0]
+    linked = json.loads(real.get_logged_model(model_id).tags["mlflow.modelVersions"])
+    assert linked == [{"name": "adapters-linked", "version": version}]
 
 
 def test_flatten() -> None:
