@@ -78,6 +78,16 @@ def quiet_tune_restore_hint() -> None:
         target.addFilter(_NoRestoreHint())
 
 
+def _wall_so_far(exp_dir: Path, session_s: float) -> dict[str, float]:
+    """A resumed experiment's wall time: the earlier sessions' (from the summary an interrupted one wrote) plus
+    this one's, which is kept as ``wall_s_session``. A driver that was killed wrote none: its time is unknown."""
+    try:
+        before = float(json.loads((exp_dir / SUMMARY_FILE).read_text()).get("wall_s") or 0.0)
+    except (OSError, ValueError, TypeError):
+        before = 0.0
+    return {"wall_s": round(before + session_s, 1), "wall_s_session": session_s}
+
+
 def _write_summary(exp_dir: Path, summary: dict[str, Any]) -> None:
     (exp_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
 
@@ -116,6 +126,8 @@ def fit_and_report(
             "wall_s": round(time.time() - t0, 1),
         }
     )
+    if tracker._resumed:
+        summary.update(_wall_so_far(exp_dir, summary["wall_s"]))
     summary["importance"] = importance(summary, spec.search.space)
     summary["report_dir"] = str(exp_dir / "report")
     if tracker._resumed:

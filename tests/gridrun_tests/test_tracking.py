@@ -526,3 +526,13 @@ def test_tunes_restore_hint_is_dropped_gridruns_resume_line_stands(caplog) -> No
         )
         tune_log.warning("Trials did not complete: [a]")
     assert [r.getMessage() for r in caplog.records] == ["Trials did not complete: [a]"]
+
+
+def test_a_resumed_experiments_wall_time_counts_every_session(tmp_path: Path) -> None:
+    import json
+
+    from gridrun.finish import SUMMARY_FILE, _wall_so_far
+
+    assert _wall_so_far(tmp_path, 12.5) == {"wall_s": 12.5, "wall_s_session": 12.5}  # the first driver was killed
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps({"wall_s": 40.2, "interrupted": {}}))  # Ctrl-C'd after 40 s
+    assert _wall_so_far(tmp_path, 12.5) == {"wall_s": 52.7, "wall_s_session": 12.5}
