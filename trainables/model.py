@@ -23,14 +23,22 @@ class _DropMessage(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
+#: Logger name -> the start of the one message dropped from it (see ``quiet_bnb_kernel_notice``).
+_KERNEL_NOTICES = {
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+    "kernels._internals.hf_hub": "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'",
+}
+
+
 def quiet_bnb_kernel_notice() -> None:
-    """Drop bitsandbytes' one "Failed to load CPU gemm_4bit_forward from kernels-community" warning, logged when
-    it is imported on a CPU with AVX512-BF16 (an optional hub kernel, never fetched offline: nothing a user can act
-    on, printed by every trial's worker). Its other warnings and errors still show. Set before the import: the
-    module's logger is looked up by name, so it gets this filter whenever it is created."""
-    target = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    if not any(isinstance(f, _DropMessage) for f in target.filters):
-        target.addFilter(_DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community"))
+    """Drop bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" warning, logged when it is
+    imported on a CPU with AVX512-BF16, and the ``kernels`` package's note on the same optional hub kernel when the
+    hub is off: nothing a user can act on, printed by every trial's worker. Their other warnings and errors still
+    show. Set before the import: a module's logger is looked up by name, so it gets its filter whenever it is made."""
+    for name, prefix in _KERNEL_NOTICES.items():
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) for f in target.filters):
+            target.addFilter(_DropMessage(prefix))
 
 
 def quiet_hf() -> None:
