@@ -77,7 +77,7 @@ def run_name(config: dict[str, Any], searched: list[str], trial_id: str) -> str:
     """A child run's name from its searched values, as the MLflow runs table shows it (``lr=1.2e-3 r=8
     ratio=0.58``): each key's shortest unambiguous tail (``train.lr`` → ``lr``, ``data.sample_ratio`` →
     ``ratio``); ``trial-<id>`` when nothing is searched."""
-    keys = [k for k in searched if k in config]
+    keys = [k for k in config if k in searched]  # in the search space's order, as the trial's start line
     if not keys:
         return f"trial-{trial_id}"
 
