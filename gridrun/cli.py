@@ -35,12 +35,9 @@ def _load(args: argparse.Namespace):
     spec = load_spec(args.spec, overrides)
     from gridrun.validate import absolute_uri
 
-    uri = absolute_uri(spec.tracking.uri)  # shown and recorded absolute: one store wherever a command runs
-    return (
-        spec
-        if uri == spec.tracking.uri
-        else spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": uri})})
-    )
+    # shown and recorded absolute: the same store wherever a later command (report, ui, resume) runs
+    tracking = spec.tracking.model_copy(update={"uri": absolute_uri(spec.tracking.uri)})
+    return spec.model_copy(update={"tracking": tracking})
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
