@@ -32,7 +32,12 @@ def _load(args: argparse.Namespace):
         overrides.append(f"resources.address={args.address}")
     if getattr(args, "tracking_uri", None):
         overrides.append(f"tracking.uri={args.tracking_uri}")
-    return load_spec(args.spec, overrides)
+    spec = load_spec(args.spec, overrides)
+    from gridrun.validate import absolute_uri
+
+    # shown and recorded absolute: the same store wherever a later command (report, ui, resume) runs
+    tracking = spec.tracking.model_copy(update={"uri": absolute_uri(spec.tracking.uri)})
+    return spec.model_copy(update={"tracking": tracking})
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -119,9 +124,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from gridrun.report import format_summary, load_summary
     from gridrun.tracking import summary_from_mlflow
+    from gridrun.validate import absolute_uri, check_store_exists
 
     if args.from_mlflow:
-        summary = summary_from_mlflow(args.tracking_uri, args.from_mlflow)
+        uri = absolute_uri(args.tracking_uri)
+        check_store_exists(uri)  # read-only: never create an empty store here
+        summary = summary_from_mlflow(uri, args.from_mlflow)
     elif args.experiment:
         summary = load_summary(args.experiment)
     else:
@@ -134,27 +142,63 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import os
     import shutil
 
+    from gridrun.validate import absolute_uri, check_store_exists
+
+    uri = absolute_uri(args.tracking_uri)
+    check_store_exists(uri)  # `mlflow ui` would create an empty store and show nothing
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
     cmd = [
         exe,
         "ui",
         "--backend-store-uri",
-        args.tracking_uri,
+        uri,
         "--host",
         "127.0.0.1",
         "--port",
         str(args.port),
     ]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
+    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop)")
     os.execv(exe, cmd)
     return 0  # pragma: no cover
 
 
+#: Where a launch's outputs land, for every help text that needs to say it.
+_OUTPUTS = """outputs (relative to the folder you run in, unless the spec says otherwise):
+  gridrun_results/<name>-<stamp>/   trials, checkpoints, summary, report plots   (tracking.storage)
+  mlruns.db                         MLflow runs, metrics, adapters' registry     (tracking.uri)"""
+
+_EXAMPLE = """example:
+  gridrun validate search_spaces/forgetting.yaml
+  gridrun launch search_spaces/forgetting.yaml --set search.num_trials=4 --set train.lr=1e-4
+  gridrun report gridrun_results/<name>-<stamp>      gridrun ui   (MLflow UI on http://127.0.0.1:5000)"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gridrun")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gridrun", description="Forgetting-aware QLoRA hyperparameter search.")
+    parser = argparse.ArgumentParser(
+        prog="gridrun",
+        description="Forgetting-aware QLoRA hyperparameter search.",
+        epilog=f"{_EXAMPLE}\n\n{_OUTPUTS}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gridrun {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("launch", help="run an experiment (Ray Tune + Optuna + ASHA, recorded in MLflow)")
+    p = sub.add_parser(
+        "launch",
+        help="run an experiment (Ray Tune + Optuna + ASHA, recorded in MLflow)",
+        description="Run an experiment: Ray Tune + Optuna + ASHA over QLoRA trials, recorded in MLflow.",
+        epilog=f"example:\n  gridrun launch search_spaces/forgetting.yaml --set search.num_trials=4\n\n{_OUTPUTS}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _spec_args(p)
     p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, sqlite:///mlruns.db)")

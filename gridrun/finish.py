@@ -26,7 +26,7 @@ from gridrun.errors import GridrunError
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
 
-__all__ = ["SUMMARY_FILE", "fit_and_report", "sync"]
+__all__ = ["SUMMARY_FILE", "fit_and_report", "quiet_tune_restore_hint", "sync"]
 
 log = logging.getLogger("gridrun")
 
@@ -64,6 +64,30 @@ def _second_ctrl_c_exits(tracker: Any, exp_dir: Path) -> Iterator[None]:
         signal.signal(signal.SIGINT, before)
 
 
+class _NoRestoreHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(path=..., trainable=...)" after a Ctrl-C: gridrun
+    prints its own way on (``gridrun resume DIR``, which also replays MLflow writes and reopens the runs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Resume experiment with:" not in str(record.msg)
+
+
+def quiet_tune_restore_hint() -> None:
+    target = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoRestoreHint) for f in target.filters):
+        target.addFilter(_NoRestoreHint())
+
+
+def _wall_so_far(exp_dir: Path, session_s: float) -> dict[str, float]:
+    """A resumed experiment's wall time: the earlier sessions' (from the summary an interrupted one wrote) plus
+    this one's, which is kept as ``wall_s_session``. A driver that was killed wrote none: its time is unknown."""
+    try:
+        before = float(json.loads((exp_dir / SUMMARY_FILE).read_text()).get("wall_s") or 0.0)
+    except (OSError, ValueError, TypeError):
+        before = 0.0
+    return {"wall_s": round(before + session_s, 1), "wall_s_session": session_s}
+
+
 def _write_summary(exp_dir: Path, summary: dict[str, Any]) -> None:
     (exp_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
 
@@ -80,6 +104,7 @@ def fit_and_report(
     from gridrun.tracking import close_parent
 
     parent = meta["mlflow"]["parent_run_id"]
+    quiet_tune_restore_hint()
     t0 = time.time()
     try:
         with _second_ctrl_c_exits(tracker, exp_dir):
@@ -101,6 +126,8 @@ def fit_and_report(
             "wall_s": round(time.time() - t0, 1),
         }
     )
+    if tracker._resumed:
+        summary.update(_wall_so_far(exp_dir, summary["wall_s"]))
     summary["importance"] = importance(summary, spec.search.space)
     summary["report_dir"] = str(exp_dir / "report")
     if tracker._resumed:

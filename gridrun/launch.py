@@ -26,7 +26,7 @@ from gridrun.sources import hub_offline
 from gridrun.spec import ExperimentSpec, spec_from_dict, validate_dict
 from gridrun.validate import check_address, check_tracking_uri, gpu_memory_bytes, preflight
 
-__all__ = ["META_FILE", "experiment_trial_spec", "launch", "resume", "start_ray"]
+__all__ = ["META_FILE", "experiment_trial_spec", "launch", "other_local_rays", "resume", "start_ray"]
 
 #: What `gridrun resume` needs besides Tune's own state: the spec, the cached baseline, the MLflow ids.
 META_FILE = "gridrun_experiment.json"
@@ -65,6 +65,13 @@ def _loopback_only() -> Iterator[None]:
             os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = env_before
 
 
+def other_local_rays() -> list[int]:
+    """The Ray instances already running on this machine, by the pid of each one's GCS server process."""
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info.get("name") == "gcs_server"]
+
+
 def start_ray(spec: ExperimentSpec) -> dict[str, float]:
     """Join ``resources.address``, or start Ray on this machine bound to 127.0.0.1 only; returns the cluster's
     resources after checking a trial fits (one line and exit 2 otherwise, Ray shut down again)."""
@@ -86,6 +93,15 @@ def start_ray(spec: ExperimentSpec) -> dict[str, float]:
     if spec.resources.address:
         ray.init(address=spec.resources.address, log_to_driver=True, logging_level=logging.WARNING)
     else:
+        others = len(other_local_rays())
+        if others:
+            log.warning(
+                "%d other Ray instance%s already running on this machine (another launch?): each sizes its trials "
+                "to all %d CPU cores, so they share them; set search.max_concurrent to run fewer trials at once",
+                others,
+                " is" if others == 1 else "s are",
+                os.cpu_count() or 1,
+            )
         with _loopback_only():
             ray.init(
                 _node_ip_address="127.0.0.1",
@@ -207,7 +223,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     from gridrun.progress import ProgressPrinter
     from gridrun.spec.space import to_optuna
     from gridrun.stopping import build_stopping
-    from gridrun.tracking import MLflowTracker, start_parent_run
+    from gridrun.tracking import MLflowTracker, flatten, start_parent_run
     from gridrun.warm_start import earlier_trials
     from gridrun.writer import SPILL_FILE
 
@@ -232,6 +248,9 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             "cached" if cached else "computed once, now cached",
         )
 
+        # the fixed settings as they are, the searched ones as their ranges: experiments compare by settings
+        parent_params = {k: v for k, v in flatten(trial_spec.trial_dict()).items() if k not in searched}
+        parent_params.update({f"search.{k}": d.to_yaml() for k, d in spec.search.space.items() if k in searched})
         exp_id, parent = start_parent_run(
             spec.tracking.uri,
             spec.tracking.experiment or spec.name,
@@ -242,6 +261,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
                 "gridrun.objective": spec.objective.metric,
                 "mlflow.note.content": spec.description,
             },
+            params=parent_params,
         )
         meta = {
             "spec": spec.model_dump(mode="json"),

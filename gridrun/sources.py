@@ -13,7 +13,7 @@ from gridrun.builtin import builtin_name
 from gridrun.errors import GridrunError
 from gridrun.spec import ExperimentSpec
 
-__all__ = ["Source", "hub_offline", "input_sources", "is_hub_id", "resolve_hub_ids"]
+__all__ = ["Source", "check_hub_cache", "hub_offline", "input_sources", "is_hub_id", "resolve_hub_ids"]
 
 
 @dataclass(frozen=True)
@@ -88,3 +88,23 @@ def resolve_hub_ids(spec: ExperimentSpec) -> dict[str, str]:
             raise GridrunError(f"{where} cannot be checked: {type(e).__name__}: {str(e).splitlines()[0]}") from None
         shas[src.source] = str(info.sha)
     return shas
+
+
+def check_hub_cache(spec: ExperimentSpec) -> None:
+    """With the hub switched off, a hub model must be in the local hub cache (its ``config.json`` at its
+    revision): one line naming offline mode now, not a worker's traceback after Ray has started.
+
+    Hub datasets are left to the loaders: ``datasets`` keeps them in more than one cache layout.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    src = spec.model.name
+    if not is_hub_id(src):
+        return
+    found = try_to_load_from_cache(src, "config.json", revision=spec.model.revision)
+    if not isinstance(found, str):  # None (never fetched) or a cached "does not exist" marker
+        at = f" at revision {spec.model.revision!r}" if spec.model.revision else ""
+        raise GridrunError(
+            f"model.name: {src!r}{at} is not in the local hub cache and the hub is switched off here "
+            "(HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE, or fill a folder with `gridrun prepare` where the hub is up"
+        )

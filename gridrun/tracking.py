@@ -41,6 +41,7 @@ __all__ = [
     "flatten",
     "mark_interrupted",
     "register_adapters",
+    "run_name",
     "start_parent_run",
     "summary_from_mlflow",
 ]
@@ -63,8 +64,49 @@ def _client(uri: str) -> Any:
     return mlflow_client(uri)
 
 
-def start_parent_run(uri: str, experiment: str, run_name: str, spec_yaml: str, tags: dict[str, str]) -> tuple[str, str]:
-    """Create (or reuse) the MLflow experiment and open its parent run; returns (experiment_id, run_id)."""
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4):
+            mant, exp = f"{v:.1e}".split("e")
+            return f"{mant}e{int(exp)}"  # 1.2e-3, not 1.2e-03
+        return f"{v:.2g}"
+    return str(v)
+
+
+def run_name(config: dict[str, Any], searched: list[str], trial_id: str) -> str:
+    """A child run's name from its searched values, as the MLflow runs table shows it (``lr=1.2e-3 r=8
+    ratio=0.58``): each key's shortest unambiguous tail (``train.lr`` → ``lr``, ``data.sample_ratio`` →
+    ``ratio``); ``trial-<id>`` when nothing is searched."""
+    keys = [k for k in config if k in searched]  # in the search space's order, as the trial's start line
+    if not keys:
+        return f"trial-{trial_id}"
+
+    def tails(k: str) -> list[str]:
+        last = k.rsplit(".", 1)[-1]
+        return [last.rsplit("_", 1)[-1], last, k]
+
+    names = {}
+    for k in keys:
+        others = {t for o in keys if o != k for t in tails(o)}
+        names[k] = next(t for t in tails(k) if t not in others)
+    return " ".join(f"{names[k]}={_short(config[k])}" for k in keys)
+
+
+def start_parent_run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    spec_yaml: str,
+    tags: dict[str, str],
+    params: dict[str, Any] | None = None,
+) -> tuple[str, str]:
+    """Create (or reuse) the MLflow experiment and open its parent run; returns (experiment_id, run_id).
+
+    Args:
+        params: the spec's fixed settings and searched ranges, so experiments compare by their settings in the UI.
+    """
+    from mlflow.entities import Param
+
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
@@ -72,6 +114,9 @@ def start_parent_run(uri: str, experiment: str, run_name: str, spec_yaml: str, t
         # MLflow 3 shows experiments of unknown kind as GenAI projects; these are model-training runs.
         client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
     run = client.create_run(exp_id, run_name=run_name, tags={"gridrun.kind": "experiment", **tags})
+    items = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+    for i in range(0, len(items), 100):  # MLflow's per-batch limit
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
     client.log_text(run.info.run_id, spec_yaml, "spec.yaml")
     return exp_id, run.info.run_id
 
@@ -209,7 +254,7 @@ class MLflowTracker(Callback):
             {
                 "op": "start",
                 "trial": trial.trial_id,
-                "name": f"trial-{trial.trial_id}",
+                "name": run_name(trial.config, self.searched, trial.trial_id),
                 "tags": {
                     "gridrun.kind": "trial",
                     "gridrun.searched": ",".join(self.searched),
@@ -317,8 +362,15 @@ def register_adapters(uri: str, model_name: str, rows: list[dict[str, Any]]) -> 
         metrics = (row.get("best_checkpoint") or {}).get("metrics") or row.get("metrics") or {}
         tags = {k: f"{v:.6g}" for k, v in metrics.items() if isinstance(v, int | float)}
         tags.update({"gridrun.trial_id": row["trial_id"], **{f"param.{k}": str(v) for k, v in row["params"].items()}})
-        mv = client.create_model_version(model_name, source=source, run_id=run_id, tags=tags)
+        model_id = run.data.tags.get("gridrun.model_id")  # the run's adapter as a LoggedModel (writer.py)
+        mv = client.create_model_version(model_name, source=source, run_id=run_id, tags=tags, model_id=model_id)
         versions.append(str(mv.version))
+        if model_id:  # the logged model lists its registered versions, as mlflow.register_model records them
+            from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+            known = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+            entry = [{"name": model_name, "version": str(mv.version)}]
+            client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(known + entry)})
     return versions
 
 

@@ -23,15 +23,17 @@ from urllib.parse import urlparse
 
 from gridrun.builtin import builtin_name, check_names
 from gridrun.errors import GridrunError
-from gridrun.sources import input_sources, is_hub_id, resolve_hub_ids
+from gridrun.sources import check_hub_cache, hub_offline, input_sources, is_hub_id, resolve_hub_ids
 from gridrun.spec import ExperimentSpec
 
 __all__ = [
+    "absolute_uri",
     "check_address",
     "check_answer_formats",
     "check_lora_targets",
     "check_memory",
     "check_spec",
+    "check_store_exists",
     "check_tracking_uri",
     "gpu_memory_bytes",
     "preflight",
@@ -143,6 +145,7 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
         raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU; use float32 on CPU")
     check_answer_formats(spec)
     check_memory(spec)
+    check_tracking_uri(spec.tracking.uri, reach=False)  # scheme, form and local folder: no server needed
     return sorted(set(unchecked))
 
 
@@ -165,6 +168,8 @@ def preflight(spec: ExperimentSpec, resolve_hub: bool = True) -> None:
             trusts the local cache instead; ``gridrun validate --deep`` always asks, and fails if it cannot.
     """
     unchecked = check_spec(spec)
+    if unchecked and not resolve_hub and hub_offline():
+        check_hub_cache(spec)  # the launch trusts the local cache: the model must be in it
     if unchecked and resolve_hub:
         resolve_hub_ids(spec)
         if is_hub_id(spec.model.name):
@@ -185,10 +190,19 @@ def preflight(spec: ExperimentSpec, resolve_hub: bool = True) -> None:
     check_memory(spec, deep=True, hub=resolve_hub)
 
 
-def check_tracking_uri(uri: str) -> None:
-    """Fail fast (one line) when the tracking store cannot be reached or created."""
+def check_tracking_uri(uri: str, reach: bool = True) -> None:
+    """Fail fast (one line) when the tracking store cannot be reached or created.
+
+    Args:
+        reach: also ask an HTTP server for its health (offline ``validate`` checks the scheme, form and a local
+            store's folder only).
+    """
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise GridrunError(f"tracking.uri: expected http(s)://host[:port], got {uri!r}")
+        if not reach:
+            return
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
                 if r.status != 200:
@@ -212,6 +226,37 @@ def check_tracking_uri(uri: str) -> None:
         raise GridrunError(f"tracking.uri: folder {parent} does not exist (from {uri})")
     if not os.access(parent, os.W_OK | os.X_OK):  # this user, not "anyone": a root-owned 0755 folder is read-only
         raise GridrunError(f"tracking.uri: folder {parent} is not writable by this user (from {uri})")
+
+
+def absolute_uri(uri: str) -> str:
+    """A local tracking store's URI with an absolute path (``sqlite:///mlruns.db`` is relative to the folder a
+    command runs in: shown and recorded absolute, it names one store wherever it is read from); others as given."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite" and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).expanduser().resolve()}"
+    if parsed.scheme == "" and uri:
+        return str(Path(uri).expanduser().resolve())
+    if parsed.scheme == "file" and not parsed.netloc and not parsed.path.startswith("/"):
+        return Path(parsed.path).expanduser().resolve().as_uri()
+    return uri
+
+
+def check_store_exists(uri: str) -> None:
+    """For commands that only read (report, ui): a local store must already be there (MLflow would create an
+    empty one and the command would then blame the run); a server must answer."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite" and uri.startswith("sqlite:///"):
+        where = Path(uri[len("sqlite:///") :]).expanduser()
+    elif parsed.scheme in ("", "file"):
+        where = Path(parsed.path if parsed.scheme else uri).expanduser()
+    else:
+        check_tracking_uri(uri)
+        return
+    if not where.exists():
+        raise GridrunError(
+            f"tracking.uri: no MLflow store at {where.resolve()} ({uri}); pass --tracking-uri of the store the "
+            "experiment was recorded in (the one launch printed)"
+        )
 
 
 def check_address(address: str) -> None:

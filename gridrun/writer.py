@@ -188,12 +188,32 @@ class RunWriter:
                     if (ckpt / "adapter").is_dir():
                         self.client.log_artifacts(run_id, str(ckpt / "adapter"), "adapter")
                         self.client.log_artifact(run_id, str(ckpt / "gridrun_card.json"), "adapter")
+                        tags["gridrun.model_id"] = self._link_model(run_id, op["trial"])
                     else:  # never lose the run's record over an artifact
                         tags["gridrun.artifact_error"] = f"checkpoint {saved.path} has no adapter/"
             except FileNotFoundError:
                 tags["gridrun.artifact_error"] = f"checkpoint {saved.path} is gone from storage"
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.set_terminated(run_id, op["status"])
+
+    def _link_model(self, run_id: str, trial_id: str) -> str:
+        """The run's adapter as an MLflow 3 LoggedModel, an output of the run (the runs table's Models column):
+        external, its files stay the run's ``adapter/`` artifact (one copy). Once per run, also when replayed."""
+        from mlflow.entities import LoggedModelOutput
+
+        run = self.client.get_run(run_id)
+        if "gridrun.model_id" in run.data.tags:
+            return str(run.data.tags["gridrun.model_id"])
+        model = self.client.create_logged_model(
+            self.experiment_id,
+            name=f"adapter-{trial_id}",
+            source_run_id=run_id,
+            tags={"mlflow.model.isExternal": "true", "gridrun.adapter_uri": f"{run.info.artifact_uri}/adapter"},
+            model_type="peft-lora-adapter",
+        )
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, self._written.get(run_id, 0))])
+        return str(model.model_id)
 
     def _kill(self, run_id: str, op: dict[str, Any]) -> None:
         self.client.set_terminated(run_id, "KILLED")
@@ -217,6 +237,11 @@ class OpQueue:
         self.last_ok = time.monotonic()
         self.written = self.dropped = 0
         self._warned_full = False
+        # While the driver waits at the end (``drain``), a failing write is retried at least every ``probe_s``
+        # seconds, not after the outage's long backoff: a server back mid-wait is written to at once.
+        self.probe_s = 1.0
+        self._draining = False
+        self._wake = threading.Event()  # cuts a backoff short (drain starts, or the queue closes)
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -278,7 +303,9 @@ class OpQueue:
                         _line(e),
                         len(self._ops),
                     )
-                self._stop.wait(min(10.0, 0.5 * 2 ** (failures - 1)))
+                delay = min(10.0, 0.5 * 2 ** (failures - 1))
+                self._wake.clear()
+                self._wake.wait(min(delay, self.probe_s) if self._draining else delay)
                 continue
             failures = 0
             if self.failing_since is not None:
@@ -303,20 +330,27 @@ class OpQueue:
 
     def drain(self, patience_s: float) -> bool:
         """Wait until every write is made; gives up (False) once MLflow has taken nothing for ``patience_s``
-        seconds while failing. A server that is slow but answering is waited for."""
+        seconds while failing. A server that is slow but answering is waited for; one that is away is tried at
+        least every ``probe_s`` seconds meanwhile, and written to as soon as it answers."""
         start = time.monotonic()
-        with self.lock:
-            if self._ops:
-                self._start()
-            while self._ops:
-                if self.failing_since is not None and time.monotonic() - max(start, self.last_ok) > patience_s:
-                    return False
-                self.lock.wait(0.2)
-        return True
+        self._draining = True
+        self._wake.set()  # a write waiting out a long backoff is tried now, then every ``probe_s``
+        try:
+            with self.lock:
+                if self._ops:
+                    self._start()
+                while self._ops:
+                    if self.failing_since is not None and time.monotonic() - max(start, self.last_ok) > patience_s:
+                        return False
+                    self.lock.wait(0.2)
+            return True
+        finally:
+            self._draining = False
 
     def close(self) -> None:
         """Stop the thread (after the write it is making, if any); what is pending stays in ``pending()``."""
         self._stop.set()
+        self._wake.set()
         with self.lock:
             self.lock.notify_all()
 

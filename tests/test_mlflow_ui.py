@@ -87,10 +87,6 @@ def mlflow_server(tmp_path: Path):
 
 
 def test_experiment_page_shows_the_child_runs(mlflow_server: str, tmp_path: Path, tiny_model_path: Path) -> None:
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium before the tests")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
     from mlflow.tracking import MlflowClient
 
     overrides = [*TINY, "search.num_trials=2", "tracking.experiment=ui-check"]
@@ -110,9 +106,22 @@ def test_experiment_page_shows_the_child_runs(mlflow_server: str, tmp_path: Path
     children = client.search_runs([exp.experiment_id], "tags.`gridrun.kind` = 'trial'")
     assert len(children) == 2
     names = [c.info.run_name for c in children]
-    # over HTTP too, each child's adapter went up as an artifact
+    # over HTTP too, each child's adapter went up as an artifact, and is the run's model output (Models column)
     for c in children:
         assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(c.info.run_id, "adapter")}
+        outputs = client.get_run(c.info.run_id).outputs.model_outputs
+        assert [o.model_id for o in outputs] == [c.data.tags["gridrun.model_id"]]
+        assert client.get_logged_model(outputs[0].model_id).source_run_id == c.info.run_id
+    # children are named by their searched values; the parent carries the fixed settings and the searched ranges
+    assert all(n.startswith("lr=") and " r=" in n and " ratio=" in n for n in names), names
+    parent_params = client.get_run(children[0].data.tags["mlflow.parentRunId"]).data.params
+    assert parent_params["train.batch_size"] == "8" and "train.lr" not in parent_params
+    assert parent_params["search.train.lr"].startswith("{'type': 'float'")
+
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium before the tests")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
 
     from playwright.sync_api import sync_playwright
 

@@ -11,7 +11,34 @@ from gridrun.builtin import resolve_model
 from gridrun.errors import GridrunError
 from gridrun.spec import LoraSpec, ModelSpec
 
-__all__ = ["add_lora", "cap_gpu_memory", "load_base", "pick_device", "quiet_hf"]
+__all__ = ["add_lora", "cap_gpu_memory", "load_base", "pick_device", "quiet_bnb_kernel_notice", "quiet_hf"]
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+#: Logger name -> the start of the one message dropped from it (see ``quiet_bnb_kernel_notice``).
+_KERNEL_NOTICES = {
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+    "kernels._internals.hf_hub": "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'",
+}
+
+
+def quiet_bnb_kernel_notice() -> None:
+    """Drop bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" warning, logged when it is
+    imported on a CPU with AVX512-BF16, and the ``kernels`` package's note on the same optional hub kernel when the
+    hub is off: nothing a user can act on, printed by every trial's worker. Their other warnings and errors still
+    show. Set before the import: a module's logger is looked up by name, so it gets its filter whenever it is made."""
+    for name, prefix in _KERNEL_NOTICES.items():
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) for f in target.filters):
+            target.addFilter(_DropMessage(prefix))
 
 
 def quiet_hf() -> None:
@@ -22,7 +49,7 @@ def quiet_hf() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    quiet_bnb_kernel_notice()
     # peft calls transformers' deprecated is_gradient_checkpointing: nothing a user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     logging.getLogger("transformers.integrations").setLevel(logging.ERROR)

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_report"]
+__all__ = ["pareto_figure", "write_report"]
 
 
 def write_report(summary: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -18,43 +18,7 @@ def write_report(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in summary["trials"] if math.isfinite(r["task"]) and math.isfinite(r["forget_delta"])]
-    metric = summary["objective_metric"]
-    front = set(summary.get("pareto_front") or [])
-    best = (summary.get("best") or {}).get("trial_id")
-    paths: list[Path] = []
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    ax.scatter([r["forget_delta"] for r in rows], [r["task"] for r in rows], c="tab:gray", label="trial")
-    fr = sorted((r for r in rows if r["trial_id"] in front), key=lambda r: r["forget_delta"])
-    if fr:
-        # the attainment staircase: between two front points, the best task reachable is the left one's
-        ax.plot(
-            [r["forget_delta"] for r in fr],
-            [r["task"] for r in fr],
-            "o-",
-            c="tab:red",
-            drawstyle="steps-post",
-            label="Pareto front",
-        )
-    for r in rows:
-        if r["trial_id"] == best:
-            ax.scatter(
-                [r["forget_delta"]],
-                [r["task"]],
-                s=200,
-                facecolors="none",
-                edgecolors="tab:blue",
-                linewidths=2,
-                label=f"best objective ({best})",
-            )
-        ax.annotate(r["trial_id"][-4:], (r["forget_delta"], r["task"]), fontsize=7, alpha=0.7)
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("forget/delta (relative rise of general probe loss; lower is better)")
-    ax.set_ylabel(f"{metric} (at each trial's best checkpoint)")
-    ax.set_title(f"{summary['name']}: task vs forgetting")
-    ax.legend(loc="best", fontsize=8)
-    paths.append(_save(fig, out_dir / "pareto.png"))
+    paths = [_save(pareto_figure(summary), out_dir / "pareto.png")]
 
     keys = sorted({k for r in summary["trials"] for k in r["params"]})
     if keys:
@@ -84,7 +48,7 @@ def write_report(summary: dict[str, Any], out_dir: Path) -> list[Path]:
                 marker=".",
                 alpha=0.85,
                 color=colors[i % len(colors)],
-                label=r["trial_id"][-4:],
+                label=r["trial_id"],  # the id the console, table and MLflow show
             )
     ax.set_xlabel("samples seen")
     ax.set_ylabel("objective")
@@ -102,6 +66,59 @@ def write_report(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         paths.append(_save(fig, out_dir / "importance.png"))
 
     return paths
+
+
+def pareto_figure(summary: dict[str, Any]) -> Any:
+    """Task vs forgetting: a point per trial labelled with its id (labels moved apart), the Pareto front, the
+    best trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["trials"] if math.isfinite(r["task"]) and math.isfinite(r["forget_delta"])]
+    metric = summary["objective_metric"]
+    front = set(summary.get("pareto_front") or [])
+    best = (summary.get("best") or {}).get("trial_id")
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter([r["forget_delta"] for r in rows], [r["task"] for r in rows], c="tab:gray", label="trial")
+    fr = sorted((r for r in rows if r["trial_id"] in front), key=lambda r: r["forget_delta"])
+    if fr:
+        # the attainment staircase: between two front points, the best task reachable is the left one's
+        ax.plot(
+            [r["forget_delta"] for r in fr],
+            [r["task"] for r in fr],
+            "o-",
+            c="tab:red",
+            drawstyle="steps-post",
+            label="Pareto front",
+        )
+    labels: list[Any] = []
+    for r in rows:
+        if r["trial_id"] == best:
+            ax.scatter(
+                [r["forget_delta"]],
+                [r["task"]],
+                s=200,
+                facecolors="none",
+                edgecolors="tab:blue",
+                linewidths=2,
+                label=f"best objective ({best})",
+            )
+        labels.append(ax.text(r["forget_delta"], r["task"], r["trial_id"], fontsize=7, alpha=0.8))
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("forget/delta (relative rise of general probe loss; lower is better)")
+    ax.set_ylabel(f"{metric} (at each trial's best checkpoint)")
+    ax.set_title(f"{summary['name']}: task vs forgetting")
+    ax.legend(loc="best", fontsize=8)
+    if labels:
+        from adjustText import adjust_text
+
+        fig.tight_layout()  # final axes size first: labels are moved apart in display space
+        # labels of close trials would pile up on their points: moved apart, each with a line to its point
+        adjust_text(labels, ax=ax, arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})
+    return fig
 
 
 def _save(fig: Any, path: Path) -> Path:

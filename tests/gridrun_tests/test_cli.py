@@ -45,6 +45,11 @@ def test_validate_ok() -> None:
         (["evaluate.evaluators=[json_fromat]"], "evaluate.evaluators: unknown evaluator 'json_fromat'"),
         (["objective.metric=task/f1"], "objective.metric: task/f1 is not reported by evaluators json_format"),
         (["resources.gpu=1"], "resources.gpu: 1.0 GPU per trial requested, but this machine has no CUDA GPU"),
+        # tests run with HF_HUB_OFFLINE=1 (conftest): a hub model not in the local cache fails before Ray starts
+        (
+            ["model.name=Qwen/NoSuchModel"],
+            "model.name: 'Qwen/NoSuchModel' is not in the local hub cache and the hub is switched off here",
+        ),
     ],
 )
 def test_launch_rejects_bad_input_before_starting_anything(tmp_path: Path, overrides: list[str], expected: str) -> None:
@@ -90,6 +95,21 @@ def test_report_of_a_folder_that_is_no_experiment(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no gridrun summary" in r.stderr
 
 
+@pytest.mark.parametrize("args", [["report", "--from-mlflow", "0123abcd"], ["ui", "--port", "9"]])
+def test_read_only_commands_never_create_a_store(tmp_path: Path, args: list[str]) -> None:
+    """Run from a folder with no mlruns.db: one line naming the absolute path looked at, and nothing created."""
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no MLflow store at {tmp_path.resolve()}/mlruns.db" in lines[0], r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_checks_an_absolute_tracking_uri(tmp_path: Path) -> None:
+    r = run_cli("validate", str(FORGETTING), "--set", "tracking.uri=sqlite:///sub/mlruns.db", cwd=tmp_path)
+    assert r.returncode == 2 and f"folder {tmp_path.resolve()}/sub does not exist" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -105,6 +125,10 @@ def test_report_of_a_folder_that_is_no_experiment(tmp_path: Path) -> None:
         ),
         (["evaluate.evaluators=[nope]"], "evaluate.evaluators: unknown evaluator 'nope'"),
         (["data.task=builtin:nope"], "data.task: unknown builtin task 'builtin:nope'"),
+        # the tracking URI's scheme, form and local folder need no server: checked offline too
+        (["tracking.uri=ftp://127.0.0.1/mlruns"], "tracking.uri: MLflow has no tracking store for 'ftp://"),
+        (["tracking.uri=sqlite:////nonexistent/dir/mlruns.db"], "tracking.uri: folder /nonexistent/dir does not"),
+        (["tracking.uri=http://"], "tracking.uri: expected http(s)://host[:port], got 'http://'"),
     ],
 )
 def test_validate_checks_what_trials_would_meet(overrides: list[str], expected: str) -> None:
@@ -112,3 +136,16 @@ def test_validate_checks_what_trials_would_meet(overrides: list[str], expected: 
     r = run_cli("validate", str(FORGETTING), *[a for o in overrides for a in ("--set", o)])
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and expected in r.stderr, r.stderr
+
+
+def test_help_shows_an_example_and_where_outputs_go_and_version() -> None:
+    from importlib.metadata import version
+
+    for args in (["--help"], ["launch", "--help"]):
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr
+        assert "example:\n  gridrun" in r.stdout and "gridrun launch search_spaces/forgetting.yaml" in r.stdout
+        assert "relative to the folder you run in" in r.stdout
+        assert "gridrun_results/" in r.stdout and "mlruns.db" in r.stdout
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"gridrun {version('gridrun')}"

@@ -192,3 +192,20 @@ def test_importance_is_empty_without_a_searched_value_or_without_variation() -> 
     spec = _spec(search={"space": SPACE})
     flat = [dict(r, objective=0.5) for r in _trials(10)]
     assert importance({"trials": flat}, spec.search.space) == {}
+
+
+def test_another_ray_on_this_machine_is_counted(tmp_path) -> None:
+    """A second local launch is told its cores are shared: each Ray instance runs one gcs_server process."""
+    import shutil
+    import subprocess
+
+    from gridrun.launch import other_local_rays
+
+    fake = tmp_path / "gcs_server"  # a process named like a Ray GCS server
+    shutil.copy("/bin/sleep", fake)
+    p = subprocess.Popen([str(fake), "120"])
+    try:
+        assert p.pid in other_local_rays()
+    finally:
+        p.kill()
+        p.wait()

@@ -49,3 +49,26 @@ def test_a_trial_without_checkpoints_is_summed_up_by_its_last_round() -> None:
     grid = [_result("c", {"task/format_success": 0.5, "forget/delta": 0.2, "objective": 0.4, "samples_seen": 8}, 1e-3)]
     row = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)["trials"][0]
     assert (row["task"], row["objective"], row["best_checkpoint"], row["adapter"]) == (0.5, 0.4, None, None)
+
+
+def test_pareto_labels_are_full_ids_and_do_not_overlap() -> None:
+    """Sixteen trials, eight of them in one tight cluster (as a real study's are): every point's label is the
+    8-character id used everywhere else, and no two labels overlap on the image."""
+    import itertools
+    import random
+
+    from gridrun.report.plots import pareto_figure
+
+    rng = random.Random(0)
+    ids = [f"{rng.getrandbits(32):08x}" for _ in range(16)]
+    pts = [(0.01 + 0.001 * i, 0.80 + 0.002 * i) for i in range(8)] + [(rng.random(), rng.random()) for _ in range(8)]
+    trials = [{"trial_id": t, "task": y, "forget_delta": x} for t, (x, y) in zip(ids, pts, strict=True)]
+    summary = {"name": "s", "objective_metric": "task/em", "trials": trials, "pareto_front": ids[:2]}
+    summary["best"] = {"trial_id": ids[0]}
+    fig = pareto_figure(summary)
+    ax = fig.axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(ids)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    overlapping = [(a, b) for a, b in itertools.combinations(range(len(boxes)), 2) if boxes[a].overlaps(boxes[b])]
+    assert overlapping == []

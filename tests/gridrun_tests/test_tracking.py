@@ -214,6 +214,29 @@ def test_an_outage_at_the_end_is_spilled_then_replayed_exactly(store, parent, tm
     assert real.get_run(run_id).info.status == "FINISHED"
 
 
+def test_a_server_back_during_the_exit_wait_gets_everything_nothing_spilled(store, parent, tmp_path: Path) -> None:
+    """MLflow is away as the experiment ends and answers again partway through the exit patience: the writer
+    keeps trying it every ``probe_s`` during the wait (not after the outage's growing backoff, which would have
+    slept 0.5 + 1 + 2 + 4 s past this 4 s patience) and writes everything; nothing is spilled."""
+    _, real = store
+    flaky = Failing(real, "log_batch", 0)
+    t, trial = _tracker(store, parent, flaky, spill_path=tmp_path / SPILL_FILE, drain_s=4.0), _trial()
+    t.queue.probe_s = 0.2
+    t.on_trial_start(0, [trial], trial)
+    assert t.flush(5)
+    flaky.left = 8  # away for the next 8 attempts: about 8 * 0.2 s of the wait, then back
+    for i in (1, 2, 3):
+        t.on_trial_result(0, [trial], trial, {"objective": i / 10, "samples_seen": 8 * i})
+    trial.status = "TERMINATED"
+    t.on_trial_complete(0, [trial], trial)
+    t.on_experiment_end([trial])
+    assert flaky.left == 0 and t.pending() == 0
+    assert not (tmp_path / SPILL_FILE).exists()
+    run_id = t.runs["t1"]
+    assert _history(real, run_id, "objective") == [(8, 0.1), (16, 0.2), (24, 0.3)]
+    assert real.get_run(run_id).info.status == "FINISHED"
+
+
 def test_a_replay_while_mlflow_is_still_away_keeps_the_rest(store, parent, tmp_path: Path, monkeypatch) -> None:
     _, real = store
     t, trial = _tracker(store, parent, Failing(real, "create_run", 10**6), spill_path=tmp_path / SPILL_FILE), _trial()
@@ -315,6 +338,22 @@ def test_the_tracker_uploads_the_best_checkpoint_from_storage(store, parent, tmp
     local = real.download_artifacts(run.info.run_id, "adapter/adapter_config.json", str(tmp_path / "dl"))
     assert Path(local).read_text() == "1"  # checkpoint 1: objective 0.9
     assert run.data.tags["gridrun.adapter_objective"] == "0.9" and run.info.status == "FINISHED"
+    # the adapter is the run's MLflow 3 model output (the runs table's Models column), once even if replayed
+    model_id = run.data.tags["gridrun.model_id"]
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    model = real.get_logged_model(model_id)
+    assert model.source_run_id == run.info.run_id and str(model.status) == "READY"
+    assert model.tags["gridrun.adapter_uri"] == f"{run.info.artifact_uri}/adapter"
+    assert t.writer._link_model(run.info.run_id, "t1") == model_id
+    # registered, the version is linked to that model too
+    import json
+
+    from gridrun.tracking import register_adapters
+
+    rows = [{"trial_id": "t1", "mlflow_run_id": run.info.run_id, "params": {}, "metrics": {"objective": 0.9}}]
+    version = register_adapters(store[0], "adapters-linked", rows)[0]
+    linked = json.loads(real.get_logged_model(model_id).tags["mlflow.modelVersions"])
+    assert linked == [{"name": "adapters-linked", "version": version}]
 
 
 def test_flatten() -> None:
@@ -394,3 +433,106 @@ def test_progress_says_when_a_trial_is_retried(capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert "trial a lost its worker or failed; retry 1/3 from its last checkpoint" in lines[0]
     assert "trial a restarted from its last checkpoint" in lines[1]
+
+
+def test_a_done_line_shows_the_last_and_the_best_round(capsys) -> None:
+    """The summary table shows a trial's best checkpoint; its done line must not pass off the last round as it."""
+    printer, trial = ProgressPrinter("task/x", {}, total=2), _trial("a")
+    printer.on_trial_start(0, [trial], trial)
+    rounds = [(0.5, 0.8555, 192), (0.375, 0.2309, 256)]
+    for task, obj, seen in rounds:
+        trial.last_result = {"task/x": task, "forget/delta": 0.1, "objective": obj, "samples_seen": seen}
+        printer.on_trial_result(0, [trial], trial, trial.last_result)
+    printer.on_trial_complete(0, [trial], trial)
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "done (1/2): last task/x 0.375, forget/delta 0.1, objective 0.2309 at 256 samples" in line
+    assert "; best task/x 0.5, forget/delta 0.1, objective 0.8555 at 192 samples" in line
+
+
+def test_running_trials_get_a_line_every_30_s_with_time_left(capsys, monkeypatch) -> None:
+    clock = [1000.0]
+    printer = ProgressPrinter("task/x", {}, total=4)
+    monkeypatch.setattr(printer, "_now", lambda: clock[0])
+    a, b = _trial("a"), _trial("b")
+    for t in (a, b):
+        printer.on_trial_start(0, [a, b], t)
+    a.last_result = {"progress": 0.25, "samples_seen": 64}
+    b.last_result = {}
+    clock[0] += 29
+    printer.on_step_end(0, [a, b])
+    assert "running" not in capsys.readouterr().out  # not yet 30 s
+    clock[0] += 1
+    printer.on_step_end(0, [a, b])
+    lines = capsys.readouterr().out.splitlines()
+    # a: 30 s for a quarter, so 120 s in all and 90 s left; b has not reported
+    assert lines[0] == "[gridrun] trial a running 30 s: 64 samples (25%), about 90 s left"
+    assert lines[1] == "[gridrun] trial b running 30 s: no evaluation round yet"
+    # 2 running (90 s left at most), 2 waiting: one more round of 120 s
+    assert lines[2] == "[gridrun] 0/4 trials done; at most about 4 min left"
+    printer.on_step_end(0, [a, b])
+    assert capsys.readouterr().out == ""  # the next lines come 30 s later
+
+
+def test_a_resumed_trial_is_continued_not_started(capsys) -> None:
+    first, trial = ProgressPrinter("task/x", {}), _trial("a")
+    first.on_trial_start(0, [trial], trial)
+    resumed = ProgressPrinter("task/x", {})
+    resumed.set_state(first.get_state())
+    resumed.on_trial_start(0, [trial], trial)
+    lines = capsys.readouterr().out.splitlines()
+    assert "trial a started: train.lr=0.01" in lines[0] and "trial a continued from its last checkpoint" in lines[1]
+
+
+def test_child_runs_are_named_by_their_searched_values(store, parent) -> None:
+    from gridrun.tracking import run_name
+
+    config = {"train.lr": 0.0012, "lora.r": 8, "data.sample_ratio": 0.5812, "train.warmup_ratio": 0.1}
+    searched = ["train.lr", "lora.r", "data.sample_ratio"]
+    assert run_name(config, searched, "07ed57a7") == "lr=1.2e-3 r=8 ratio=0.58"
+    both = [*searched, "train.warmup_ratio"]  # two `ratio`s: each keeps its last dotted part
+    assert run_name(config, both, "x") == "lr=1.2e-3 r=8 sample_ratio=0.58 warmup_ratio=0.1"
+    assert run_name({}, [], "07ed57a7") == "trial-07ed57a7"
+    _, real = store
+    t, trial = _tracker(store, parent), _trial()
+    t.on_trial_start(0, [trial], trial)
+    assert t.flush(5)
+    assert real.get_run(t.runs["t1"]).info.run_name == "lr=0.01"
+
+
+def test_the_parent_run_carries_the_fixed_settings_as_params(store) -> None:
+    from gridrun.tracking import start_parent_run
+
+    uri, real = store
+    params = {f"train.p{i}": i for i in range(150)}  # more than one MLflow batch
+    params["search.train.lr"] = {"type": "float", "low": 1e-5, "high": 0.02, "log": True}
+    _, run_id = start_parent_run(uri, "parent-params", "exp-1", "name: x\n", {}, params=params)
+    logged = real.get_run(run_id).data.params
+    assert len(logged) == 151 and logged["train.p149"] == "149"
+    assert logged["search.train.lr"] == "{'type': 'float', 'low': 1e-05, 'high': 0.02, 'log': True}"
+
+
+def test_tunes_restore_hint_is_dropped_gridruns_resume_line_stands(caplog) -> None:
+    """After a Ctrl-C, Tune's 'Resume experiment with: Tuner.restore(...)' would contradict `gridrun resume`."""
+    import logging
+
+    from gridrun.finish import quiet_tune_restore_hint
+
+    quiet_tune_restore_hint()
+    tune_log = logging.getLogger("ray.tune.tune")
+    with caplog.at_level(logging.WARNING):
+        tune_log.warning(
+            "Experiment has been interrupted, but the most recent state was saved.\n"
+            "Resume experiment with: Tuner.restore(path='/x', trainable=...)"
+        )
+        tune_log.warning("Trials did not complete: [a]")
+    assert [r.getMessage() for r in caplog.records] == ["Trials did not complete: [a]"]
+
+
+def test_a_resumed_experiments_wall_time_counts_every_session(tmp_path: Path) -> None:
+    import json
+
+    from gridrun.finish import SUMMARY_FILE, _wall_so_far
+
+    assert _wall_so_far(tmp_path, 12.5) == {"wall_s": 12.5, "wall_s_session": 12.5}  # the first driver was killed
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps({"wall_s": 40.2, "interrupted": {}}))  # Ctrl-C'd after 40 s
+    assert _wall_so_far(tmp_path, 12.5) == {"wall_s": 52.7, "wall_s_session": 12.5}
