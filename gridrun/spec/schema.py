@@ -204,6 +204,33 @@ class SearchSpec(_Section):
     sampler: Literal["tpe", "random", "nsga2"] = Field("tpe", description="Optuna sampler")
     n_startup_trials: int = Field(6, ge=0, description="random trials before TPE starts modelling")
     seed: int = Field(0, description="sampler seed")
+    time_budget: float | None = Field(
+        None,
+        description="wall time the search may take (90s, 30m, 12h, 1h30m, or seconds): then running trials finish "
+        "their current round and are recorded, no new trial starts; `gridrun resume` gets what is left",
+    )
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _parse_duration(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, bool):
+            raise ValueError("not a duration; write e.g. 90s, 30m, 12h, 1h30m, or seconds")
+        if isinstance(v, str) and not v.strip().replace(".", "", 1).isdigit():
+            import pandas as pd  # a maintained duration parser already installed (MLflow needs pandas)
+
+            try:
+                v = pd.Timedelta(v.strip()).total_seconds()
+            except ValueError:
+                raise ValueError("not a duration; write e.g. 90s, 30m, 12h, 1h30m, or seconds") from None
+        try:
+            seconds = float(v)
+        except (TypeError, ValueError):
+            raise ValueError("not a duration; write e.g. 90s, 30m, 12h, 1h30m, or seconds") from None
+        if not seconds > 0 or seconds == float("inf"):
+            raise ValueError("must be a positive, finite duration")
+        return seconds
 
     @field_validator("space", mode="before")
     @classmethod
