@@ -82,7 +82,9 @@ class RecordingASHA(AsyncHyperBandScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and result.get("progress", 0) < 1:
-            self.reasons.setdefault(trial.trial_id, f"asha (behind at {result.get(self._time_attr)} samples)")
+            at = result.get(self._time_attr)
+            where = f"{at} samples" if self._time_attr == "samples_seen" else f"{at:.3g} epochs"
+            self.reasons.setdefault(trial.trial_id, f"asha (behind at {where})")
         return decision
 
 
@@ -216,10 +218,11 @@ def build_stopping(spec: ExperimentSpec, reasons: dict[str, str]) -> tuple[Recor
         stoppers.append(TimeBudgetStopper())  # with the TimeBudget callback launch adds
     scheduler = None
     if spec.scheduler.type == "asha":
-        max_t = asha_max_t(spec)
+        axis = spec.scheduler.axis
+        max_t = asha_max_t(spec) if axis == "samples_seen" else _largest(spec, "train.epochs", spec.train.epochs)
         scheduler = RecordingASHA(
             reasons,
-            time_attr="samples_seen",
+            time_attr=axis,
             metric="objective",
             mode="max",
             max_t=max_t,

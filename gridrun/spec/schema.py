@@ -248,7 +248,14 @@ class SchedulerSpec(_Section):
     """Early stopping of trials that fall behind (ASHA over samples seen)."""
 
     type: Literal["asha", "none"] = Field("asha", description="asha or none")
-    grace_period: int = Field(128, gt=0, description="samples a trial sees before it can be stopped")
+    axis: Literal["samples_seen", "epoch"] = Field(
+        "samples_seen",
+        description="what ASHA's rungs count: samples seen, or epochs (the share of the training set seen: the "
+        "same axis for arms whose samples differ in size, e.g. squad's batch and sequential prompt formats)",
+    )
+    grace_period: int | float = Field(
+        128, gt=0, description="how far a trial trains before it can be stopped, in `axis` units (samples or epochs)"
+    )
     reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1/reduction_factor at each rung")
     brackets: int = Field(1, gt=0, description="ASHA brackets")
 

@@ -352,3 +352,23 @@ def test_build_stopping_adds_the_time_budget_only_when_asked() -> None:
     _, timed = build_stopping(_spec(search={"time_budget": "12h"}), {})
     assert not any(isinstance(s, TimeBudgetStopper) for s in plain._stoppers)
     assert any(isinstance(s, TimeBudgetStopper) for s in timed._stoppers)
+
+
+def test_asha_on_the_epoch_axis() -> None:
+    """`scheduler.axis: epoch`: rungs count the share of the training set seen (squad's prompt formats, whose
+    samples hold one question or several, are compared at the same share of the questions)."""
+    reasons: dict[str, str] = {}
+    spec = _spec(
+        train={"epochs": 2},
+        scheduler={"type": "asha", "axis": "epoch", "grace_period": 0.25, "reduction_factor": 2},
+        search={"space": {"train.epochs": {"type": "float", "low": 1, "high": 4}}},
+    )
+    scheduler, _ = build_stopping(spec, reasons)
+    assert scheduler is not None and scheduler._time_attr == "epoch" and scheduler._max_t == 4
+    assert [m for m, _ in scheduler._brackets[0]._rungs] == [4.0, 2.0, 1.0, 0.5, 0.25]
+    trials = [SimpleNamespace(trial_id=t, status="RUNNING", evaluated_params={}) for t in "ab"]
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    assert scheduler.on_trial_result(None, trials[0], {"epoch": 0.3, "objective": 0.9, "progress": 0.1}) == CONTINUE
+    assert scheduler.on_trial_result(None, trials[1], {"epoch": 0.3, "objective": 0.1, "progress": 0.1}) == STOP
+    assert reasons == {"b": "asha (behind at 0.3 epochs)"}
