@@ -26,11 +26,13 @@ from gridrun.errors import GridrunError
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
 
-__all__ = ["SUMMARY_FILE", "fit_and_report", "quiet_tune_restore_hint", "sync"]
+__all__ = ["META_FILE", "SUMMARY_FILE", "fit_and_report", "quiet_tune_restore_hint", "sync"]
 
 log = logging.getLogger("gridrun")
 
 SUMMARY_FILE = "gridrun_summary.json"
+#: What `gridrun resume` needs besides Tune's own state: the spec, the cached baseline, the MLflow ids.
+META_FILE = "gridrun_experiment.json"
 
 
 @contextlib.contextmanager
@@ -93,12 +95,20 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def fit_and_report(
-    spec: ExperimentSpec, tuner: Any, tracker: Any, meta: dict[str, Any], exp_dir: Path, quiet: bool
+    spec: ExperimentSpec,
+    tuner: Any,
+    tracker: Any,
+    meta: dict[str, Any],
+    exp_dir: Path,
+    quiet: bool,
+    budget: Any = None,
 ) -> dict[str, Any]:
     """Run ``tuner`` to its end (or to a Ctrl-C), then write and print the summary and close the MLflow parent.
 
     An interrupted experiment's summary holds its finished trials and ``interrupted`` (the others, and how to
-    resume); its parent run is closed KILLED, and ``gridrun resume`` reopens it.
+    resume); its parent run is closed KILLED, and ``gridrun resume`` reopens it. With a time budget
+    (:class:`gridrun.stopping.TimeBudget`), its spent time goes into the experiment's metadata (resume gets the
+    rest), and trials it ended before their first recorded round are left out (``time_budget.not_run``).
     """
     from gridrun.report import format_summary, importance, summarize, write_report
     from gridrun.tracking import close_parent
@@ -112,9 +122,11 @@ def fit_and_report(
     except BaseException:
         close_parent(spec.tracking.uri, parent, "KILLED")
         raise
-    unfinished = set(tracker.unfinished)
-    finished = lambda r: r.error is not None or (r.metrics and r.metrics.get("trial_id") not in unfinished)  # noqa: E731
-    results = [r for r in grid if not unfinished or finished(r)]
+    not_run = set(budget.not_run) if budget is not None else set()
+    unfinished = set(tracker.unfinished) - not_run
+    left_out = unfinished | not_run
+    finished = lambda r: r.error is not None or (r.metrics and r.metrics.get("trial_id") not in left_out)  # noqa: E731
+    results = [r for r in grid if not left_out or finished(r)]
     summary = summarize(
         spec, results, tracker.reasons, tracker.runs, meta["base_probe_loss"], tracker.keeper.best, tracker.retries
     )
@@ -132,6 +144,11 @@ def fit_and_report(
     summary["report_dir"] = str(exp_dir / "report")
     if tracker._resumed:
         summary["resumed"] = True
+    if budget is not None:
+        spent = {"budget_s": budget.budget_s, "spent_s": round(budget.spent_s, 1)}
+        summary["time_budget"] = {**spent, "ended_search": budget.expired, "not_run": sorted(not_run)}
+        meta["time_budget"] = spent
+        (exp_dir / META_FILE).write_text(json.dumps(meta, indent=2))
     if unfinished:
         summary["interrupted"] = {"unfinished": sorted(unfinished), "resume": f"gridrun resume {exp_dir}"}
     if tracker.pending():
@@ -181,7 +198,6 @@ def sync(experiment_dir: str | Path) -> dict[str, Any]:
 
     Returns ``{"written": writes made, "closed": whether the parent run was finished now}``.
     """
-    from gridrun.launch import META_FILE
     from gridrun.spec import spec_from_dict
     from gridrun.validate import check_tracking_uri
     from gridrun.writer import SPILL_FILE, mlflow_client, replay_spill

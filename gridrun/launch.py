@@ -21,15 +21,12 @@ import yaml
 
 from gridrun.builtin import builtin_name
 from gridrun.errors import GridrunError
-from gridrun.finish import fit_and_report
+from gridrun.finish import META_FILE, fit_and_report
 from gridrun.sources import hub_offline
 from gridrun.spec import ExperimentSpec, spec_from_dict, validate_dict
 from gridrun.validate import check_address, check_tracking_uri, gpu_memory_bytes, preflight
 
 __all__ = ["META_FILE", "experiment_trial_spec", "launch", "other_local_rays", "resume", "start_ray"]
-
-#: What `gridrun resume` needs besides Tune's own state: the spec, the cached baseline, the MLflow ids.
-META_FILE = "gridrun_experiment.json"
 
 log = logging.getLogger("gridrun")
 
@@ -222,7 +219,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     from gridrun.checkpoints import CheckpointKeeper
     from gridrun.progress import ProgressPrinter
     from gridrun.spec.space import to_optuna
-    from gridrun.stopping import build_stopping
+    from gridrun.stopping import TimeBudget, build_stopping
     from gridrun.tracking import MLflowTracker, flatten, start_parent_run
     from gridrun.warm_start import earlier_trials
     from gridrun.writer import SPILL_FILE
@@ -296,6 +293,9 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             tracker,
             ProgressPrinter(spec.objective.metric, reasons, quiet=quiet, total=spec.search.num_trials),
         ]
+        budget = TimeBudget(spec.search.time_budget, reasons) if spec.search.time_budget else None
+        if budget is not None:
+            callbacks.insert(0, budget)  # first: its clock ticks before the others see a step
         tuner = tune.Tuner(
             _trainable(spec, trial_spec, baseline),
             tune_config=tune.TuneConfig(
@@ -322,7 +322,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
                 verbose=0,
             ),
         )
-        return fit_and_report(spec, tuner, tracker, meta, exp_dir, quiet)
+        return fit_and_report(spec, tuner, tracker, meta, exp_dir, quiet, budget)
     finally:
         ray.shutdown()
 
@@ -339,6 +339,7 @@ def resume(
     """
     from ray import tune
 
+    from gridrun.stopping import TimeBudget, format_duration
     from gridrun.tracking import MLflowTracker, mark_interrupted
     from gridrun.writer import SPILL_FILE, replay_spill
 
@@ -350,6 +351,12 @@ def resume(
         raise GridrunError(f"{exp_dir} holds no Ray Tune experiment state to resume from")
     meta = json.loads(meta_file.read_text())
     spec = spec_from_dict(meta["spec"])
+    spent = float(meta.get("time_budget", {}).get("spent_s", 0.0))
+    if spec.search.time_budget and spent >= spec.search.time_budget:
+        raise GridrunError(
+            f"search.time_budget: all {format_duration(spec.search.time_budget)} of {exp_dir.name} are spent; "
+            "nothing is left to resume"
+        )
     check_tracking_uri(spec.tracking.uri)
     if spec.resources.address:
         check_address(spec.resources.address)
@@ -377,7 +384,10 @@ def resume(
         for c in callbacks:
             if hasattr(c, "quiet"):
                 c.quiet = quiet
-        return fit_and_report(spec, tuner, tracker, meta, exp_dir, quiet)
+        budget = next((c for c in callbacks if isinstance(c, TimeBudget)), None)
+        if budget is not None:  # the remainder: Tune's snapshot may know a larger spent time (set_state keeps it)
+            budget.spent_s = max(budget.spent_s, spent)
+        return fit_and_report(spec, tuner, tracker, meta, exp_dir, quiet, budget)
     finally:
         ray.shutdown()
 

@@ -205,7 +205,10 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
             revision=data.revision,
         )
         ev = (
-            squad_records(ev_raw, "data.eval", **_squad_opts(opts)) if squad and not builtin_name(data.eval) else ev_raw
+            # eval_size counts questions in both prompt formats: the same questions, whichever the trial uses
+            squad_records(ev_raw, "data.eval", **_squad_opts(opts), questions=data.eval_size)
+            if squad and not builtin_name(data.eval)
+            else ev_raw
         )
         if mf:
             ev = _from_messages(ev, mf, data.eval, "data.eval")
@@ -326,13 +329,19 @@ def _squad_opts(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def squad_records(
-    rows: list[dict[str, Any]], where: str, prompt_format: str = "batch", questions_per_context: int = 5
+    rows: list[dict[str, Any]],
+    where: str,
+    prompt_format: str = "batch",
+    questions_per_context: int = 5,
+    questions: int | None = None,
 ) -> list[dict[str, Any]]:
     """SQuAD rows → QA examples in the squad evaluator's shape (``answers``, ``format``, ``context_id``).
 
     Accepts the hub layout (``context``, ``question``, ``answers: {text: [...]}``) and the v1.1 JSON file layout
     (articles with ``paragraphs`` → ``qas``). ``sequential`` puts up to ``questions_per_context`` questions of one
-    context into one example answered as numbered lines; ``batch`` makes one example per question.
+    context into one example answered as numbered lines; ``batch`` makes one example per question. ``questions``
+    keeps the first that many questions (in the source's order) before either format groups them, so both
+    formats hold the same questions.
     """
     if prompt_format not in ("batch", "sequential"):
         raise GridrunError(f"data.options.prompt_format: 'batch' or 'sequential', got {prompt_format!r}")
@@ -355,6 +364,7 @@ def squad_records(
             )
     if not flat:
         raise GridrunError(f"{where}: no SQuAD questions found")
+    flat = flat[:questions] if questions is not None else flat
     by_ctx: dict[str, list[tuple[str, list[str]]]] = {}
     for ctx, q, golds in flat:
         by_ctx.setdefault(ctx, []).append((q, golds or [""]))

@@ -213,6 +213,33 @@ class SearchSpec(_Section):
         description="seed the sampler with an earlier study's trials: its experiment folder, or its MLflow parent "
         "run id (same searched names; values outside this space are dropped)",
     )
+    time_budget: float | None = Field(
+        None,
+        description="wall time the search may take (90s, 30m, 12h, 1h30m, or seconds): then running trials finish "
+        "their current round and are recorded, no new trial starts; `gridrun resume` gets what is left",
+    )
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _parse_duration(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, bool):
+            raise ValueError("not a duration; write e.g. 90s, 30m, 12h, 1h30m, or seconds")
+        if isinstance(v, str) and not v.strip().replace(".", "", 1).isdigit():
+            import pandas as pd  # a maintained duration parser already installed (MLflow needs pandas)
+
+            try:
+                v = pd.Timedelta(v.strip()).total_seconds()
+            except ValueError:
+                raise ValueError("not a duration; write e.g. 90s, 30m, 12h, 1h30m, or seconds") from None
+        try:
+            seconds = float(v)
+        except (TypeError, ValueError):
+            raise ValueError("not a duration; write e.g. 90s, 30m, 12h, 1h30m, or seconds") from None
+        if not seconds > 0 or seconds == float("inf"):
+            raise ValueError("must be a positive, finite duration")
+        return seconds
 
     @field_validator("space", mode="before")
     @classmethod
@@ -230,7 +257,14 @@ class SchedulerSpec(_Section):
     """Early stopping of trials that fall behind (ASHA over samples seen)."""
 
     type: Literal["asha", "none"] = Field("asha", description="asha or none")
-    grace_period: int = Field(128, gt=0, description="samples a trial sees before it can be stopped")
+    axis: Literal["samples_seen", "epoch"] = Field(
+        "samples_seen",
+        description="what ASHA's rungs count: samples seen, or epochs (the share of the training set seen: the "
+        "same axis for arms whose samples differ in size, e.g. squad's batch and sequential prompt formats)",
+    )
+    grace_period: int | float = Field(
+        128, gt=0, description="how far a trial trains before it can be stopped, in `axis` units (samples or epochs)"
+    )
     reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1/reduction_factor at each rung")
     brackets: int = Field(1, gt=0, description="ASHA brackets")
 

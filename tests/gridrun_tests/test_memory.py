@@ -452,3 +452,15 @@ def test_validate_refuses_a_packing_that_cannot_fit(tmp_path: Path) -> None:
     assert len(lines) == 1 and "resources.gpu: 0.125 of a 80.0 GiB GPU is 10.0 GiB; a trial needs about" in lines[0]
     auto = run_cli(*args, "--set", "resources.gpu=auto", cwd=tmp_path)
     assert auto.returncode == 0 and "gpu: auto takes 0.5 of a 80.0 GiB GPU" in auto.stdout
+
+
+def test_json_format_header_states_gridruns_own_estimate() -> None:
+    """The real json_format YAML's header gives the memory a trial needs: gridrun's estimate, not a guess."""
+    import re
+
+    path = Path(__file__).resolve().parents[2] / "search_spaces" / "qwen2.5-0.5b-instruct" / "json_format.yaml"
+    from gridrun.spec import load_spec
+
+    header = "".join(ln for ln in path.read_text().splitlines() if ln.startswith("#"))
+    stated = float(re.search(r"gridrun's estimate: ([\d.]+) GiB", header).group(1))
+    assert stated == round(estimate_memory(QWEN_05B, load_spec(path)).total / GiB, 1)

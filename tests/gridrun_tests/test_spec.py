@@ -207,3 +207,25 @@ def test_trials_validate_their_sampled_values() -> None:
     assert trial.lora.r == 4 and isinstance(trial.lora.r, int)
     with pytest.raises(SpecError, match=r"lora\.r"):
         spec.with_params({"lora.r": 3.7})
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("90s", 90), ("30m", 1800), ("12h", 43200), ("1h30m", 5400), (600, 600), ("45", 45)]
+)
+def test_time_budget_takes_durations_and_seconds(value: object, seconds: float) -> None:
+    assert spec_from_dict({"name": "t", "search": {"time_budget": value}}).search.time_budget == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("soon", "search.time_budget: not a duration; write e.g. 90s, 30m, 12h, 1h30m, or seconds (got 'soon')"),
+        (True, "search.time_budget: not a duration"),
+        (0, "search.time_budget: must be a positive, finite duration (got 0)"),
+        ("-1h", "search.time_budget: must be a positive, finite duration (got '-1h')"),
+    ],
+)
+def test_bad_time_budget_is_one_line(value: object, expected: str) -> None:
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({"name": "t", "search": {"time_budget": value}})
+    assert str(e.value).startswith(expected) and "\n" not in str(e.value)

@@ -255,3 +255,120 @@ def test_build_stopping_caps_the_grace_period_at_max_t() -> None:
     scheduler, _ = build_stopping(spec, {})
     assert scheduler is not None and scheduler._max_t == 64
     assert [m for m, _ in scheduler._brackets[0]._rungs] == [64]
+
+
+# ------------------------------------------------------------------------------------------------- TimeBudget
+
+
+class _Clock:
+    """Stands in for time.monotonic: the budget's clock moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    c = _Clock()
+    monkeypatch.setattr("gridrun.stopping.time.monotonic", c)
+    return c
+
+
+def _trial(trial_id: str, status: str = "RUNNING") -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, status=status)
+
+
+def test_time_budget_lets_running_trials_finish_their_round_and_starts_nothing_after(clock: _Clock) -> None:
+    from gridrun.stopping import TimeBudget, TimeBudgetStopper
+
+    reasons: dict[str, str] = {}
+    budget, stopper = TimeBudget(90.0, reasons), TimeBudgetStopper()
+    a, b, pending = _trial("a"), _trial("b"), _trial("p", "PENDING")
+    trials = [a, b, pending]
+    budget.setup(stop=stopper)
+    budget.on_step_begin(0, trials)  # the clock starts at the search's first step, not at Ray's start
+    clock.now += 60
+    assert stopper("a", {"progress": 0.5}) is False and stopper.stop_all() is False
+    assert budget.remaining_s == pytest.approx(30)
+    clock.now += 31  # spent: a and b are mid-round
+    assert stopper.stop_all() is False, "trials mid-round finish it first"
+    assert stopper("a", {"progress": 0.5}) is True  # a's round is reported (recorded), then a stops
+    b.status = "TERMINATED"  # (b ended by itself meanwhile)
+    assert stopper.stop_all() is False, "a is completed only once Tune has saved its checkpoint"
+    b.status = "RUNNING"
+    a.status = "TERMINATED"
+    assert reasons == {"a": "time budget (1m30s spent)"}
+    late = _trial("c")
+    trials.append(late)
+    budget.on_trial_start(1, trials, late)  # a slot freed after the budget ran out
+    assert stopper.stop_all() is False, "b is still mid-round"
+    assert stopper("b", {"progress": 1.0}) is False  # b's last round ends it anyway: `completed`, not stopped
+    b.status = "TERMINATED"
+    quick = _trial("d")  # another late starter, quick enough to report a round before the search ends
+    trials.append(quick)
+    budget.on_trial_start(2, trials, quick)
+    assert stopper("d", {"progress": 0.2}) is True
+    assert stopper.stop_all() is False, "d's reported round is completed first"
+    quick.status = "TERMINATED"
+    assert stopper.stop_all() is True, "nothing started before the end is mid-round: the search ends"
+    assert budget.not_run == {"c", "p"}  # ended before a round of theirs was recorded
+    assert reasons == {"a": "time budget (1m30s spent)", "d": "time budget (1m30s spent)"}
+    budget.on_experiment_end(trials)
+    assert TimeBudget.active is None and stopper.stop_all() is False
+
+
+def test_time_budget_remainder_across_sessions(clock: _Clock) -> None:
+    """What resume gets: the budget less the larger of the metadata's and the snapshot's spent time; the clock
+    does not run while no driver does."""
+    import pickle
+
+    from gridrun.stopping import TimeBudget, format_duration
+
+    budget = TimeBudget(3600.0, {})
+    budget.setup()
+    budget.on_step_begin(0, [])
+    clock.now += 1000
+    budget.on_step_begin(1, [])
+    assert budget.get_state() == {"spent_s": pytest.approx(1000)}
+    restored = pickle.loads(pickle.dumps(budget))  # as tuner.pkl holds it: no clock reading, no trials
+    assert restored._last is None and restored._trials == []
+    restored.spent_s = 1200.0  # from the experiment's metadata (written at the end of the session)
+    restored.set_state({"spent_s": 1000.0})  # an older snapshot does not give time back
+    assert restored.remaining_s == pytest.approx(2400)
+    restored.setup()
+    clock.now += 5000  # the driver was down: not counted
+    restored.on_step_begin(0, [])
+    assert restored.remaining_s == pytest.approx(2400) and not restored.expired
+    assert [format_duration(s) for s in (43200, 5400, 90, 30, 0.25)] == ["12h", "1h30m", "1m30s", "30s", "0.2s"]
+
+
+def test_build_stopping_adds_the_time_budget_only_when_asked() -> None:
+    from gridrun.stopping import TimeBudgetStopper
+
+    _, plain = build_stopping(_spec(), {})
+    _, timed = build_stopping(_spec(search={"time_budget": "12h"}), {})
+    assert not any(isinstance(s, TimeBudgetStopper) for s in plain._stoppers)
+    assert any(isinstance(s, TimeBudgetStopper) for s in timed._stoppers)
+
+
+def test_asha_on_the_epoch_axis() -> None:
+    """`scheduler.axis: epoch`: rungs count the share of the training set seen (squad's prompt formats, whose
+    samples hold one question or several, are compared at the same share of the questions)."""
+    reasons: dict[str, str] = {}
+    spec = _spec(
+        train={"epochs": 2},
+        scheduler={"type": "asha", "axis": "epoch", "grace_period": 0.25, "reduction_factor": 2},
+        search={"space": {"train.epochs": {"type": "float", "low": 1, "high": 4}}},
+    )
+    scheduler, _ = build_stopping(spec, reasons)
+    assert scheduler is not None and scheduler._time_attr == "epoch" and scheduler._max_t == 4
+    assert [m for m, _ in scheduler._brackets[0]._rungs] == [4.0, 2.0, 1.0, 0.5, 0.25]
+    trials = [SimpleNamespace(trial_id=t, status="RUNNING", evaluated_params={}) for t in "ab"]
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    assert scheduler.on_trial_result(None, trials[0], {"epoch": 0.3, "objective": 0.9, "progress": 0.1}) == CONTINUE
+    assert scheduler.on_trial_result(None, trials[1], {"epoch": 0.3, "objective": 0.1, "progress": 0.1}) == STOP
+    assert reasons == {"b": "asha (behind at 0.3 epochs)"}

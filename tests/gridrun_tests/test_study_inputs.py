@@ -236,3 +236,21 @@ def test_validate_reads_a_local_dataset_folder_and_checks_its_answer_format(tmp_
     )
     r = run_cli("validate", str(path))
     assert r.returncode == 2 and "train/test format mismatch" in r.stderr, r.stderr
+
+
+def test_squad_prompt_formats_score_the_same_eval_questions(tmp_path: Path) -> None:
+    """eval_size counts questions in both formats: a sequential trial and a batch trial are scored on the same
+    questions (the first eval_size of the source, grouped by context only in sequential)."""
+    rows = [
+        {"context": f"C{c}", "question": f"Q{c}.{q}?", "answers": {"text": [f"a{c}.{q}"], "answer_start": [0]}}
+        for c in range(3)
+        for q in range(3)
+    ]
+    f = tmp_path / "squad.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    golds = {}
+    for fmt in ("batch", "sequential"):
+        opts = {"prompt_format": fmt, "questions_per_context": 10}
+        _, ev = load_task_data(_data(str(f), adapter="squad", eval=str(f), eval_size=5, options=opts), 0)
+        golds[fmt] = [g for r in ev for g in (r["answers"] if fmt == "sequential" else r["answers"][:1])]
+    assert golds["batch"] == golds["sequential"] == [["a0.0"], ["a0.1"], ["a0.2"], ["a1.0"], ["a1.1"]]
