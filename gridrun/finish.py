@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gridrun import storage as store
 from gridrun.errors import GridrunError
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ SUMMARY_FILE = "gridrun_summary.json"
 
 
 @contextlib.contextmanager
-def _second_ctrl_c_exits(tracker: Any, exp_dir: Path) -> Iterator[None]:
+def _second_ctrl_c_exits(tracker: Any, exp_dir: str) -> Iterator[None]:
     """While Tune runs: the SIGINT handler Tune puts back after the first Ctrl-C exits at once (writes MLflow
     has not taken yet are kept in the spill file first: a local write, no network)."""
     tune_handles_it = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0")
@@ -64,12 +65,12 @@ def _second_ctrl_c_exits(tracker: Any, exp_dir: Path) -> Iterator[None]:
         signal.signal(signal.SIGINT, before)
 
 
-def _write_summary(exp_dir: Path, summary: dict[str, Any]) -> None:
-    (exp_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+def _write_summary(exp_dir: str, summary: dict[str, Any]) -> None:
+    store.write_text(store.join(exp_dir, SUMMARY_FILE), json.dumps(summary, indent=2, default=str))
 
 
 def fit_and_report(
-    spec: ExperimentSpec, tuner: Any, tracker: Any, meta: dict[str, Any], exp_dir: Path, quiet: bool
+    spec: ExperimentSpec, tuner: Any, tracker: Any, meta: dict[str, Any], exp_dir: str, quiet: bool
 ) -> dict[str, Any]:
     """Run ``tuner`` to its end (or to a Ctrl-C), then write and print the summary and close the MLflow parent.
 
@@ -91,18 +92,25 @@ def fit_and_report(
     finished = lambda r: r.error is not None or (r.metrics and r.metrics.get("trial_id") not in unfinished)  # noqa: E731
     results = [r for r in grid if not unfinished or finished(r)]
     summary = summarize(
-        spec, results, tracker.reasons, tracker.runs, meta["base_probe_loss"], tracker.keeper.best, tracker.retries
+        spec,
+        results,
+        tracker.reasons,
+        tracker.runs,
+        meta["base_probe_loss"],
+        tracker.keeper.best,
+        tracker.retries,
+        locate=lambda checkpoint: store.checkpoint_location(exp_dir, checkpoint),
     )
     summary.update(
         {
             "experiment": meta["experiment"],
-            "experiment_dir": str(exp_dir),
+            "experiment_dir": exp_dir,
             "mlflow": dict(meta["mlflow"]),
             "wall_s": round(time.time() - t0, 1),
         }
     )
     summary["importance"] = importance(summary, spec.search.space)
-    summary["report_dir"] = str(exp_dir / "report")
+    summary["report_dir"] = store.join(exp_dir, "report")
     if tracker._resumed:
         summary["resumed"] = True
     if unfinished:
@@ -110,21 +118,23 @@ def fit_and_report(
     if tracker.pending():
         summary["mlflow"]["pending"] = f"{tracker.pending()} writes; gridrun sync {exp_dir}"
     _write_summary(exp_dir, summary)
-    plots = write_report(summary, exp_dir / "report")
-    if unfinished:
-        close_parent(spec.tracking.uri, parent, "KILLED")
-    elif not tracker.pending():
-        try:
-            _finish_in_mlflow(spec, meta, summary, exp_dir, plots)
-        except Exception as e:  # the summary is on disk; MLflow gets it from `gridrun sync`
-            log.warning("could not close the experiment in MLflow (%s); `gridrun sync %s` does it", e, exp_dir)
+    # on an object store the plots are drawn in a temporary folder, uploaded when MLflow has logged them
+    with store.local_dir(summary["report_dir"], upload=True) as report_dir:
+        plots = write_report(summary, report_dir)
+        if unfinished:
+            close_parent(spec.tracking.uri, parent, "KILLED")
+        elif not tracker.pending():
+            try:
+                _finish_in_mlflow(spec, meta, summary, exp_dir, plots)
+            except Exception as e:  # the summary is on storage; MLflow gets it from `gridrun sync`
+                log.warning("could not close the experiment in MLflow (%s); `gridrun sync %s` does it", e, exp_dir)
     if not quiet:
         print(format_summary(summary), flush=True)
     return summary
 
 
 def _finish_in_mlflow(
-    spec: ExperimentSpec, meta: dict[str, Any], summary: dict[str, Any], exp_dir: Path, plots: list[Path]
+    spec: ExperimentSpec, meta: dict[str, Any], summary: dict[str, Any], exp_dir: str, plots: list[Path]
 ) -> None:
     """Child runs of trials lost with an interrupted driver dropped (a resumed experiment), the adapters worth
     shipping registered (once), the parent run finished with the summary and plots."""
@@ -154,27 +164,27 @@ def sync(experiment_dir: str | Path) -> dict[str, Any]:
 
     Returns ``{"written": writes made, "closed": whether the parent run was finished now}``.
     """
-    from gridrun.launch import META_FILE
+    from gridrun.launch import read_meta
     from gridrun.spec import spec_from_dict
     from gridrun.validate import check_tracking_uri
     from gridrun.writer import SPILL_FILE, mlflow_client, replay_spill
 
-    exp_dir = Path(experiment_dir).expanduser().resolve()
-    if not (exp_dir / META_FILE).is_file():
-        raise GridrunError(f"{exp_dir} is not a gridrun experiment folder (no {META_FILE})")
-    meta = json.loads((exp_dir / META_FILE).read_text())
+    exp_dir = store.location(experiment_dir)
+    store.check_storage(exp_dir, "sync")
+    meta = read_meta(exp_dir)
     spec = spec_from_dict(meta["spec"])
     check_tracking_uri(spec.tracking.uri)
-    written = replay_spill(exp_dir / SPILL_FILE)
+    written = replay_spill(store.join(exp_dir, SPILL_FILE))
     closed = False
-    if (exp_dir / SUMMARY_FILE).is_file():
-        summary = json.loads((exp_dir / SUMMARY_FILE).read_text())
+    if store.is_file(store.join(exp_dir, SUMMARY_FILE)):
+        summary = json.loads(store.read_text(store.join(exp_dir, SUMMARY_FILE)))
         parent = meta["mlflow"]["parent_run_id"]
         status = mlflow_client(spec.tracking.uri).get_run(parent).info.status
         if not summary.get("interrupted") and status != "FINISHED":
             summary["mlflow"].pop("pending", None)
             try:
-                _finish_in_mlflow(spec, meta, summary, exp_dir, sorted((exp_dir / "report").glob("*.png")))
+                with store.local_dir(store.join(exp_dir, "report")) as report_dir:
+                    _finish_in_mlflow(spec, meta, summary, exp_dir, sorted(report_dir.glob("*.png")))
             except Exception as e:
                 raise GridrunError(f"MLflow at {spec.tracking.uri}: could not close the experiment ({e})") from None
             closed = True

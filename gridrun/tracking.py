@@ -109,7 +109,7 @@ class MLflowTracker(Callback):
         self.reasons = reasons
         self.keeper = keeper
         self.log_adapters = log_adapters
-        self.spill_path = Path(spill_path) if spill_path else None
+        self.spill_path = str(spill_path) if spill_path else None  # a local file or a storage URI
         self.drain_s = drain_s
         self.retries: dict[str, int] = {}  # trial_id -> times retried after its worker died
         self.unfinished: list[str] = []  # trials still running when the experiment ended (it was interrupted)
@@ -154,7 +154,7 @@ class MLflowTracker(Callback):
         """This tracker continues an interrupted experiment: runs may exist that its state does not know of."""
         self._resumed = self.writer.resumed = True
         if spill_path is not None:
-            self.spill_path = Path(spill_path)
+            self.spill_path = str(spill_path)
 
     # Tune keeps callback state in its experiment snapshot: a resumed experiment continues the same runs, and
     # writes still queued at the snapshot are made then (each is idempotent against what MLflow holds).
@@ -188,7 +188,7 @@ class MLflowTracker(Callback):
     def pending(self) -> int:
         return len(self.queue)
 
-    def spill(self) -> Path | None:
+    def spill(self) -> str | None:
         """Keep the writes still pending in the spill file (None when there are none, or nowhere to keep them)."""
         ops = self.queue.pending()
         if not ops or self.spill_path is None:
@@ -280,7 +280,7 @@ class MLflowTracker(Callback):
             self.uri,
             self.pending(),
             where,
-            where.parent if where else "DIR",
+            where.rsplit("/", 1)[0] if where else "DIR",
         )
 
 

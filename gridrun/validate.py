@@ -2,9 +2,9 @@
 
 ``check_spec`` is what ``gridrun validate`` runs: names, evaluators and their options, the objective's metric,
 data files and builtin generator options (at both ends of any searched range), the template, the model folder,
-the train/test answer format, and a trial's estimated GPU memory against its share (``gridrun.memory``).
-``preflight`` (``validate --deep`` and every launch) adds reachability: the tracking store, the Ray cluster
-address, GPUs. Imports no Ray and no torch at module top.
+the train/test answer format, a trial's estimated GPU memory against its share (``gridrun.memory``), and a
+storage URI's scheme. ``preflight`` (``validate --deep`` and every launch) adds reachability: the tracking store,
+the storage bucket, the Ray cluster address, GPUs. Imports no Ray and no torch at module top.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from gridrun.builtin import builtin_name, check_names
 from gridrun.errors import GridrunError
 from gridrun.sources import input_sources, is_hub_id, resolve_hub_ids
 from gridrun.spec import ExperimentSpec
+from gridrun.storage import check_reachable, check_storage
 
 __all__ = [
     "check_address",
@@ -139,6 +140,7 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
         raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU; use float32 on CPU")
     check_answer_formats(spec)
     check_memory(spec)
+    check_storage(spec.tracking.storage)
     return sorted(set(unchecked))
 
 
@@ -166,6 +168,7 @@ def preflight(spec: ExperimentSpec, resolve_hub: bool = True) -> None:
         if is_hub_id(spec.model.name):
             check_lora_targets(spec)  # reads the model's config from the hub, no weights
     check_tracking_uri(spec.tracking.uri)
+    check_reachable(spec.tracking.storage)
     gpu = spec.resources.gpu
     if spec.resources.address:
         check_address(spec.resources.address)
