@@ -31,6 +31,7 @@ __all__ = [
     "check_storage",
     "checkpoint_location",
     "exists",
+    "forget_filesystems",
     "is_dir",
     "is_file",
     "is_uri",
@@ -132,6 +133,11 @@ def _uri_fs(base: str) -> Any:
         return FileSystem.from_uri(base)[0]
     except Exception as e:
         raise GridrunError(f"storage {base}: {one_line(e)}") from None
+
+
+def forget_filesystems() -> None:
+    """Drop the cached filesystems (they keep the endpoint and credentials the environment had)."""
+    _uri_fs.cache_clear()
 
 
 def _fs(where: str | Path) -> tuple[Any, str]:
