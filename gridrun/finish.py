@@ -37,7 +37,8 @@ SUMMARY_FILE = "gridrun_summary.json"
 @contextlib.contextmanager
 def _second_ctrl_c_exits(tracker: Any, exp_dir: str) -> Iterator[None]:
     """While Tune runs: the SIGINT handler Tune puts back after the first Ctrl-C exits at once (writes MLflow
-    has not taken yet are kept in the spill file first: a local write, no network)."""
+    has not taken yet are kept in the spill file first: a local write, no network, unless the experiment is on
+    an object store, where it is one upload)."""
     tune_handles_it = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0")
     if threading.current_thread() is not threading.main_thread() or not tune_handles_it:
         yield  # no Tune handler in front of this one: the first Ctrl-C would exit at once

@@ -285,6 +285,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             keeper,
             spec.tracking.log_adapters,
             spill_path=store.join(exp_dir, SPILL_FILE),
+            experiment_dir=exp_dir,
         )
         callbacks: list[Any] = [
             keeper,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from gridrun.metrics import namespaced_metrics, stop_reason
+from gridrun.storage import checkpoint_location
 from gridrun.writer import OpQueue, RunWriter, mlflow_client, write_spill
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class MLflowTracker(Callback):
     Args:
         spill_path: where writes still pending when the experiment ends (MLflow away) are kept for
             ``gridrun resume`` / ``gridrun sync``.
+        experiment_dir: the experiment's location (a folder or a URI): the adapter tag names checkpoints there.
         drain_s: at the end, how long to wait for an unreachable MLflow before spilling.
     """
 
@@ -100,6 +102,7 @@ class MLflowTracker(Callback):
         log_adapters: bool = True,
         spill_path: str | Path | None = None,
         drain_s: float = 30.0,
+        experiment_dir: str | None = None,
     ) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
@@ -111,6 +114,7 @@ class MLflowTracker(Callback):
         self.log_adapters = log_adapters
         self.spill_path = str(spill_path) if spill_path else None  # a local file or a storage URI
         self.drain_s = drain_s
+        self.experiment_dir = experiment_dir
         self.retries: dict[str, int] = {}  # trial_id -> times retried after its worker died
         self.unfinished: list[str] = []  # trials still running when the experiment ended (it was interrupted)
         self._queued_step: dict[str, int] = {}  # trial_id -> last samples_seen step queued for MLflow
@@ -242,7 +246,8 @@ class MLflowTracker(Callback):
         best = self.keeper.best(trial.trial_id)
         saved = best or self.keeper.latest(trial.trial_id)
         if saved is not None:
-            tags["gridrun.adapter_checkpoint"] = saved.path
+            where = getattr(self, "experiment_dir", None)  # a tracker pickled before it had one: None
+            tags["gridrun.adapter_checkpoint"] = checkpoint_location(where, saved.checkpoint) if where else saved.path
         if best is not None:
             tags["gridrun.adapter_objective"] = f"{best.objective:.6g}"
             tags["gridrun.adapter_samples_seen"] = str(best.metrics.get("samples_seen"))

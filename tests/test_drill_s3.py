@@ -62,6 +62,8 @@ def test_a_lost_node_and_a_killed_driver_on_object_storage(tmp_path: Path, tiny_
     client = MlflowClient(uri)
     for row in summary["trials"]:
         assert row["best_checkpoint"]["path"].startswith(exp + "/"), row["best_checkpoint"]
+        tags = client.get_run(row["mlflow_run_id"]).data.tags
+        assert tags["gridrun.adapter_checkpoint"] == row["best_checkpoint"]["path"], (tags, row["best_checkpoint"])
         names = {Path(a.path).name for a in client.list_artifacts(row["mlflow_run_id"], "adapter")}
         assert names == {"adapter_config.json", "gridrun_card.json"}, (row["trial_id"], names)  # the replay's
     assert client.get_run(summary["mlflow"]["parent_run_id"]).info.status == "FINISHED"
