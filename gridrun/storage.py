@@ -99,12 +99,16 @@ def check_reachable(where: str, field: str = "tracking.storage") -> None:
     check_storage(where, field)
     if not is_uri(where):
         return
-    from pyarrow.fs import FileSelector
+    from pyarrow.fs import FileSelector, FileType
 
     try:
         fs, path = _fs(location(where))
         bucket = path.split("/", 1)[0]
-        fs.get_file_info(FileSelector(bucket, allow_not_found=False, recursive=False))
+        if fs.get_file_info(bucket).type == FileType.NotFound:  # listing would call a missing bucket empty
+            raise GridrunError(f"{field}: cannot list {where} (bucket or container {bucket!r} does not exist)")
+        fs.get_file_info(FileSelector(path, allow_not_found=True, recursive=False))  # its experiments, if any
+    except GridrunError:
+        raise
     except Exception as e:  # pyarrow raises OSError or ArrowInvalid with the server's answer
         raise GridrunError(f"{field}: cannot list {where} ({one_line(e)})") from None
 
