@@ -110,3 +110,34 @@ def test_validate_deep_refuses_a_bucket_it_cannot_list(s3: dict[str, str], tmp_p
     for cmd in (["report"], ["sync"], ["resume"]):
         r = run_cli(*cmd, "s3://no-such-bucket/exp/x")
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (cmd, r.stderr)
+
+
+def test_the_spill_file_goes_to_the_bucket_and_is_replayed_from_it(
+    s3: dict[str, str], tmp_path: Path, monkeypatch
+) -> None:
+    """MLflow away at the end of an experiment on s3://: its pending writes are kept in the bucket, next to the
+    experiment, and replayed from there exactly once."""
+    from mlflow.tracking import MlflowClient
+
+    from gridrun.writer import SPILL_FILE, replay_spill
+    from tests.gridrun_tests.test_tracking import Failing, _history, _tracker, _trial
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    real = MlflowClient(uri)
+    exp_id = real.create_experiment("spill")
+    parent = (exp_id, real.create_run(exp_id).info.run_id)
+    spill = f"s3://{BUCKET}/spill/exp-1/{SPILL_FILE}"
+    flaky = Failing(real, "log_batch", 10**6)  # gone for the whole run
+    t, trial = _tracker((uri, real), parent, flaky, spill_path=spill, drain_s=0.3), _trial()
+    t.on_trial_start(0, [trial], trial)
+    for i in (1, 2):
+        t.on_trial_result(0, [trial], trial, {"objective": i / 10, "samples_seen": 8 * i})
+    t.on_trial_complete(0, [trial], trial)
+    t.on_experiment_end([trial])
+    assert keys(s3, prefix="spill/") == [f"spill/exp-1/{SPILL_FILE}"]
+    assert {p.name for p in tmp_path.iterdir()} == {"mlruns.db"}  # nothing spilled locally
+    assert replay_spill(spill) == t.pending()  # MLflow is back: each kept write made once
+    assert keys(s3, prefix="spill/") == []
+    assert _history(real, t.runs["t1"], "objective") == [(8, 0.1), (16, 0.2)]
+    assert real.get_run(t.runs["t1"]).info.status == "FINISHED"
