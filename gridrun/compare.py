@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from gridrun import storage as store
 from gridrun.errors import GridrunError
-from gridrun.export import adapter_dir, pick_trial
+from gridrun.export import checkpoint_dir, pick_trial
 from gridrun.report import load_summary
 
 __all__ = ["compare", "format_comparison"]
@@ -21,17 +21,17 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     from peft import PeftModel
 
     from evaluators import GenerationSettings, generate
-    from gridrun.launch import META_FILE, experiment_trial_spec
+    from gridrun.finish import read_meta
+    from gridrun.launch import experiment_trial_spec
     from trainables.data import load_task_data, render_prompt
 
     if n < 1:
         raise GridrunError(f"-n: must be at least 1, got {n}")
-    exp = Path(experiment_dir).expanduser()
-    meta_file = exp / META_FILE
-    if not meta_file.is_file():
-        raise GridrunError(f"{exp} is not a gridrun experiment folder (no {META_FILE})")
+    store.check_storage(str(experiment_dir), "experiment folder")
+    exp = store.location(experiment_dir)
+    meta = read_meta(exp)
     row = pick_trial(load_summary(exp), trial)
-    spec = experiment_trial_spec(json.loads(meta_file.read_text())).with_params(row["params"])
+    spec = experiment_trial_spec(meta).with_params(row["params"])
     base, tok = load_base(spec.model, pick_device(spec.resources.gpu))
     _, rows = load_task_data(spec.data, spec.train.seed)
     rows = rows[:n]
@@ -39,7 +39,8 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     ev = spec.evaluate
     settings = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
     before = generate(base, tok, prompts, settings)
-    model = PeftModel.from_pretrained(base, str(adapter_dir(row)))
+    with store.local_dir(checkpoint_dir(row)) as ckpt:  # on an object store: downloaded, then removed
+        model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))
     after = generate(model, tok, prompts, settings)
     return [
         {"prompt": p, "reference": str(r["answer"]), "base": b, "adapter": a, "trial": row["trial_id"]}

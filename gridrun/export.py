@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import shutil
 from pathlib import Path
 from typing import Any
 
+from gridrun import storage as store
 from gridrun.errors import GridrunError
 from gridrun.report import load_summary
 
-__all__ = ["adapter_dir", "export", "pick_trial"]
+__all__ = ["checkpoint_dir", "export", "pick_trial"]
 
 
 def pick_trial(summary: dict[str, Any], trial: str | None) -> dict[str, Any]:
@@ -29,24 +31,34 @@ def pick_trial(summary: dict[str, Any], trial: str | None) -> dict[str, Any]:
     return matches[0]
 
 
-def adapter_dir(row: dict[str, Any]) -> Path:
-    """The adapter folder of a summary row: its best checkpoint's (what MLflow holds), else its last."""
-    ckpt = Path((row.get("best_checkpoint") or {}).get("path") or Path(row["adapter"] or "").parent)
-    adapter = ckpt / "adapter"
-    if not adapter.is_dir():
+def checkpoint_dir(row: dict[str, Any]) -> str:
+    """The checkpoint holding a summary row's adapter (a local path or a URI): its best checkpoint (what MLflow
+    holds), else its last."""
+    ckpt = (row.get("best_checkpoint") or {}).get("path") or posixpath.dirname(row["adapter"] or "")
+    adapter = store.join(ckpt, "adapter")
+    try:
+        found = bool(ckpt) and store.is_dir(adapter)
+    except OSError as e:
+        raise GridrunError(f"adapter of trial {row['trial_id']} at {adapter}: {store.one_line(e)}") from None
+    if not found:
         raise GridrunError(f"adapter of trial {row['trial_id']} not found at {adapter} (checkpoint deleted?)")
-    return adapter
+    return ckpt
 
 
 def export(experiment_dir: str | Path, out: str | Path, trial: str | None = None, merge: bool = False) -> Path:
     """Write the chosen trial's best adapter to ``out`` (with ``merge``: a full model with the adapter merged)."""
     summary = load_summary(experiment_dir)
     row = pick_trial(summary, trial)
-    adapter = adapter_dir(row)
-    ckpt = adapter.parent
+    where = checkpoint_dir(row)
     dest = Path(out).expanduser()
     if dest.exists() and any(dest.iterdir()):
         raise GridrunError(f"--out {dest}: folder exists and is not empty")
+    with store.local_dir(where) as ckpt:  # a checkpoint on an object store: downloaded, then removed
+        return _write(ckpt, dest, merge)
+
+
+def _write(ckpt: Path, dest: Path, merge: bool) -> Path:
+    adapter = ckpt / "adapter"
     card = json.loads((ckpt / "gridrun_card.json").read_text())
     if not merge:
         shutil.copytree(adapter, dest, dirs_exist_ok=True)

@@ -21,12 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gridrun import storage as store
 from gridrun.errors import GridrunError
 
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
 
-__all__ = ["META_FILE", "SUMMARY_FILE", "fit_and_report", "quiet_tune_restore_hint", "sync"]
+__all__ = ["META_FILE", "SUMMARY_FILE", "fit_and_report", "quiet_tune_restore_hint", "read_meta", "sync"]
 
 log = logging.getLogger("gridrun")
 
@@ -36,9 +37,10 @@ META_FILE = "gridrun_experiment.json"
 
 
 @contextlib.contextmanager
-def _second_ctrl_c_exits(tracker: Any, exp_dir: Path) -> Iterator[None]:
+def _second_ctrl_c_exits(tracker: Any, exp_dir: str) -> Iterator[None]:
     """While Tune runs: the SIGINT handler Tune puts back after the first Ctrl-C exits at once (writes MLflow
-    has not taken yet are kept in the spill file first: a local write, no network)."""
+    has not taken yet are kept in the spill file first: a local write, no network, unless the experiment is on
+    an object store, where it is one upload)."""
     tune_handles_it = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0")
     if threading.current_thread() is not threading.main_thread() or not tune_handles_it:
         yield  # no Tune handler in front of this one: the first Ctrl-C would exit at once
@@ -80,18 +82,18 @@ def quiet_tune_restore_hint() -> None:
         target.addFilter(_NoRestoreHint())
 
 
-def _wall_so_far(exp_dir: Path, session_s: float) -> dict[str, float]:
+def _wall_so_far(exp_dir: str, session_s: float) -> dict[str, float]:
     """A resumed experiment's wall time: the earlier sessions' (from the summary an interrupted one wrote) plus
     this one's, which is kept as ``wall_s_session``. A driver that was killed wrote none: its time is unknown."""
     try:
-        before = float(json.loads((exp_dir / SUMMARY_FILE).read_text()).get("wall_s") or 0.0)
+        before = float(json.loads(store.read_text(store.join(exp_dir, SUMMARY_FILE))).get("wall_s") or 0.0)
     except (OSError, ValueError, TypeError):
         before = 0.0
     return {"wall_s": round(before + session_s, 1), "wall_s_session": session_s}
 
 
-def _write_summary(exp_dir: Path, summary: dict[str, Any]) -> None:
-    (exp_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+def _write_summary(exp_dir: str, summary: dict[str, Any]) -> None:
+    store.write_text(store.join(exp_dir, SUMMARY_FILE), json.dumps(summary, indent=2, default=str))
 
 
 def fit_and_report(
@@ -99,7 +101,7 @@ def fit_and_report(
     tuner: Any,
     tracker: Any,
     meta: dict[str, Any],
-    exp_dir: Path,
+    exp_dir: str,
     quiet: bool,
     budget: Any = None,
 ) -> dict[str, Any]:
@@ -128,12 +130,19 @@ def fit_and_report(
     finished = lambda r: r.error is not None or (r.metrics and r.metrics.get("trial_id") not in left_out)  # noqa: E731
     results = [r for r in grid if not left_out or finished(r)]
     summary = summarize(
-        spec, results, tracker.reasons, tracker.runs, meta["base_probe_loss"], tracker.keeper.best, tracker.retries
+        spec,
+        results,
+        tracker.reasons,
+        tracker.runs,
+        meta["base_probe_loss"],
+        tracker.keeper.best,
+        tracker.retries,
+        locate=lambda checkpoint: store.checkpoint_location(exp_dir, checkpoint),
     )
     summary.update(
         {
             "experiment": meta["experiment"],
-            "experiment_dir": str(exp_dir),
+            "experiment_dir": exp_dir,
             "mlflow": dict(meta["mlflow"]),
             "wall_s": round(time.time() - t0, 1),
         }
@@ -141,34 +150,36 @@ def fit_and_report(
     if tracker._resumed:
         summary.update(_wall_so_far(exp_dir, summary["wall_s"]))
     summary["importance"] = importance(summary, spec.search.space)
-    summary["report_dir"] = str(exp_dir / "report")
+    summary["report_dir"] = store.join(exp_dir, "report")
     if tracker._resumed:
         summary["resumed"] = True
     if budget is not None:
         spent = {"budget_s": budget.budget_s, "spent_s": round(budget.spent_s, 1)}
         summary["time_budget"] = {**spent, "ended_search": budget.expired, "not_run": sorted(not_run)}
         meta["time_budget"] = spent
-        (exp_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+        store.write_text(store.join(exp_dir, META_FILE), json.dumps(meta, indent=2))
     if unfinished:
         summary["interrupted"] = {"unfinished": sorted(unfinished), "resume": f"gridrun resume {exp_dir}"}
     if tracker.pending():
         summary["mlflow"]["pending"] = f"{tracker.pending()} writes; gridrun sync {exp_dir}"
     _write_summary(exp_dir, summary)
-    plots = write_report(summary, exp_dir / "report")
-    if unfinished:
-        close_parent(spec.tracking.uri, parent, "KILLED")
-    elif not tracker.pending():
-        try:
-            _finish_in_mlflow(spec, meta, summary, exp_dir, plots)
-        except Exception as e:  # the summary is on disk; MLflow gets it from `gridrun sync`
-            log.warning("could not close the experiment in MLflow (%s); `gridrun sync %s` does it", e, exp_dir)
+    # on an object store the plots are drawn in a temporary folder, uploaded when MLflow has logged them
+    with store.local_dir(summary["report_dir"], upload=True) as report_dir:
+        plots = write_report(summary, report_dir)
+        if unfinished:
+            close_parent(spec.tracking.uri, parent, "KILLED")
+        elif not tracker.pending():
+            try:
+                _finish_in_mlflow(spec, meta, summary, exp_dir, plots)
+            except Exception as e:  # the summary is on storage; MLflow gets it from `gridrun sync`
+                log.warning("could not close the experiment in MLflow (%s); `gridrun sync %s` does it", e, exp_dir)
     if not quiet:
         print(format_summary(summary), flush=True)
     return summary
 
 
 def _finish_in_mlflow(
-    spec: ExperimentSpec, meta: dict[str, Any], summary: dict[str, Any], exp_dir: Path, plots: list[Path]
+    spec: ExperimentSpec, meta: dict[str, Any], summary: dict[str, Any], exp_dir: str, plots: list[Path]
 ) -> None:
     """Child runs of trials lost with an interrupted driver dropped (a resumed experiment), the adapters worth
     shipping registered (once), the parent run finished with the summary and plots."""
@@ -202,23 +213,35 @@ def sync(experiment_dir: str | Path) -> dict[str, Any]:
     from gridrun.validate import check_tracking_uri
     from gridrun.writer import SPILL_FILE, mlflow_client, replay_spill
 
-    exp_dir = Path(experiment_dir).expanduser().resolve()
-    if not (exp_dir / META_FILE).is_file():
-        raise GridrunError(f"{exp_dir} is not a gridrun experiment folder (no {META_FILE})")
-    meta = json.loads((exp_dir / META_FILE).read_text())
+    exp_dir = store.location(experiment_dir)
+    store.check_storage(exp_dir, "sync")
+    meta = read_meta(exp_dir)
     spec = spec_from_dict(meta["spec"])
     check_tracking_uri(spec.tracking.uri)
-    written = replay_spill(exp_dir / SPILL_FILE)
+    written = replay_spill(store.join(exp_dir, SPILL_FILE))
     closed = False
-    if (exp_dir / SUMMARY_FILE).is_file():
-        summary = json.loads((exp_dir / SUMMARY_FILE).read_text())
+    if store.is_file(store.join(exp_dir, SUMMARY_FILE)):
+        summary = json.loads(store.read_text(store.join(exp_dir, SUMMARY_FILE)))
         parent = meta["mlflow"]["parent_run_id"]
         status = mlflow_client(spec.tracking.uri).get_run(parent).info.status
         if not summary.get("interrupted") and status != "FINISHED":
             summary["mlflow"].pop("pending", None)
             try:
-                _finish_in_mlflow(spec, meta, summary, exp_dir, sorted((exp_dir / "report").glob("*.png")))
+                with store.local_dir(store.join(exp_dir, "report")) as report_dir:
+                    _finish_in_mlflow(spec, meta, summary, exp_dir, sorted(report_dir.glob("*.png")))
             except Exception as e:
                 raise GridrunError(f"MLflow at {spec.tracking.uri}: could not close the experiment ({e})") from None
             closed = True
     return {"written": written, "closed": closed}
+
+
+def read_meta(experiment_dir: str) -> dict[str, Any]:
+    """An experiment's META_FILE (from a location: a local folder or a URI); one line when it is not there."""
+    meta_file = store.join(experiment_dir, META_FILE)
+    try:
+        text = store.read_text(meta_file)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise GridrunError(f"{experiment_dir} is not a gridrun experiment folder (no {META_FILE})") from None
+    except OSError as e:  # an object store that cannot be read: a missing bucket, no credentials
+        raise GridrunError(f"{experiment_dir}: cannot read {META_FILE} ({store.one_line(e)})") from None
+    return dict(json.loads(text))

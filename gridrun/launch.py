@@ -19,14 +19,15 @@ from typing import Any
 
 import yaml
 
+from gridrun import storage as store
 from gridrun.builtin import builtin_name
 from gridrun.errors import GridrunError
-from gridrun.finish import META_FILE, fit_and_report
+from gridrun.finish import META_FILE, fit_and_report, read_meta
 from gridrun.sources import hub_offline
 from gridrun.spec import ExperimentSpec, spec_from_dict, validate_dict
 from gridrun.validate import check_address, check_tracking_uri, gpu_memory_bytes, preflight
 
-__all__ = ["META_FILE", "experiment_trial_spec", "launch", "other_local_rays", "resume", "start_ray"]
+__all__ = ["META_FILE", "experiment_trial_spec", "launch", "other_local_rays", "read_meta", "resume", "start_ray"]
 
 log = logging.getLogger("gridrun")
 
@@ -228,9 +229,9 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     trial_spec = spec.with_params(fixed)
     warm = earlier_trials(spec, searched)  # search.warm_start's trials: a bad source stops here, before any record
     exp_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = Path(spec.tracking.storage).expanduser().resolve()
-    storage.mkdir(parents=True, exist_ok=True)
-    exp_dir = storage / exp_name
+    storage = store.location(spec.tracking.storage)  # a local folder, or a URI Tune writes to itself
+    store.makedirs(storage)
+    exp_dir = store.join(storage, exp_name)
 
     total = start_ray(spec)
     try:
@@ -269,8 +270,8 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             "experiment": exp_name,
             "mlflow": {"uri": spec.tracking.uri, "experiment_id": exp_id, "parent_run_id": parent},
         }
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+        store.makedirs(exp_dir)
+        store.write_text(store.join(exp_dir, META_FILE), json.dumps(meta, indent=2))
         if not quiet:
             print(f"[gridrun] experiment folder {exp_dir} (resume with: gridrun resume {exp_dir})", flush=True)
 
@@ -286,7 +287,8 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             reasons,
             keeper,
             spec.tracking.log_adapters,
-            spill_path=exp_dir / SPILL_FILE,
+            spill_path=store.join(exp_dir, SPILL_FILE),
+            experiment_dir=exp_dir,
         )
         callbacks: list[Any] = [
             keeper,
@@ -307,7 +309,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             ),
             run_config=tune.RunConfig(
                 name=exp_name,
-                storage_path=str(storage),
+                storage_path=storage,
                 stop=stopper,
                 callbacks=callbacks,
                 # Tune keeps every checkpoint; the CheckpointKeeper deletes those no experiment snapshot can name,
@@ -343,18 +345,16 @@ def resume(
     from gridrun.tracking import MLflowTracker, mark_interrupted
     from gridrun.writer import SPILL_FILE, replay_spill
 
-    exp_dir = Path(experiment_dir).expanduser().resolve()
-    meta_file = exp_dir / META_FILE
-    if not meta_file.is_file():
-        raise GridrunError(f"{exp_dir} is not a gridrun experiment folder (no {META_FILE})")
-    if not tune.Tuner.can_restore(str(exp_dir)):
+    exp_dir = store.location(experiment_dir)
+    store.check_storage(exp_dir, "resume")
+    meta = read_meta(exp_dir)
+    if not tune.Tuner.can_restore(exp_dir):
         raise GridrunError(f"{exp_dir} holds no Ray Tune experiment state to resume from")
-    meta = json.loads(meta_file.read_text())
     spec = spec_from_dict(meta["spec"])
     spent = float(meta.get("time_budget", {}).get("spent_s", 0.0))
     if spec.search.time_budget and spent >= spec.search.time_budget:
         raise GridrunError(
-            f"search.time_budget: all {format_duration(spec.search.time_budget)} of {exp_dir.name} are spent; "
+            f"search.time_budget: all {format_duration(spec.search.time_budget)} of {exp_dir} are spent; "
             "nothing is left to resume"
         )
     check_tracking_uri(spec.tracking.uri)
@@ -366,11 +366,11 @@ def resume(
     start_ray(spec)
     try:
         ml = meta["mlflow"]
-        replay_spill(exp_dir / SPILL_FILE)  # what the last driver could not write (MLflow was away) first
+        replay_spill(store.join(exp_dir, SPILL_FILE))  # what the last driver could not write (MLflow was away) first
         # The crashed driver left runs RUNNING: mark them KILLED now; trials that continue reopen theirs.
         mark_interrupted(ml["uri"], ml["parent_run_id"])
         tuner = tune.Tuner.restore(
-            str(exp_dir),
+            exp_dir,
             trainable=_trainable(spec, experiment_trial_spec(meta), meta.get("baseline") or meta["base_probe_loss"]),
             resume_unfinished=True,
             resume_errored=resume_errored,
@@ -380,7 +380,7 @@ def resume(
         assert local is not None, "resume runs in-process, not through Ray Client"
         callbacks = local.get_run_config().callbacks or []  # restored from the experiment state
         tracker = next(c for c in callbacks if isinstance(c, MLflowTracker))
-        tracker.mark_resumed(exp_dir / SPILL_FILE)  # look up runs the restored state may not know of
+        tracker.mark_resumed(store.join(exp_dir, SPILL_FILE))  # look up runs the restored state may not know of
         for c in callbacks:
             if hasattr(c, "quiet"):
                 c.quiet = quiet

@@ -97,8 +97,8 @@ class MOASHA(FIFOScheduler):
         time_attr: str,
         metrics: tuple[str, str],
         modes: tuple[str, str],
-        max_t: int,
-        grace_period: int,
+        max_t: float,
+        grace_period: float,
         reduction_factor: float,
     ) -> None:
         super().__init__()
@@ -127,7 +127,10 @@ class MOASHA(FIFOScheduler):
             go = promote(list(recorded.values()), point, self._rf)
             recorded[trial.trial_id] = point
             if not go:
-                self.reasons.setdefault(trial.trial_id, f"moasha (dominated at {t} samples)")
+                self.reasons.setdefault(
+                    trial.trial_id,
+                    f"moasha (dominated at {t} {'samples' if self._time_attr == 'samples_seen' else 'epochs'})",
+                )
                 return TrialScheduler.STOP
             break
         return TrialScheduler.CONTINUE

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from gridrun.metrics import namespaced_metrics, stop_reason
+from gridrun.storage import checkpoint_location
 from gridrun.writer import OpQueue, RunWriter, mlflow_client, write_spill
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class MLflowTracker(Callback):
     Args:
         spill_path: where writes still pending when the experiment ends (MLflow away) are kept for
             ``gridrun resume`` / ``gridrun sync``.
+        experiment_dir: the experiment's location (a folder or a URI): the adapter tag names checkpoints there.
         drain_s: at the end, how long to wait for an unreachable MLflow before spilling.
     """
 
@@ -145,6 +147,7 @@ class MLflowTracker(Callback):
         log_adapters: bool = True,
         spill_path: str | Path | None = None,
         drain_s: float = 30.0,
+        experiment_dir: str | None = None,
     ) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
@@ -154,8 +157,9 @@ class MLflowTracker(Callback):
         self.reasons = reasons
         self.keeper = keeper
         self.log_adapters = log_adapters
-        self.spill_path = Path(spill_path) if spill_path else None
+        self.spill_path = str(spill_path) if spill_path else None  # a local file or a storage URI
         self.drain_s = drain_s
+        self.experiment_dir = experiment_dir
         self.retries: dict[str, int] = {}  # trial_id -> times retried after its worker died
         self.unfinished: list[str] = []  # trials still running when the experiment ended (it was interrupted)
         self._queued_step: dict[str, int] = {}  # trial_id -> last samples_seen step queued for MLflow
@@ -199,7 +203,7 @@ class MLflowTracker(Callback):
         """This tracker continues an interrupted experiment: runs may exist that its state does not know of."""
         self._resumed = self.writer.resumed = True
         if spill_path is not None:
-            self.spill_path = Path(spill_path)
+            self.spill_path = str(spill_path)
 
     # Tune keeps callback state in its experiment snapshot: a resumed experiment continues the same runs, and
     # writes still queued at the snapshot are made then (each is idempotent against what MLflow holds).
@@ -233,7 +237,7 @@ class MLflowTracker(Callback):
     def pending(self) -> int:
         return len(self.queue)
 
-    def spill(self) -> Path | None:
+    def spill(self) -> str | None:
         """Keep the writes still pending in the spill file (None when there are none, or nowhere to keep them)."""
         ops = self.queue.pending()
         if not ops or self.spill_path is None:
@@ -287,7 +291,8 @@ class MLflowTracker(Callback):
         best = self.keeper.best(trial.trial_id)
         saved = best or self.keeper.latest(trial.trial_id)
         if saved is not None:
-            tags["gridrun.adapter_checkpoint"] = saved.path
+            where = getattr(self, "experiment_dir", None)  # a tracker pickled before it had one: None
+            tags["gridrun.adapter_checkpoint"] = checkpoint_location(where, saved.checkpoint) if where else saved.path
         if best is not None:
             tags["gridrun.adapter_objective"] = f"{best.objective:.6g}"
             tags["gridrun.adapter_samples_seen"] = str(best.metrics.get("samples_seen"))
@@ -325,7 +330,7 @@ class MLflowTracker(Callback):
             self.uri,
             self.pending(),
             where,
-            where.parent if where else "DIR",
+            where.rsplit("/", 1)[0] if where else "DIR",
         )
 
 

@@ -2,9 +2,9 @@
 
 ``check_spec`` is what ``gridrun validate`` runs: names, evaluators and their options, the objective's metric,
 data files and builtin generator options (at both ends of any searched range), the template, the model folder,
-the train/test answer format, and a trial's estimated GPU memory against its share (``gridrun.memory``).
-``preflight`` (``validate --deep`` and every launch) adds reachability: the tracking store, the Ray cluster
-address, GPUs. Imports no Ray and no torch at module top.
+the train/test answer format, a trial's estimated GPU memory against its share (``gridrun.memory``), and a
+storage URI's scheme. ``preflight`` (``validate --deep`` and every launch) adds reachability: the tracking store,
+the storage bucket, the Ray cluster address, GPUs. Imports no Ray and no torch at module top.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from gridrun.builtin import builtin_name, check_names
 from gridrun.errors import GridrunError
 from gridrun.sources import check_hub_cache, hub_offline, input_sources, is_hub_id, resolve_hub_ids
 from gridrun.spec import ExperimentSpec
+from gridrun.storage import check_reachable, check_storage
 
 __all__ = [
     "absolute_uri",
@@ -146,6 +147,7 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
     check_answer_formats(spec)
     check_memory(spec)
     check_tracking_uri(spec.tracking.uri, reach=False)  # scheme, form and local folder: no server needed
+    check_storage(spec.tracking.storage)
     return sorted(set(unchecked))
 
 
@@ -175,6 +177,7 @@ def preflight(spec: ExperimentSpec, resolve_hub: bool = True) -> None:
         if is_hub_id(spec.model.name):
             check_lora_targets(spec)  # reads the model's config from the hub, no weights
     check_tracking_uri(spec.tracking.uri)
+    check_reachable(spec.tracking.storage)
     gpu = spec.resources.gpu
     if spec.resources.address:
         check_address(spec.resources.address)

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gridrun import storage
+
 __all__ = ["SPILL_FILE", "OpQueue", "RunWriter", "mlflow_client", "replay_spill", "transient"]
 
 log = logging.getLogger("gridrun")
@@ -360,14 +362,13 @@ def _line(e: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def write_spill(path: Path, header: dict[str, Any], ops: list[dict[str, Any]]) -> None:
-    """Keep pending writes in ``path`` (atomically: a half-written file never replaces a whole one)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps({"header": header, "ops": ops}))
-    os.replace(tmp, path)
+def write_spill(path: str | Path, header: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+    """Keep pending writes in ``path``, a local file or a storage URI (whole: a half-written file never
+    replaces a whole one)."""
+    storage.write_bytes(path, pickle.dumps({"header": header, "ops": ops}))
 
 
-def replay_spill(path: Path) -> int:
+def replay_spill(path: str | Path) -> int:
     """Write what an earlier driver left in its spill file to MLflow; returns how many writes were made.
 
     The file goes once everything is written; if MLflow fails again, what is left stays in it and
@@ -375,9 +376,9 @@ def replay_spill(path: Path) -> int:
     """
     from gridrun.errors import GridrunError
 
-    if not path.is_file():
+    if not storage.is_file(path):
         return 0
-    data = pickle.loads(path.read_bytes())
+    data = pickle.loads(storage.read_bytes(path))
     header, ops = data["header"], data["ops"]
     writer = RunWriter(header["uri"], header["experiment_id"], header["parent_run_id"], header["runs"], resumed=True)
     done = 0
@@ -393,5 +394,5 @@ def replay_spill(path: Path) -> int:
             raise GridrunError(
                 f"MLflow at {header['uri']} failed ({_line(e)}); {len(ops) - i} writes are still kept in {path}"
             ) from None
-    path.unlink()
+    storage.remove(path)
     return done

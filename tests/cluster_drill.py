@@ -99,51 +99,71 @@ print(json.dumps({"nodes": [n["NodeManagerAddress"] for n in nodes],
 """
 
 
-def main(work: Path) -> dict:
+def in_own_namespace() -> str | None:
+    """None when this process is in a network namespace where only loopback exists (brought up), else why not."""
     interfaces = sorted(name for _, name in socket.if_nameindex())  # this namespace's, unlike /sys/class/net
     if interfaces != ["lo"]:
-        return {"error": f"not in a network namespace of its own: interfaces {interfaces}"}
+        return f"not in a network namespace of its own: interfaces {interfaces}"
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    return None
+
+
+def start_cluster(work: Path, env: dict[str, str], out: dict, nodes: list[subprocess.Popen]) -> None:
+    """A head and a worker node on 127.0.0.1, one CPU each, appended to ``nodes`` as they start (each in a
+    session of its own: the caller kills them); ``out["addresses"]`` the addresses Ray reports (``out["error"]``
+    when one is not loopback)."""
     tmp = tempfile.mkdtemp(prefix="grd", dir="/tmp")  # short: Ray's socket paths live under it
+    nodes.append(
+        _ray_start(
+            ["--head", f"--port={PORT}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={tmp}"],
+            work / "head.log",
+            env,
+        )
+    )
+    _until(lambda: _listening(PORT), 120, "the head node")
+    nodes.append(_ray_start([f"--address=127.0.0.1:{PORT}", "--num-cpus=1"], work / "worker.log", env))
+
+    def two_nodes() -> dict | None:
+        r = subprocess.run(
+            [sys.executable, "-c", CHECK_NODES % PORT], capture_output=True, text=True, env=env, timeout=60
+        )
+        found = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+        return found if found and len(found["nodes"]) == 2 else None
+
+    seen = _until(two_nodes, 120, "two live nodes")
+    out["addresses"] = [*seen["nodes"], seen["gcs"].rsplit(":", 1)[0]]
+    if not all(_loopback(a) for a in out["addresses"]):
+        out["error"] = f"Ray reports a non-loopback address: {out['addresses']}; nothing launched"
+
+
+def gridrun(
+    command: str, target: str, work: Path, env: dict[str, str], log: str, delay_s: float = 0.3, storage: str = ""
+) -> subprocess.Popen:
+    """``gridrun COMMAND TARGET`` with the replay trainable (``launch`` gets the drill's spec, on the cluster, with
+    its experiments in ``storage`` when given)."""
+    args = [sys.executable, "-m", "tests.replay_trainable", str(delay_s), command, target]
+    if command == "launch":
+        overrides = [*OVERRIDES, f"tracking.storage={storage}"] if storage else OVERRIDES
+        args += ["--address", f"127.0.0.1:{PORT}", *[a for o in overrides for a in ("--set", o)]]
+    with (work / log).open("w") as f:  # the child keeps its own descriptor
+        return subprocess.Popen(args, cwd=work, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def main(work: Path) -> dict:
+    error = in_own_namespace()
+    if error:
+        return {"error": error}
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
     out: dict = {}
-    head = _ray_start(
-        ["--head", f"--port={PORT}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={tmp}"],
-        work / "head.log",
-        env,
-    )
-    worker = launch = None
+    nodes: list[subprocess.Popen] = []
+    launch = None
     try:
-        _until(lambda: _listening(PORT), 120, "the head node")
-        worker = _ray_start([f"--address=127.0.0.1:{PORT}", "--num-cpus=1"], work / "worker.log", env)
-
-        def two_nodes() -> dict | None:
-            r = subprocess.run(
-                [sys.executable, "-c", CHECK_NODES % PORT], capture_output=True, text=True, env=env, timeout=60
-            )
-            found = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
-            return found if found and len(found["nodes"]) == 2 else None
-
-        seen = _until(two_nodes, 120, "two live nodes")
-        out["addresses"] = [*seen["nodes"], seen["gcs"].rsplit(":", 1)[0]]
-        if not all(_loopback(a) for a in out["addresses"]):
-            out["error"] = f"Ray reports a non-loopback address: {out['addresses']}; nothing launched"
+        start_cluster(work, env, out, nodes)
+        if "error" in out:
             return out
-
+        worker = nodes[1]
         t0 = time.monotonic()
-        args = [
-            sys.executable,
-            "-m",
-            "tests.replay_trainable",
-            "0.3",
-            "launch",
-            str(ROOT / "search_spaces/forgetting.yaml"),
-        ]
-        args += ["--address", f"127.0.0.1:{PORT}", *[a for o in OVERRIDES for a in ("--set", o)]]
-        with (work / "launch.log").open("w") as f:
-            launch = subprocess.Popen(
-                args, cwd=work, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        launch = gridrun("launch", str(ROOT / "search_spaces/forgetting.yaml"), work, env, "launch.log")
 
         def on_worker_node() -> tuple[str, int] | None:
             """A trial running on the worker node with two checkpoints saved: (its folder, checkpoints)."""
@@ -164,7 +184,7 @@ def main(work: Path) -> dict:
         out["wall_s"] = round(time.monotonic() - t0, 1)
         return out
     finally:
-        for p in (launch, worker, head):
+        for p in (launch, *reversed(nodes)):
             if p is not None:
                 _kill_session(p.pid)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gridrun.metrics import feasible, pareto_front, stop_reason
+from gridrun.storage import join
 
 __all__ = ["format_summary", "importance", "load_summary", "summarize"]
 
@@ -26,6 +27,7 @@ def summarize(
     base_loss: float,
     best_checkpoint: Callable[[str], Any] | None = None,
     retries: Mapping[str, int] | None = None,
+    locate: Callable[[Any], str] | None = None,
 ) -> dict[str, Any]:
     """Plain-data summary of a finished ResultGrid (JSON-serialisable).
 
@@ -36,7 +38,10 @@ def summarize(
     Args:
         best_checkpoint: trial id -> its best kept checkpoint (``gridrun.checkpoints.Saved``) or None.
         retries: trial id -> times it was retried from its last checkpoint after its worker or node died.
+        locate: a Tune checkpoint -> where it is (``gridrun.storage.checkpoint_location``: a URI on an object
+            store, whose checkpoints know only their path inside the bucket); default its path.
     """
+    where = locate or (lambda checkpoint: str(checkpoint.path))
     metric = spec.objective.metric
     rows: list[dict[str, Any]] = []
     for r in grid:
@@ -46,9 +51,10 @@ def summarize(
         last = {k: v for k, v in m.items() if (isinstance(v, int | float) and "/" in k) or k == "objective"}
         saved = best_checkpoint(tid) if best_checkpoint is not None else None
         at = saved.metrics if saved is not None else last
-        adapter = str(Path(saved.path) / "adapter") if saved is not None else None
-        if adapter is None and r.checkpoint is not None:
-            adapter = str(Path(r.checkpoint.path) / "adapter")
+        at_path = where(saved.checkpoint) if saved is not None else None
+        if at_path is None and r.checkpoint is not None:
+            at_path = where(r.checkpoint)
+        adapter = join(at_path, "adapter") if at_path is not None else None
         rows.append(
             {
                 "trial_id": tid,
@@ -64,7 +70,7 @@ def summarize(
                 "retries": (retries or {}).get(tid, 0),
                 "adapter": adapter,
                 "best_checkpoint": (
-                    {"objective": saved.objective, "path": saved.path, "metrics": saved.metrics} if saved else None
+                    {"objective": saved.objective, "path": at_path, "metrics": saved.metrics} if saved else None
                 ),
                 "mlflow_run_id": runs.get(tid),
                 "metrics": dict(at),
@@ -230,9 +236,17 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def load_summary(experiment_dir: str | Path) -> dict[str, Any]:
+    """The summary an experiment wrote to its folder (a local path or a storage URI)."""
+    from gridrun import storage as store
     from gridrun.errors import GridrunError
 
-    p = Path(experiment_dir).expanduser() / "gridrun_summary.json"
-    if not p.is_file():
-        raise GridrunError(f"no gridrun summary in {experiment_dir} (is it an experiment folder that finished?)")
-    return json.loads(p.read_text())
+    store.check_storage(str(experiment_dir), "experiment folder")
+    p = store.join(store.location(experiment_dir), "gridrun_summary.json")
+    try:
+        return dict(json.loads(store.read_text(p)))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise GridrunError(
+            f"no gridrun summary in {experiment_dir} (is it an experiment folder that finished?)"
+        ) from None
+    except OSError as e:  # an object store that cannot be read: a missing bucket, no credentials
+        raise GridrunError(f"{experiment_dir}: cannot read its summary ({store.one_line(e)})") from None

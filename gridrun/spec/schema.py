@@ -328,7 +328,11 @@ class TrackingSpec(_Section):
 
     uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI (sqlite file, folder, or http server)")
     experiment: str | None = Field(None, description="MLflow experiment name (default: the spec name)")
-    storage: str = Field("gridrun_results", description="folder (or URI) where Ray Tune keeps trials and checkpoints")
+    storage: str = Field(
+        "gridrun_results",
+        description="where Ray Tune keeps trials and checkpoints: a local folder or a URI (s3://, gs://, abfs://, "
+        "file://); a cluster needs one every node reaches",
+    )
     log_adapters: bool = Field(True, description="upload each trial's final adapter as an MLflow artifact")
 
 
