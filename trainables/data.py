@@ -25,6 +25,7 @@ __all__ = [
     "collate",
     "encode_example",
     "iter_rows",
+    "load_eval_records",
     "load_records",
     "load_task_data",
     "read_rows",
@@ -193,6 +194,33 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
         train = _from_messages(train, mf, data.task, "data.task")
     else:
         check_fields(train, (pf, af), data.task, "data.task")
+    if data.eval or builtin_name(data.task):
+        ev = load_eval_records(data, seed)
+    else:
+        if len(train) < 2:
+            raise GridrunError(
+                f"data.task: {data.task} has {len(train)} record; need at least 2 to hold "
+                "some out for evaluation (or set data.eval)"
+            )
+        k = min(data.eval_size, len(train) // 5 or 1)
+        train, ev = train[:-k], train[-k:]
+    if mf:
+        return train, ev[: data.eval_size]
+    rename = lambda r: {**r, "prompt": r[pf], "answer": r[af]}  # noqa: E731
+    if data.eval or builtin_name(data.task):
+        return [rename(r) for r in train], ev
+    return [rename(r) for r in train], [rename(r) for r in ev[: data.eval_size]]
+
+
+def load_eval_records(data: DataSpec, seed: int) -> list[dict[str, Any]]:
+    """Eval records with ``prompt``/``answer`` keys from ``data.eval`` or a builtin task's eval split.
+
+    (A source without either gives its held-out tail: ``load_task_data`` here, ``trainables.tokenized`` in trials.)
+    """
+    pf, af, mf, opts = data.prompt_field, data.answer_field, data.messages_field, data.options
+    squad = data.adapter == "squad" and not builtin_name(data.task)
+    if squad:
+        pf, af = "prompt", "answer"
     if data.eval:
         ev_raw = load_records(
             data.eval,
@@ -216,17 +244,10 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
         if mf:
             ev = _from_messages(ev, mf, data.task, "data.task")
     else:
-        if len(train) < 2:
-            raise GridrunError(
-                f"data.task: {data.task} has {len(train)} record; need at least 2 to hold "
-                "some out for evaluation (or set data.eval)"
-            )
-        k = min(data.eval_size, len(train) // 5 or 1)
-        train, ev = train[:-k], train[-k:]
+        raise GridrunError("data.eval: not set, and data.task is not a builtin task with its own eval split")
     if mf:
-        return train, ev[: data.eval_size]
-    rename = lambda r: {**r, "prompt": r[pf], "answer": r[af]}  # noqa: E731
-    return [rename(r) for r in train], [rename(r) for r in ev[: data.eval_size]]
+        return ev[: data.eval_size]
+    return [{**r, "prompt": r[pf], "answer": r[af]} for r in ev[: data.eval_size]]
 
 
 def _from_messages(rows: list[dict[str, Any]], field: str, source: str, where: str) -> list[dict[str, Any]]:
