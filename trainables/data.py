@@ -294,7 +294,8 @@ def encode_example(tokenizer: Any, prompt_text: str, answer: str, max_len: int) 
 
     Prompt and answer are tokenized separately and concatenated, so the mask boundary is exact and the prompt
     tokens match what generation sees at evaluation. Over-long examples lose prompt tokens from the left
-    first (the answer is what is learned), then answer tokens from the right.
+    first, then answer tokens from the right: what scoring a fixed example (``answer_loss``) needs. Training
+    drops such an example instead (``trainables.tokenized``), so no trained answer lacks its EOS.
     """
     eos = tokenizer.eos_token_id
     if eos is None:
