@@ -249,6 +249,19 @@ def _check_config(data: DataSpec, tok: Any) -> None:
         )
 
 
+def _hold_out(rows: Any, data: DataSpec) -> tuple[Any, list[Any] | None]:
+    """(training rows, evaluation rows): a source without ``data.eval`` gives its last records to evaluation."""
+    if not _holds_out(data):
+        return rows, None
+    n = len(rows)
+    if n < 2:
+        raise GridrunError(
+            f"data.task: {data.task} has {n} record; need at least 2 to hold some out for evaluation (or set data.eval)"
+        )
+    k = min(data.eval_size, n // 5 or 1)
+    return rows.select(range(n - k)), rows.select(range(n - k, n)).to_list()
+
+
 def _build(data: DataSpec, tok: Any, seed: int, key: str, tmp: Path, num_proc: int | None) -> dict[str, Any]:
     """Tokenize the source into ``tmp/dataset`` and return the build's meta (counts, first bad row, held-out rows)."""
     import datasets
@@ -257,18 +270,7 @@ def _build(data: DataSpec, tok: Any, seed: int, key: str, tmp: Path, num_proc: i
     t0 = time.perf_counter()
     work = tmp / "work"
     work.mkdir(parents=True)
-    rows = _source_rows(data, seed, work)
-    held_out: list[Any] | None = None
-    if _holds_out(data):
-        n = len(rows)
-        if n < 2:
-            raise GridrunError(
-                f"data.task: {data.task} has {n} record; need at least 2 to hold some out for evaluation "
-                "(or set data.eval)"
-            )
-        k = min(data.eval_size, n // 5 or 1)
-        held_out = rows.select(range(n - k, n)).to_list()
-        rows = rows.select(range(n - k))
+    rows, held_out = _hold_out(_source_rows(data, seed, work), data)
     if len(rows) == 0:
         raise GridrunError(f"data.task: {data.task} holds no records")
     procs = num_proc if num_proc is not None else (1 if len(rows) < 20_000 else min(4, os.cpu_count() or 1))
@@ -388,8 +390,16 @@ def eval_records(data: DataSpec, tok: Any, seed: int) -> list[dict[str, Any]]:
     build, so a trial never reads the whole source for it). Malformed held-out rows are skipped like training's."""
     if not _holds_out(data):
         return load_eval_records(data, seed)
+    folder = cache_root() / "data" / cache_key(data, tok, seed)
+    if (folder / "meta.json").is_file():
+        held_out = _meta(folder)["held_out"]
+    else:  # no trial built it here (evaluate_adapter on another machine): read the tail, tokenize nothing
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="gridrun-eval-") as work:
+            held_out = _hold_out(_source_rows(data, seed, Path(work)), data)[1]
     out = []
-    for row in _meta(_ensure_built(data, tok, seed, None))["held_out"]:
+    for row in held_out or []:
         try:
             out.append(parse_record(row, data))
         except BadRow:

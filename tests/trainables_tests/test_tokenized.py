@@ -14,7 +14,7 @@ import pytest
 from gridrun.errors import GridrunError
 from tests.conftest import ROOT, data_section
 from trainables.data import IGNORE_INDEX, encode_example, render_prompt
-from trainables.tokenized import examples, load_train_set
+from trainables.tokenized import eval_records, examples, load_train_set
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,10 @@ def test_ids_match_the_reference_encoding(tok, cache: Path, tmp_path: Path) -> N
     """Every kept example is exactly encode_example's prompt-masked ids (the per-row path it replaces)."""
     rows = [{"prompt": f"Question {i}: " + "word " * (i % 7), "answer": f"answer {i}"} for i in range(30)]
     data = data_section(str(_jsonl(tmp_path / "t.jsonl", rows)), template="Q: {prompt}\nA: ", max_seq_len=64)
+    unbuilt = eval_records(data, tok, 0)  # as evaluate_adapter on a machine without the build: nothing is built
+    assert unbuilt == rows[-4:] and not _builds(cache)
     ts = load_train_set(data, tok, 0)
+    assert eval_records(data, tok, 0) == unbuilt  # the build keeps the same held-out tail
     train = rows[: 30 - 4]  # the last eval_size rows are held out
     want = [encode_example(tok, render_prompt(tok, r["prompt"], data.template), r["answer"], 64) for r in train]
     assert examples(ts.dataset, list(range(len(train)))) == want
