@@ -17,6 +17,7 @@ from typing import Any
 from gridrun.builtin import builtin_name, task_generator
 from gridrun.errors import GridrunError
 from gridrun.spec import DataSpec
+from trainables.rows import clean_rows
 
 __all__ = [
     "FILE_SUFFIXES",
@@ -173,8 +174,6 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
     A file or hub source without a separate ``data.eval`` is split: the last ``eval_size`` records become the
     evaluation set, never trained on.
     """
-    pf, af = data.prompt_field, data.answer_field
-    mf = data.messages_field
     opts = data.options
     train = load_records(
         data.task,
@@ -186,14 +185,12 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
         subset=data.subset,
         revision=data.revision,
     )
-    squad = data.adapter == "squad" and not builtin_name(data.task)
-    if squad:
+    if data.adapter == "squad" and not builtin_name(data.task):
         train = squad_records(train, "data.task", **_squad_opts(opts))
-        pf, af = "prompt", "answer"
-    if mf:
-        train = _from_messages(train, mf, data.task, "data.task")
-    else:
-        check_fields(train, (pf, af), data.task, "data.task")
+    if not train:
+        raise GridrunError(f"data.task: {data.task} holds no records")
+    # malformed rows are skipped (and fail past data.max_bad_fraction) as in a trial's training split
+    train = clean_rows(train, data)
     if data.eval or builtin_name(data.task):
         ev = load_eval_records(data, seed)
     else:
@@ -204,12 +201,7 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
             )
         k = min(data.eval_size, len(train) // 5 or 1)
         train, ev = train[:-k], train[-k:]
-    if mf:
-        return train, ev[: data.eval_size]
-    rename = lambda r: {**r, "prompt": r[pf], "answer": r[af]}  # noqa: E731
-    if data.eval or builtin_name(data.task):
-        return [rename(r) for r in train], ev
-    return [rename(r) for r in train], [rename(r) for r in ev[: data.eval_size]]
+    return train, ev[: data.eval_size]
 
 
 def load_eval_records(data: DataSpec, seed: int) -> list[dict[str, Any]]:

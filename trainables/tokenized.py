@@ -37,8 +37,9 @@ from trainables.data import (
     render_prompt,
     squad_records,
 )
+from trainables.rows import BadRow, check_bad_rows, parse_record
 
-__all__ = ["BadRow", "TrainSet", "eval_records", "examples", "load_train_set", "parse_record"]
+__all__ = ["TrainSet", "cache_key", "eval_records", "examples", "load_train_set"]
 
 log = logging.getLogger("gridrun")
 
@@ -46,10 +47,6 @@ log = logging.getLogger("gridrun")
 KEPT, TOO_LONG, BAD = 0, 1, 2
 #: Bumped when the build's output changes for the same inputs, so old folders are not reused.
 FORMAT = 1
-
-
-class BadRow(ValueError):
-    """A row that cannot become an example; the message says why (it follows 'row <i> ')."""
 
 
 @dataclass
@@ -73,39 +70,6 @@ def _holds_out(data: DataSpec) -> bool:
 
 def _squad(data: DataSpec) -> bool:
     return data.adapter == "squad" and builtin_name(data.task) is None
-
-
-def parse_record(row: Any, data: DataSpec) -> dict[str, Any]:
-    """One source row → a record with ``prompt`` (text, or the chat turns before the answer) and ``answer``.
-
-    Raises:
-        BadRow: the row is not JSON, not an object, or lacks the fields ``data`` names.
-    """
-    if isinstance(row, dict) and set(row) == {"_json"}:  # rows kept as JSON text (JSONL lines, generators)
-        try:
-            row = json.loads(row["_json"])
-        except json.JSONDecodeError as e:
-            raise BadRow(f"is not valid JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-        raise BadRow(f"is a {type(row).__name__}, not an object")
-    mf = data.messages_field
-    if mf:
-        msgs = row.get(mf)
-        if not isinstance(msgs, list) or not msgs:
-            raise BadRow(f"has no '{mf}' list of messages")
-        for m in msgs:
-            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-                raise BadRow("has a message without role and content text")
-        if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
-            raise BadRow("does not end with an assistant message after a prompt")
-        return {**row, "prompt": msgs[:-1], "answer": msgs[-1]["content"]}
-    pf, af = ("prompt", "answer") if _squad(data) else (data.prompt_field, data.answer_field)
-    for f in (pf, af):
-        if f not in row:
-            raise BadRow(f"has no field '{f}' (fields: {', '.join(row)})")
-        if not isinstance(row[f], str):
-            raise BadRow(f"field '{f}' must be text, got {type(row[f]).__name__}")
-    return {**row, "prompt": row[pf], "answer": row[af]}
 
 
 # ------------------------------------------------------------------------------------------------ the key
@@ -367,15 +331,7 @@ def load_train_set(data: DataSpec, tok: Any, seed: int, num_proc: int | None = N
     folder = _ensure_built(data, tok, seed, num_proc)
     meta = _meta(folder)
     rows, bad, long_ = meta["rows"], meta["bad_rows"], meta["dropped_too_long"]
-    first = meta["first_bad"]
-    if bad:
-        where = f"first: row {first['row']} {first['reason']}"
-        if bad / rows > data.max_bad_fraction:
-            raise GridrunError(
-                f"data.task: {bad} of {rows} rows of {data.task} are malformed ({bad / rows:.1%}, above "
-                f"data.max_bad_fraction {data.max_bad_fraction}); {where}"
-            )
-        log.warning("data.task: skipped %d malformed rows of %s (%s)", bad, data.task, where)
+    check_bad_rows(data, rows, bad, meta["first_bad"])
     if meta["examples"] == 0:
         raise GridrunError(
             f"data.task: no example of {data.task} fits data.max_seq_len {data.max_seq_len} "
