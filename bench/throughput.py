@@ -83,7 +83,7 @@ def _trainer(spec, steps: int) -> dict:
     collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
     trainer = Trainer(model=model, args=args, train_dataset=encoded, data_collator=collator)
     out = trainer.train()
-    tokens = sum(len(e["input_ids"]) for e in encoded[: steps * spec.train.batch_size])
+    tokens = sum(encoded.select(range(min(len(encoded), steps * spec.train.batch_size)))["length"])
     return {"tokens_per_s": tokens / out.metrics["train_runtime"], "wall_s": out.metrics["train_runtime"]}
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from gridrun.builtin import builtin_name, task_generator
 from gridrun.errors import GridrunError
 from gridrun.spec import DataSpec
+from trainables.rows import clean_rows
 
 __all__ = [
     "FILE_SUFFIXES",
@@ -25,6 +26,7 @@ __all__ = [
     "collate",
     "encode_example",
     "iter_rows",
+    "load_eval_records",
     "load_records",
     "load_task_data",
     "read_rows",
@@ -172,8 +174,6 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
     A file or hub source without a separate ``data.eval`` is split: the last ``eval_size`` records become the
     evaluation set, never trained on.
     """
-    pf, af = data.prompt_field, data.answer_field
-    mf = data.messages_field
     opts = data.options
     train = load_records(
         data.task,
@@ -185,14 +185,34 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
         subset=data.subset,
         revision=data.revision,
     )
+    if data.adapter == "squad" and not builtin_name(data.task):
+        train = squad_records(train, "data.task", **_squad_opts(opts))
+    if not train:
+        raise GridrunError(f"data.task: {data.task} holds no records")
+    # malformed rows are skipped (and fail past data.max_bad_fraction) as in a trial's training split
+    train = clean_rows(train, data)
+    if data.eval or builtin_name(data.task):
+        ev = load_eval_records(data, seed)
+    else:
+        if len(train) < 2:
+            raise GridrunError(
+                f"data.task: {data.task} has {len(train)} record; need at least 2 to hold "
+                "some out for evaluation (or set data.eval)"
+            )
+        k = min(data.eval_size, len(train) // 5 or 1)
+        train, ev = train[:-k], train[-k:]
+    return train, ev[: data.eval_size]
+
+
+def load_eval_records(data: DataSpec, seed: int) -> list[dict[str, Any]]:
+    """Eval records with ``prompt``/``answer`` keys from ``data.eval`` or a builtin task's eval split.
+
+    (A source without either gives its held-out tail: ``load_task_data`` here, ``trainables.tokenized`` in trials.)
+    """
+    pf, af, mf, opts = data.prompt_field, data.answer_field, data.messages_field, data.options
     squad = data.adapter == "squad" and not builtin_name(data.task)
     if squad:
-        train = squad_records(train, "data.task", **_squad_opts(opts))
         pf, af = "prompt", "answer"
-    if mf:
-        train = _from_messages(train, mf, data.task, "data.task")
-    else:
-        check_fields(train, (pf, af), data.task, "data.task")
     if data.eval:
         ev_raw = load_records(
             data.eval,
@@ -219,17 +239,10 @@ def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], lis
         if mf:
             ev = _from_messages(ev, mf, data.task, "data.task")
     else:
-        if len(train) < 2:
-            raise GridrunError(
-                f"data.task: {data.task} has {len(train)} record; need at least 2 to hold "
-                "some out for evaluation (or set data.eval)"
-            )
-        k = min(data.eval_size, len(train) // 5 or 1)
-        train, ev = train[:-k], train[-k:]
+        raise GridrunError("data.eval: not set, and data.task is not a builtin task with its own eval split")
     if mf:
-        return train, ev[: data.eval_size]
-    rename = lambda r: {**r, "prompt": r[pf], "answer": r[af]}  # noqa: E731
-    return [rename(r) for r in train], [rename(r) for r in ev[: data.eval_size]]
+        return ev[: data.eval_size]
+    return [{**r, "prompt": r[pf], "answer": r[af]} for r in ev[: data.eval_size]]
 
 
 def _from_messages(rows: list[dict[str, Any]], field: str, source: str, where: str) -> list[dict[str, Any]]:
@@ -276,7 +289,8 @@ def encode_example(tokenizer: Any, prompt_text: str, answer: str, max_len: int) 
 
     Prompt and answer are tokenized separately and concatenated, so the mask boundary is exact and the prompt
     tokens match what generation sees at evaluation. Over-long examples lose prompt tokens from the left
-    first (the answer is what is learned), then answer tokens from the right.
+    first, then answer tokens from the right: what scoring a fixed example (``answer_loss``) needs. Training
+    drops such an example instead (``trainables.tokenized``), so no trained answer lacks its EOS.
     """
     eos = tokenizer.eos_token_id
     if eos is None:

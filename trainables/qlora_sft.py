@@ -27,9 +27,10 @@ from gridrun.errors import GridrunError
 from gridrun.metrics import forget_delta, penalized
 from gridrun.spec import ExperimentSpec
 from trainables import state
-from trainables.data import collate, encode_example, load_task_data, render_prompt, subsample
+from trainables.data import collate, render_prompt, subsample
 from trainables.general import McSet, load_mc_sets, load_probe_texts, probe_blocks
 from trainables.model import add_lora, cap_gpu_memory, load_base, pick_device, quiet_hf
+from trainables.tokenized import TrainSet, eval_records, examples, load_train_set
 
 __all__ = [
     "EvalContext",
@@ -112,18 +113,18 @@ def setup_model(spec: ExperimentSpec) -> tuple[Any, Any, str]:
     return add_lora(base, spec.lora, spec.model), tok, device
 
 
-def setup_train_data(spec: ExperimentSpec, tok: Any) -> tuple[list[dict[str, list[int]]], int]:
-    """The trial's training examples as token ids (a seeded ``sample_ratio`` subset), and the set's full size."""
+def setup_train_data(spec: ExperimentSpec, tok: Any) -> tuple[Any, TrainSet]:
+    """The trial's training examples (a seeded ``sample_ratio`` subset) and the whole tokenized split.
+
+    Both are Arrow datasets memory-mapped from the node's cache (columns ``input_ids``, ``labels``, ``length``);
+    the subset is a list of row indices into it, so the trial holds no example it does not train on.
+    """
     data = spec.data
-    train_rows, _ = load_task_data(data, spec.train.seed)
-    keep = subsample(len(train_rows), data.sample_ratio, spec.train.seed)
-    encoded = [
-        encode_example(
-            tok, render_prompt(tok, train_rows[i]["prompt"], data.template), train_rows[i]["answer"], data.max_seq_len
-        )
-        for i in keep
-    ]
-    return encoded, len(train_rows)
+    full = load_train_set(data, tok, spec.train.seed)
+    n = len(full.dataset)
+    if data.sample_ratio >= 1:
+        return full.dataset, full
+    return full.dataset.select(subsample(n, data.sample_ratio, spec.train.seed)), full
 
 
 @dataclass
@@ -146,7 +147,7 @@ def setup_eval(spec: ExperimentSpec, tok: Any, baseline: float | dict[str, float
     """
     from evaluators import GenerationSettings, build_evaluator
 
-    _, eval_rows = load_task_data(spec.data, spec.train.seed)
+    eval_rows = eval_records(spec.data, tok, spec.train.seed)
     examples = [{**r, "prompt": render_prompt(tok, r["prompt"], spec.data.template)} for r in eval_rows]
     ev = spec.evaluate
     gen = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
@@ -231,7 +232,7 @@ def run(
     # --- setup ----------------------------------------------------------------------------------------
     model, tok, device = setup_model(spec)
     model.train()
-    encoded, n_total = setup_train_data(spec, tok)
+    encoded, full = setup_train_data(spec, tok)
     ctx = setup_eval(spec, tok, baseline)
     mem_estimate = _mem_estimate(spec, model.config.to_dict())
 
@@ -251,7 +252,7 @@ def run(
         set_seed(tc.seed)  # python, numpy, torch (and CUDA): data order and dropout
 
     padding_free = tc.padding_free if tc.padding_free != "auto" else device == "cuda"
-    lengths = [len(e["input_ids"]) for e in encoded] if tc.group_by_length else None
+    lengths = list(encoded["length"]) if tc.group_by_length else None
     stream = state.SampleStream(n_train, tc.seed, lengths, tc.batch_size)
     last: dict[str, Any] = {}
     losses: list[float] = []
@@ -265,12 +266,13 @@ def run(
         step_loss = 0.0
         for m in range(0, len(idx), tc.batch_size):
             micro = idx[m : m + tc.batch_size]
-            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in micro], tok, padding_free).items()}
+            rows = examples(encoded, micro)
+            batch = {k: v.to(device) for k, v in collate(rows, tok, padding_free).items()}
             out = model(**batch, use_cache=False)  # no KV cache in training (and packed rows need none)
             # Weight micro-batches by size so a partial last step averages like a full one.
             (out.loss * len(micro) / len(idx)).backward()
             step_loss += out.loss.item() * len(micro) / len(idx)
-            tokens += sum(len(encoded[i]["input_ids"]) for i in micro)
+            tokens += sum(len(r["input_ids"]) for r in rows)
         if tc.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
         opt.step()
@@ -292,7 +294,8 @@ def run(
                 "step": pos.step,
                 "epoch": pos.samples_seen / n_train,
                 "data/train_samples": n_train,
-                "data/train_samples_total": n_total,
+                "data/train_samples_total": len(full.dataset),
+                **full.metrics(),
                 "data/eval_samples": len(ctx.examples),
                 "progress": pos.samples_seen / total_samples,
                 "perf/tokens_per_s": tokens / train_time if train_time else 0.0,

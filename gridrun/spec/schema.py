@@ -106,7 +106,19 @@ class DataSpec(_Section):
     sample_ratio: float = Field(
         1.0, gt=0, le=1, description="fraction of the training set used, a seeded subset; searchable"
     )
-    max_seq_len: int = Field(256, gt=8, description="prompt+answer tokens kept per example (longer ones are cut)")
+    max_seq_len: int = Field(
+        256,
+        gt=8,
+        description="most prompt+answer+EOS tokens per training example; a longer example is dropped, never cut "
+        "(a cut answer loses its EOS), and counted as data/dropped_too_long",
+    )
+    max_bad_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="malformed training rows (not JSON, missing or non-text fields, a chat not ending with the "
+        "assistant) are skipped and counted as data/bad_rows; above this fraction of the rows the trial fails",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="keyword options for a builtin task generator")
 
     @field_validator("template")

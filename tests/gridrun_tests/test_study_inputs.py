@@ -60,9 +60,9 @@ def test_messages_records_become_prompt_turns_and_answer(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("rows", "expected"),
     [
-        ([{"messages": [{"role": "user", "content": "hi"}]}], "must end with an assistant message"),
+        ([{"messages": [{"role": "user", "content": "hi"}]}], "does not end with an assistant message"),
         ([{"msgs": []}], "has no 'messages' list"),
-        ([{"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}], "needs role and content"),
+        ([{"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}], "without role and content"),
     ],
 )
 def test_bad_messages_records(tmp_path: Path, rows: list[dict], expected: str) -> None:

@@ -106,7 +106,12 @@ def test_jsonl_json_and_parquet_with_field_mapping(tmp_path: Path) -> None:
     ("content", "kw", "expected"),
     [
         ("", {}, "holds no records"),
-        ('{"prompt": "x"}\n', {}, "record 0 of .* has no field 'answer' \\(fields: prompt\\)"),
+        (
+            '{"prompt": "x"}\n',
+            {},
+            r"1 of 1 rows of .* are malformed .*data\.max_bad_fraction 0\.01\); first: row 0 has no field 'answer' "
+            r"\(fields: prompt\)",
+        ),
         ('{"prompt": "x", "answer": 3}\n', {}, "field 'answer' must be text"),
         ('{"prompt": "x", "answer": "y"}\nnot json\n', {}, "line 2 is not valid JSON"),
     ],
@@ -146,3 +151,13 @@ def test_unknown_hub_dataset_is_one_line() -> None:
         load_task_data(data_section("no-such-org/no-such-dataset-xyz"), 0)
     assert str(e.value).startswith("data.task: cannot load dataset 'no-such-org/no-such-dataset-xyz'")
     assert "\n" not in str(e.value)
+
+
+def test_a_few_malformed_records_are_skipped_as_in_training(tmp_path: Path) -> None:
+    """validate and the driver read records with the trial's rule: a bad row under data.max_bad_fraction is skipped."""
+    rows = [{"prompt": f"q{i}", "answer": f"a{i}"} for i in range(199)]
+    p = tmp_path / "t.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [*rows[:50], {"prompt": "no answer"}, *rows[50:]]) + "\n")
+    train, ev = load_task_data(_data(str(p), eval_size=4), seed=0)
+    assert len(train) == 195 and [r["answer"] for r in ev] == ["a195", "a196", "a197", "a198"]
+    assert "no answer" not in {r["prompt"] for r in train}

@@ -49,6 +49,8 @@ def test_every_report_carries_the_design_namespaces(tiny_spec, baseline) -> None
             "samples_seen",
             "perf/tokens_per_s",
             "perf/peak_mem_mb",
+            "data/dropped_too_long",
+            "data/bad_rows",
         ):
             assert key in m, key
         assert m["forget/probe_loss_base"] == baseline
@@ -165,11 +167,12 @@ def test_padding_free_training_equals_the_padded_computation(tiny_spec) -> None:
     gradients (dropout off: two forwards of different shapes would draw different dropout masks)."""
     from trainables.data import collate
     from trainables.qlora_sft import setup_model, setup_train_data
+    from trainables.tokenized import examples
 
     spec = tiny_spec.with_params({"lora.dropout": 0.0})
     model, tok, _ = setup_model(spec)
     encoded, _ = setup_train_data(spec, tok)
-    batch = encoded[:8]
+    batch = examples(encoded, list(range(8)))
     assert len({len(b["input_ids"]) for b in batch}) > 1  # padding would be computed
     # one optimizer step first, so LoRA's B is not zero and every adapter weight gets a gradient
     model(**collate(batch, tok), use_cache=False).loss.backward()
