@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from gridrun.errors import GridrunError
+from gridrun.experiment import ExperimentMeta
 from gridrun.export import adapter_dir, pick_trial
 from gridrun.report import load_summary
 
@@ -21,17 +21,14 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     from peft import PeftModel
 
     from evaluators import GenerationSettings, generate
-    from gridrun.launch import META_FILE, experiment_trial_spec
     from trainables.data import load_task_data, render_prompt
 
     if n < 1:
         raise GridrunError(f"-n: must be at least 1, got {n}")
     exp = Path(experiment_dir).expanduser()
-    meta_file = exp / META_FILE
-    if not meta_file.is_file():
-        raise GridrunError(f"{exp} is not a gridrun experiment folder (no {META_FILE})")
+    meta = ExperimentMeta.read(exp)
     row = pick_trial(load_summary(exp), trial)
-    spec = experiment_trial_spec(json.loads(meta_file.read_text())).with_params(row["params"])
+    spec = meta.start_spec().with_params(row["params"])
     base, tok = load_base(spec.model, pick_device(spec.resources.gpu))
     _, rows = load_task_data(spec.data, spec.train.seed)
     rows = rows[:n]

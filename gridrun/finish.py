@@ -18,10 +18,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gridrun.errors import GridrunError
+from gridrun.experiment import ExperimentMeta
 
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
@@ -69,7 +71,7 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def fit_and_report(
-    spec: ExperimentSpec, tuner: Any, tracker: Any, meta: dict[str, Any], exp_dir: Path, quiet: bool
+    spec: ExperimentSpec, tuner: Any, tracker: Any, meta: ExperimentMeta, exp_dir: Path, quiet: bool
 ) -> dict[str, Any]:
     """Run ``tuner`` to its end (or to a Ctrl-C), then write and print the summary and close the MLflow parent.
 
@@ -79,7 +81,7 @@ def fit_and_report(
     from gridrun.report import format_summary, importance, summarize, write_report
     from gridrun.tracking import close_parent
 
-    parent = meta["mlflow"]["parent_run_id"]
+    parent = meta.mlflow.parent_run_id
     t0 = time.time()
     try:
         with _second_ctrl_c_exits(tracker, exp_dir):
@@ -91,13 +93,13 @@ def fit_and_report(
     finished = lambda r: r.error is not None or (r.metrics and r.metrics.get("trial_id") not in unfinished)  # noqa: E731
     results = [r for r in grid if not unfinished or finished(r)]
     summary = summarize(
-        spec, results, tracker.reasons, tracker.runs, meta["base_probe_loss"], tracker.keeper.best, tracker.retries
+        spec, results, tracker.reasons, tracker.runs, meta.baselines, tracker.keeper.best, tracker.retries
     )
     summary.update(
         {
-            "experiment": meta["experiment"],
+            "experiment": meta.experiment,
             "experiment_dir": str(exp_dir),
-            "mlflow": dict(meta["mlflow"]),
+            "mlflow": asdict(meta.mlflow),
             "wall_s": round(time.time() - t0, 1),
         }
     )
@@ -124,13 +126,13 @@ def fit_and_report(
 
 
 def _finish_in_mlflow(
-    spec: ExperimentSpec, meta: dict[str, Any], summary: dict[str, Any], exp_dir: Path, plots: list[Path]
+    spec: ExperimentSpec, meta: ExperimentMeta, summary: dict[str, Any], exp_dir: Path, plots: list[Path]
 ) -> None:
     """Child runs of trials lost with an interrupted driver dropped (a resumed experiment), the adapters worth
     shipping registered (once), the parent run finished with the summary and plots."""
     from gridrun.tracking import drop_orphans, finish_parent, register_adapters
 
-    uri, parent = spec.tracking.uri, meta["mlflow"]["parent_run_id"]
+    uri, parent = spec.tracking.uri, meta.mlflow.parent_run_id
     if summary.get("resumed"):
         dropped = drop_orphans(uri, parent, {r["trial_id"] for r in summary["trials"]})
         if dropped:
@@ -154,22 +156,18 @@ def sync(experiment_dir: str | Path) -> dict[str, Any]:
 
     Returns ``{"written": writes made, "closed": whether the parent run was finished now}``.
     """
-    from gridrun.launch import META_FILE
-    from gridrun.spec import spec_from_dict
     from gridrun.validate import check_tracking_uri
     from gridrun.writer import SPILL_FILE, mlflow_client, replay_spill
 
     exp_dir = Path(experiment_dir).expanduser().resolve()
-    if not (exp_dir / META_FILE).is_file():
-        raise GridrunError(f"{exp_dir} is not a gridrun experiment folder (no {META_FILE})")
-    meta = json.loads((exp_dir / META_FILE).read_text())
-    spec = spec_from_dict(meta["spec"])
+    meta = ExperimentMeta.read(exp_dir)
+    spec = meta.experiment_spec()
     check_tracking_uri(spec.tracking.uri)
     written = replay_spill(exp_dir / SPILL_FILE)
     closed = False
     if (exp_dir / SUMMARY_FILE).is_file():
         summary = json.loads((exp_dir / SUMMARY_FILE).read_text())
-        parent = meta["mlflow"]["parent_run_id"]
+        parent = meta.mlflow.parent_run_id
         status = mlflow_client(spec.tracking.uri).get_run(parent).info.status
         if not summary.get("interrupted") and status != "FINISHED":
             summary["mlflow"].pop("pending", None)

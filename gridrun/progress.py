@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ray.tune import Callback
@@ -14,8 +15,16 @@ __all__ = ["ProgressPrinter"]
 class ProgressPrinter(Callback):
     """One line per trial start and end (Tune's own tables are switched off: too much for a terminal)."""
 
-    def __init__(self, metric: str, reasons: dict[str, str], quiet: bool = False, total: int | None = None) -> None:
-        self.metric, self.reasons, self.quiet, self.done, self.total = metric, reasons, quiet, 0, total
+    def __init__(
+        self,
+        metric: str,
+        forget_metric: str,
+        reasons: Mapping[str, str],
+        quiet: bool = False,
+        total: int | None = None,
+    ) -> None:
+        self.metric, self.forget_metric, self.reasons = metric, forget_metric, reasons
+        self.quiet, self.done, self.total = quiet, 0, total
         self._retrying: set[str] = set()
 
     # Kept in Tune's experiment snapshot, so a resumed experiment counts on from where it was.
@@ -45,7 +54,7 @@ class ProgressPrinter(Callback):
         self._say(
             f"trial {trial.trial_id} done ({self.done}/{self.total or len(trials)}): "
             f"{self.metric} {fmt(m.get(self.metric))}, "
-            f"forget/delta {fmt(m.get('forget/delta'))}, objective {fmt(m.get('objective'))} at "
+            f"{self.forget_metric} {fmt(m.get(self.forget_metric))}, objective {fmt(m.get('objective'))} at "
             f"{m.get('samples_seen')} samples — {why}"
         )
 

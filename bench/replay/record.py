@@ -130,13 +130,14 @@ def main() -> None:
     ap.add_argument("--set", dest="extra", action="append", default=[], help="a further spec override")
     args = ap.parse_args()
 
-    from gridrun.baseline import cached_baseline, compute_baseline
+    from forgetting import cached_baselines
     from gridrun.spec import to_optuna
+    from trainables.qlora_sft import compute_baselines
 
     spec = demo_spec(args.extra)
     _, fixed = to_optuna(spec.search.space)
     trial_spec = spec.with_params(fixed)  # what gridrun.launch hands every trial
-    baseline, _ = cached_baseline(trial_spec, compute_baseline)
+    baseline, _ = cached_baselines(trial_spec, compute_baselines)
 
     done: set[tuple[float, int, float]] = set()
     if args.out.is_file():

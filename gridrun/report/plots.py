@@ -50,7 +50,9 @@ def write_report(summary: dict[str, Any], out_dir: Path) -> list[Path]:
             )
         ax.annotate(r["trial_id"][-4:], (r["forget_delta"], r["task"]), fontsize=7, alpha=0.7)
     ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("forget/delta (relative rise of general probe loss; lower is better)")
+    ax.set_xlabel(
+        f"{summary.get('forget_metric', 'forgetting')} (forgetting.primary; 0 is the base model, lower is better)"
+    )
     ax.set_ylabel(f"{metric} (at each trial's best checkpoint)")
     ax.set_title(f"{summary['name']}: task vs forgetting")
     ax.legend(loc="best", fontsize=8)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from forgetting import primary_metric
 from gridrun.metrics import pareto_front, stop_reason
 
 __all__ = ["format_summary", "importance", "load_summary", "summarize"]
@@ -21,9 +22,9 @@ def _num(v: Any) -> float:
 def summarize(
     spec: Any,
     grid: Any,
-    reasons: dict[str, str],
+    reasons: Mapping[str, str],
     runs: dict[str, str],
-    base_loss: float,
+    baselines: Mapping[str, Any],
     best_checkpoint: Callable[[str], Any] | None = None,
     retries: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
@@ -34,10 +35,11 @@ def summarize(
     the best trial and the Pareto front. ``last`` keeps the final eval round; ``trained`` how far it got.
 
     Args:
+        baselines: the base model's value of each forgetting measure (``forgetting.Baselines.to_json``).
         best_checkpoint: trial id -> its best kept checkpoint (``gridrun.checkpoints.Saved``) or None.
         retries: trial id -> times it was retried from its last checkpoint after its worker or node died.
     """
-    metric = spec.objective.metric
+    metric, forget = spec.objective.metric, primary_metric(spec)
     rows: list[dict[str, Any]] = []
     for r in grid:
         m = r.metrics or {}
@@ -55,7 +57,7 @@ def summarize(
                 "status": "ERROR" if r.error is not None else "TERMINATED",
                 "params": dict(r.config or {}),
                 "task": _num(at.get(metric)),
-                "forget_delta": _num(at.get("forget/delta")),
+                "forget_delta": _num(at.get(forget)),  # forgetting.primary's metric
                 "objective": _num(saved.objective if saved is not None else at.get("objective")),
                 "samples_seen": at.get("samples_seen", m.get("samples_seen")),
                 "trained": m.get("samples_seen"),
@@ -70,10 +72,10 @@ def summarize(
                 "metrics": dict(at),
                 "last": {
                     "task": _num(m.get(metric)),
-                    "forget_delta": _num(m.get("forget/delta")),
+                    "forget_delta": _num(m.get(forget)),
                     "objective": _num(m.get("objective")),
                 },
-                "curve": _curve(r, metric),
+                "curve": _curve(r, metric, forget),
             }
         )
     rows.sort(key=lambda x: -x["objective"] if math.isfinite(x["objective"]) else math.inf)
@@ -86,22 +88,23 @@ def summarize(
         "objective_metric": metric,
         "mode": spec.objective.mode,
         "penalty": spec.objective.penalty,
-        "base_probe_loss": base_loss,
+        "forget_metric": forget,
+        "baselines": dict(baselines),
         "trials": rows,
         "best": best,
         "pareto_front": [ok[i]["trial_id"] for i in front],
     }
 
 
-def _curve(result: Any, metric: str) -> list[list[float]]:
-    """[samples_seen, objective, task, forget/delta] per eval round, from the trial's result history."""
+def _curve(result: Any, metric: str, forget: str) -> list[list[float]]:
+    """[samples_seen, objective, task, forgetting.primary's metric] per eval round, from the trial's results."""
     try:
         df = result.metrics_dataframe
     except Exception:
         return []
     if df is None or "samples_seen" not in df:
         return []
-    cols = ["samples_seen", "objective", metric, "forget/delta"]
+    cols = ["samples_seen", "objective", metric, forget]
     return [[_num(row.get(c)) for c in cols] for row in df.to_dict("records")]
 
 
@@ -149,7 +152,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         "status",
         *keys,
         summary["objective_metric"],
-        "forget/delta",
+        summary.get("forget_metric", "forgetting"),
         "objective",
         "best at",
         "trained",
@@ -175,9 +178,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     out += ["(each trial at its best checkpoint by objective, the adapter it ships; samples seen there and in all)", ""]
     best = summary.get("best")
     if best:
+        forget = summary.get("forget_metric", "forgetting")
         out.append(
             f"best trial {best['trial_id']}: objective {_fmt(best['objective'])} "
-            f"({summary['objective_metric']} {_fmt(best['task'])}, forget/delta {_fmt(best['forget_delta'])})"
+            f"({summary['objective_metric']} {_fmt(best['task'])}, {forget} {_fmt(best['forget_delta'])})"
         )
         out.append("best config: " + json.dumps(best["params"], default=str))
         out.append(f"best adapter: {best['adapter']}")

@@ -15,8 +15,17 @@ from typing import Any
 import pytest
 
 from gridrun.errors import GridrunError
-from gridrun.memory import GiB, ModelShape, estimate_memory, estimate_trial_memory, gib
-from gridrun.packing import allocator_fraction, check_fraction, model_config, oom_message, pick_fraction, resolve_gpu
+from gridrun.memory import (
+    GiB,
+    ModelShape,
+    allocator_fraction,
+    estimate_memory,
+    estimate_trial_memory,
+    gib,
+    model_config,
+    oom_message,
+)
+from gridrun.packing import check_fraction, pick_fraction, resolve_gpu
 from gridrun.spec import spec_from_dict, validate_dict
 
 #: Published configs (config.json of Qwen/Qwen2.5-0.5B-Instruct and Qwen/Qwen2.5-7B-Instruct), the keys that matter.
