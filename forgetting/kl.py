@@ -4,9 +4,9 @@
 
 The base distributions come from the same model with its adapter switched off (peft's ``disable_adapter``), so
 no second model is loaded and an untrained adapter (LoRA's B is zero) gives exactly 0. The KL is summed over
-position chunks: each chunk's float32 log-softmax is made for both models and dropped before the next, so no
-full ``[batch, seq, vocab]`` float32 (here float64) copy is held twice. Written here because no library computes a KL between
-two forward passes of one peft model without materialising both full distributions.
+position chunks: each chunk's log-softmax (float64) is made for both models and dropped before the next, so no
+full ``[batch, seq, vocab]`` float copy of the logits is held twice. Written here because no library computes a
+KL between two forward passes of one peft model without materialising both full distributions.
 """
 
 from __future__ import annotations
