@@ -13,12 +13,13 @@ from forgetting._base import (
     Measure,
     TaskPrompts,
     active_measures,
+    check_measures,
     check_primary,
     primary_metric,
     register_measure,
 )
 from forgetting.baseline import baseline_key, cached_baselines
-from forgetting.judge import JudgeBase, JudgeMeasure, JudgeUnavailable, judge_answers, parse_rating
+from forgetting.judge import JudgeBase, JudgeMeasure, JudgeOptions, JudgeUnavailable, judge_answers, parse_rating
 from forgetting.kl import KlMeasure, mean_forward_kl
 from forgetting.mc import McBase, McMeasure, mc_accuracy
 from forgetting.probe import ProbeBase, ProbeMeasure, probe_loss
@@ -28,6 +29,7 @@ __all__ = [
     "Baselines",
     "JudgeBase",
     "JudgeMeasure",
+    "JudgeOptions",
     "JudgeUnavailable",
     "KlMeasure",
     "McBase",
@@ -39,6 +41,7 @@ __all__ = [
     "active_measures",
     "baseline_key",
     "cached_baselines",
+    "check_measures",
     "check_primary",
     "judge_answers",
     "mc_accuracy",

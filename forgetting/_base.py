@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ValidationError
+
 from gridrun.errors import GridrunError
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ __all__ = [
     "Measure",
     "TaskPrompts",
     "active_measures",
+    "check_measures",
     "check_primary",
     "primary_metric",
     "register_measure",
@@ -37,21 +40,35 @@ class Measure(ABC):
 
     Subclasses set ``name`` (by :func:`register_measure`), ``metric`` (the one the budget, penalty and Pareto front
     read when this measure is ``forgetting.primary``: 0 at the base model, higher is worse), ``lower_is_better``
-    for that metric, and ``Base``, the dataclass of their cached base value (None: nothing to cache).
+    for that metric, ``Base``, the dataclass of their cached base value (None: nothing to cache), and
+    ``Options``, the pydantic model of their ``forgetting.options.<name>`` (None: they take none).
     """
 
     name: ClassVar[str] = ""
     metric: ClassVar[str] = ""
     lower_is_better: ClassVar[bool] = True
     Base: ClassVar[type | None] = None
+    Options: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, spec: ExperimentSpec) -> None:
         self.spec = spec
+        given = spec.forgetting.options.get(self.name) or {}
+        self.options: Any = None
+        if self.Options is None:
+            if given:
+                raise GridrunError(f"forgetting.options.{self.name}: measure {self.name} takes no options")
+            return
+        try:
+            self.options = self.Options.model_validate(given)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise GridrunError(f"forgetting.options.{self.name}.{where}: {err['msg']}") from None
 
     @classmethod
-    @abstractmethod
     def enabled(cls, spec: ExperimentSpec) -> bool:
-        """Whether the spec turns this measure on."""
+        """Whether the spec turns this measure on (default: it is listed in ``forgetting.measures``)."""
+        return cls.name in spec.forgetting.measures
 
     def base_key(self) -> dict[str, Any]:
         """What the base value depends on besides the model (hashed into its cache key)."""
@@ -84,6 +101,21 @@ def register_measure(name: str) -> Any:
         return cls
 
     return deco
+
+
+def check_measures(spec: ExperimentSpec) -> None:
+    """Every name in ``forgetting.measures`` and ``forgetting.options`` is a registered measure, options are given
+    only to measures that are on, each measure accepts its options, and ``forgetting.primary`` is on (one line)."""
+    known = ", ".join(sorted(MEASURES))
+    for name in spec.forgetting.measures:
+        if name not in MEASURES:
+            raise GridrunError(f"forgetting.measures: unknown measure '{name}'; known: {known}")
+    for name in spec.forgetting.options:
+        if name not in MEASURES:
+            raise GridrunError(f"forgetting.options: unknown measure '{name}'; known: {known}")
+        if not MEASURES[name].enabled(spec):
+            raise GridrunError(f"forgetting.options.{name}: measure '{name}' is not turned on (forgetting.measures)")
+    active_measures(spec)  # builds each: options checked
 
 
 def check_primary(spec: ExperimentSpec) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from gridrun.builtin import builtin_name, mc_source, probe_source
 from gridrun.errors import GridrunError
-from gridrun.spec import ForgettingSpec, JudgeSpec, McSpec
+from gridrun.spec import ForgettingSpec, McSpec
 from trainables.data import FILE_SUFFIXES, check_fields, iter_rows, read_rows
 
 __all__ = [
@@ -225,9 +225,9 @@ def probe_blocks(tokenizer: Any, texts: list[str], seq_len: int, samples: int) -
     return blocks
 
 
-def load_questions(judge: JudgeSpec) -> list[str]:
-    """The first ``limit`` questions of the judge measure's source, in order; a list of turns (MT-Bench's
-    ``prompt``) asks its first turn."""
+def load_questions(judge: Any) -> list[str]:
+    """The first ``limit`` questions of the judge measure's source (``JudgeOptions``), in order; a list of turns
+    (MT-Bench's ``prompt``) asks its first turn."""
     where = "forgetting.judge.questions"
     rows = read_rows(
         judge.questions, field=where, subset=None, split=judge.split, revision=judge.revision, limit=judge.limit

@@ -86,10 +86,6 @@ class KlMeasure(Measure):
         self.probe: list[list[int]] = []
         self.pad = 0
 
-    @classmethod
-    def enabled(cls, spec: ExperimentSpec) -> bool:
-        return spec.forgetting.kl
-
     def setup(self, tokenizer: Any, task_prompts: TaskPrompts) -> None:
         f, cap = self.spec.forgetting, self.spec.data.max_seq_len
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

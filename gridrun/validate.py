@@ -85,9 +85,9 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
         the hub ids (models and datasets) that were not checked offline; ``preflight`` resolves them.
     """
     from evaluators import EVALUATORS, GenerationSettings, build_evaluator, check_evaluator_names
-    from forgetting import check_primary
+    from forgetting import check_measures
 
-    check_primary(spec)
+    check_measures(spec)
     mc_custom = next((m.source for m in spec.forgetting.mc if m.benchmark == "custom"), None)
     check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval, mc_custom)
     check_evaluator_names(spec.evaluate.evaluators)

@@ -20,7 +20,7 @@ from pydantic import (
 
 from gridrun.errors import SpecError
 from gridrun.spec.base import Section as _Section
-from gridrun.spec.forgetting import MC_BENCHMARKS, ForgettingSpec, JudgeSpec, McSpec
+from gridrun.spec.forgetting import MC_BENCHMARKS, ForgettingSpec, McSpec
 from gridrun.spec.paths import set_path
 from gridrun.spec.space import Distribution, parse_distribution, to_yaml
 
@@ -31,7 +31,6 @@ __all__ = [
     "EvaluateSpec",
     "ExperimentSpec",
     "ForgettingSpec",
-    "JudgeSpec",
     "LoraSpec",
     "McSpec",
     "ModelSpec",

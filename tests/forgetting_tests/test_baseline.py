@@ -108,9 +108,38 @@ def test_primary_must_name_a_measure_that_is_on(tiny_spec) -> None:
 
     assert primary_metric(tiny_spec) == "forget/delta"
     assert (
-        primary_metric(tiny_spec.with_params({"forgetting.kl": True, "forgetting.primary": "kl"})) == "forget/kl_task"
+        primary_metric(tiny_spec.with_params({"forgetting.measures": ["kl"], "forgetting.primary": "kl"}))
+        == "forget/kl_task"
     )
     with pytest.raises(GridrunError, match=r"forgetting.primary: unknown measure 'nope'; known: judge, kl, mc, probe"):
         primary_metric(tiny_spec.with_params({"forgetting.primary": "nope"}))
     with pytest.raises(GridrunError, match=r"forgetting.primary: measure 'mc' is not turned on"):
         primary_metric(tiny_spec.with_params({"forgetting.primary": "mc"}))
+
+
+@pytest.mark.parametrize(
+    ("params", "line"),
+    [
+        ({"forgetting.measures": ["klx"]}, "forgetting.measures: unknown measure 'klx'; known: judge, kl, mc, probe"),
+        (
+            {"forgetting.options": {"nope": {}}},
+            "forgetting.options: unknown measure 'nope'; known: judge, kl, mc, probe",
+        ),
+        ({"forgetting.options": {"judge": {"url": "u"}}}, "forgetting.options.judge: measure 'judge' is not turned on"),
+        (
+            {"forgetting.measures": ["kl"], "forgetting.options": {"kl": {"x": 1}}},
+            "forgetting.options.kl: measure kl takes no options",
+        ),
+        ({"forgetting.measures": ["judge"]}, "forgetting.options.judge.url: Field required"),
+        (
+            {"forgetting.measures": ["judge"], "forgetting.options": {"judge": {"url": "u", "model": "m", "limit": 0}}},
+            "forgetting.options.judge.limit: Input should be greater than 0",
+        ),
+    ],
+)
+def test_bad_measures_and_options_are_one_line(tiny_spec, params, line) -> None:
+    from forgetting import check_measures
+
+    with pytest.raises(GridrunError) as e:
+        check_measures(tiny_spec.with_params(params))
+    assert str(e.value).startswith(line) and "\n" not in str(e.value)

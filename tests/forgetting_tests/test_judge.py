@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from forgetting import JudgeBase, JudgeUnavailable, judge_answers, parse_rating
+from forgetting import JudgeBase, JudgeOptions, JudgeUnavailable, judge_answers, parse_rating
 from forgetting.judge import JUDGE_PROMPT
 from gridrun.metrics import penalized
 
@@ -64,7 +64,12 @@ def _judge_spec(tiny_spec, tmp_path: Path, url: str, model: str = "judge", **ext
         "timeout_s": 120,
         **extra,
     }
-    return tiny_spec.with_params({"forgetting.judge": judge, "model.quantization": "none"})
+    params = {"forgetting.measures": ["judge"], "forgetting.options": {"judge": judge}, "model.quantization": "none"}
+    return tiny_spec.with_params(params)
+
+
+def _options(spec):
+    return JudgeOptions.model_validate(spec.forgetting.options["judge"])
 
 
 def test_a_judge_that_is_down_fails_the_round_in_one_line_not_the_trial(tiny_spec, tmp_path, caplog) -> None:
@@ -74,8 +79,8 @@ def test_a_judge_that_is_down_fails_the_round_in_one_line_not_the_trial(tiny_spe
 
     spec = _judge_spec(tiny_spec, tmp_path, f"http://127.0.0.1:{_free_port()}/v1", timeout_s=5)
     with pytest.raises(JudgeUnavailable) as e:
-        judge_answers(spec.forgetting.judge, ["q"], ["a"])
-    assert str(e.value).startswith(f"forgetting.judge: {spec.forgetting.judge.url} (judge) failed: ")
+        judge_answers(_options(spec), ["q"], ["a"])
+    assert str(e.value).startswith(f"forgetting.judge: {_options(spec).url} (judge) failed: ")
     assert "\n" not in str(e.value)
 
     model, tok, _ = setup_model(spec)
@@ -155,6 +160,6 @@ def test_judged_by_transformers_serve(served_judge, tiny_spec, tmp_path) -> None
     assert (m["forget/judge_score"], m["forget/judge_score_base"], m["forget/judge_delta"]) == (7.0, 7.0, 0.0)
     assert m["objective"] == penalized(m[spec.objective.metric], 0.0, 1.0, spec.objective.direction)  # no penalty
 
-    plain = _judge_spec(tiny_spec, tmp_path, url, name).forgetting.judge
+    plain = _options(_judge_spec(tiny_spec, tmp_path, url, name))
     with pytest.raises(JudgeUnavailable, match=r"gave a readable \[\[rating\]\] for only \d of 3 answers"):
         judge_answers(plain, ["Name a colour."] * 3, ["Red."] * 3)

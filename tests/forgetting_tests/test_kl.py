@@ -11,7 +11,7 @@ from forgetting import mean_forward_kl
 
 @pytest.fixture
 def kl_spec(tiny_spec, tiny_model_path):
-    return tiny_spec.with_params({"forgetting.kl": True, "model.quantization": "none", "lora.dropout": 0.0})
+    return tiny_spec.with_params({"forgetting.measures": ["kl"], "model.quantization": "none", "lora.dropout": 0.0})
 
 
 def _sequences(tok) -> list[list[int]]:
