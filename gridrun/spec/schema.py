@@ -169,7 +169,7 @@ class ObjectiveSpec(_Section):
 
     metric: str = Field("task/format_success", description="task metric the objective is built on")
     direction: Literal["max", "min"] = Field("max", description="whether the task metric is better high or low")
-    penalty: float = Field(1.0, ge=0, description="objective = task - penalty * max(0, forget/delta)")
+    penalty: float = Field(1.0, ge=0, description="objective = task - penalty * max(0, forgetting.primary's metric)")
     mode: Literal["penalized", "pareto"] = Field("penalized", description="scalar objective, or task vs forgetting")
     weights: dict[str, float] = Field(
         default_factory=dict,

@@ -148,13 +148,10 @@ def test_judged_by_transformers_serve(served_judge, tiny_spec, tmp_path) -> None
     url, name = served_judge
     spec = _judge_spec(tiny_spec, tmp_path, url, name, extra_body=SAYS_SEVEN)
     spec = spec.with_params({"forgetting.primary": "judge"})
-    os.environ["GRIDRUN_CACHE"] = str(tmp_path / "cache")
-    try:
-        base, cached = cached_baselines(spec, compute_baselines)
-        assert not cached and base.of("judge") == JudgeBase(7.0)
-        assert cached_baselines(spec, compute_baselines) == (base, True)  # judged once
-    finally:
-        os.environ.pop("GRIDRUN_CACHE")
+    # the user cache (where the tiny model is): the questions file, new in tmp_path, makes the key a fresh one
+    base, cached = cached_baselines(spec, compute_baselines)
+    assert not cached and base.of("judge") == JudgeBase(7.0)
+    assert cached_baselines(spec, compute_baselines) == (base, True)  # judged once
     model, tok, _ = setup_model(spec)
     m = eval_round(spec, model, tok, setup_eval(spec, tok, base))
     assert (m["forget/judge_score"], m["forget/judge_score_base"], m["forget/judge_delta"]) == (7.0, 7.0, 0.0)
