@@ -93,7 +93,7 @@ def tidy(path: Path, configs: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _trial(trial_spec_json: dict[str, Any], config: dict[str, Any], baseline: float) -> list[dict[str, Any]]:
+def _trial(trial_spec_json: dict[str, Any], config: dict[str, Any], baseline: Any) -> list[dict[str, Any]]:
     """One grid config, in a worker process, as ``trainables.qlora_sft.qlora_sft`` runs it under Tune."""
     import logging
     import random
@@ -152,7 +152,7 @@ def main() -> None:
             "# written by bench/replay/record.py: the demo spec with its overrides; the grid is in record_meta.json\n"
             + __import__("yaml").safe_dump(spec.model_dump(mode="json"), sort_keys=False)
         )
-        meta = {"spec": "search_spaces/forgetting.yaml", "overrides": [*OVERRIDES, *args.extra], "baseline": baseline}
+        meta = {"spec": "search_spaces/forgetting.yaml", "overrides": [*OVERRIDES, *args.extra], "baseline": baseline.to_json()}
         meta["grid"] = {"train.lr": [float(f"{x:.4g}") for x in LRS], "lora.r": RANKS, "data.sample_ratio": RATIOS}
         (HERE / "record_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 

@@ -347,10 +347,11 @@ def test_a_training_step_peaks_where_the_estimate_says(small_qwen, quantization,
 
 
 def test_the_trial_reports_its_estimate_next_to_its_peak(tiny_spec) -> None:
+    from forgetting import Baselines, ProbeBase
     from trainables.qlora_sft import run
 
     reports: list[dict] = []
-    run(tiny_spec, 3.0, lambda m, d: reports.append(m), max_steps=4)
+    run(tiny_spec, Baselines({"probe": ProbeBase(3.0)}), lambda m, d: reports.append(m), max_steps=4)
     config = model_config(tiny_spec)
     assert config is not None
     expected = estimate_trial_memory(config, tiny_spec).allocated / 2**20
