@@ -152,7 +152,11 @@ def main() -> None:
             "# written by bench/replay/record.py: the demo spec with its overrides; the grid is in record_meta.json\n"
             + __import__("yaml").safe_dump(spec.model_dump(mode="json"), sort_keys=False)
         )
-        meta = {"spec": "search_spaces/forgetting.yaml", "overrides": [*OVERRIDES, *args.extra], "baseline": baseline.to_json()}
+        meta = {
+            "spec": "search_spaces/forgetting.yaml",
+            "overrides": [*OVERRIDES, *args.extra],
+            "baseline": baseline.to_json(),
+        }
         meta["grid"] = {"train.lr": [float(f"{x:.4g}") for x in LRS], "lora.r": RANKS, "data.sample_ratio": RATIOS}
         (HERE / "record_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
