@@ -25,8 +25,8 @@ test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check gridrun trainables evaluators tests bench
-	$(VENV)/bin/ruff format --check gridrun trainables evaluators tests bench
+	$(VENV)/bin/ruff check gridrun trainables evaluators forgetting tests bench
+	$(VENV)/bin/ruff format --check gridrun trainables evaluators forgetting tests bench
 	$(VENV)/bin/mypy
 
 clean:

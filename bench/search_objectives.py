@@ -40,7 +40,10 @@ from bench.replay.record import demo_spec  # noqa: E402
 from bench.replay.simulate import simulate  # noqa: E402
 from bench.replay.trainable import Table, load_table  # noqa: E402
 from bench.search_efficiency import BASE, RESULTS, TOLERANCE, _finite, _percentiles, curve, first_compute  # noqa: E402
-from gridrun.metrics import FORGETTING_METRIC, feasible, penalized  # noqa: E402
+from gridrun.metrics import feasible, penalized  # noqa: E402
+
+#: the replay table's forgetting column (the demo's forgetting.primary: the probe)
+FORGETTING_METRIC = "forget/delta"
 
 TASK = "task/format_success"
 #: Hypervolume reference: no task success, forget/delta at the demo's budget (more forgetting counts for nothing).

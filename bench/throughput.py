@@ -114,8 +114,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     import torch
 
-    from gridrun.baseline import cached_baseline, compute_baseline
+    from forgetting import cached_baselines
     from trainables.model import quiet_hf
+    from trainables.qlora_sft import compute_baselines
 
     quiet_hf()
     torch.set_num_threads(1)
@@ -123,7 +124,7 @@ def main() -> None:
     size = 256 if args.quick else 1024
     reps = 1 if args.quick else args.reps
     spec = _spec(size)
-    baseline = cached_baseline(spec, compute_baseline)[0]
+    baseline = cached_baselines(spec, compute_baselines)[0]
     runs: dict[str, list[float]] = {"gridrun": [], "trainer": [], "padding_free": [], "grouped": []}
     steps = 0
     for _ in range(reps):  # interleaved, so a busy spell of the machine hits every variant alike
@@ -148,7 +149,7 @@ def main() -> None:
         "steal_s": round(steal_s() - steal0, 1),
     }
     if not args.quick:
-        result["demo_trial"] = _demo_eval_share(lambda s: cached_baseline(s, compute_baseline)[0])
+        result["demo_trial"] = _demo_eval_share(lambda s: cached_baselines(s, compute_baselines)[0])
     print(json.dumps(result, indent=2))
     out = ROOT / "bench" / "results" / ("throughput_quick.json" if args.quick else "throughput.json")
     out.write_text(json.dumps(result, indent=2) + "\n")

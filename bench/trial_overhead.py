@@ -34,10 +34,10 @@ def main() -> None:
 
     import torch
 
-    from gridrun.baseline import cached_baseline, compute_baseline
+    from forgetting import cached_baselines
     from gridrun.launch import launch
     from gridrun.spec import load_spec
-    from trainables.qlora_sft import run
+    from trainables.qlora_sft import compute_baselines, run
 
     work = Path(tempfile.mkdtemp(prefix="gridrun-bench-"))
     overrides = [
@@ -53,7 +53,7 @@ def main() -> None:
         f"tracking.storage={work}/results",
     ]
     spec = load_spec(ROOT / "search_spaces" / "forgetting.yaml", overrides)
-    base, _ = cached_baseline(spec, compute_baseline)  # warm: both paths reuse the cached value
+    base, _ = cached_baselines(spec, compute_baselines)  # warm: both paths reuse the cached value
 
     torch.set_num_threads(1)
     steal0 = steal_s()

@@ -16,7 +16,6 @@ from evaluators.answer_loss import AnswerLossEvaluator
 from evaluators.code_exec import CodeExecEvaluator
 from evaluators.gsm8k import Gsm8kEvaluator
 from evaluators.json_format import JsonFormatEvaluator
-from evaluators.probe import probe_loss
 from evaluators.squad import SquadEvaluator
 
 __all__ = [
@@ -31,6 +30,5 @@ __all__ = [
     "build_evaluator",
     "check_evaluator_names",
     "generate",
-    "probe_loss",
     "register_evaluator",
 ]

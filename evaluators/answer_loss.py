@@ -22,7 +22,7 @@ class AnswerLossEvaluator(Evaluator):
     def evaluate(self, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> dict[str, float]:
         import torch
 
-        from trainables.data import collate, encode_example
+        from gridrun.examples import collate, encode_example
 
         was_training = model.training
         model.eval()

@@ -7,6 +7,7 @@ from typing import Any
 
 from gridrun import storage as store
 from gridrun.errors import GridrunError
+from gridrun.experiment import ExperimentMeta
 from gridrun.export import checkpoint_dir, pick_trial
 from gridrun.report import load_summary
 
@@ -21,17 +22,15 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     from peft import PeftModel
 
     from evaluators import GenerationSettings, generate
-    from gridrun.finish import read_meta
-    from gridrun.launch import experiment_trial_spec
     from trainables.data import load_task_data, render_prompt
 
     if n < 1:
         raise GridrunError(f"-n: must be at least 1, got {n}")
     store.check_storage(str(experiment_dir), "experiment folder")
     exp = store.location(experiment_dir)
-    meta = read_meta(exp)
+    meta = ExperimentMeta.read(exp)
     row = pick_trial(load_summary(exp), trial)
-    spec = experiment_trial_spec(meta).with_params(row["params"])
+    spec = meta.start_spec().with_params(row["params"])
     base, tok = load_base(spec.model, pick_device(spec.resources.gpu))
     _, rows = load_task_data(spec.data, spec.train.seed)
     rows = rows[:n]

@@ -18,22 +18,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gridrun import storage as store
 from gridrun.errors import GridrunError
+from gridrun.experiment import ExperimentMeta
 
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
 
-__all__ = ["META_FILE", "SUMMARY_FILE", "fit_and_report", "quiet_tune_restore_hint", "read_meta", "sync"]
+__all__ = ["SUMMARY_FILE", "fit_and_report", "quiet_tune_restore_hint", "sync"]
 
 log = logging.getLogger("gridrun")
 
 SUMMARY_FILE = "gridrun_summary.json"
-#: What `gridrun resume` needs besides Tune's own state: the spec, the cached baseline, the MLflow ids.
-META_FILE = "gridrun_experiment.json"
 
 
 @contextlib.contextmanager
@@ -100,7 +100,7 @@ def fit_and_report(
     spec: ExperimentSpec,
     tuner: Any,
     tracker: Any,
-    meta: dict[str, Any],
+    meta: ExperimentMeta,
     exp_dir: str,
     quiet: bool,
     budget: Any = None,
@@ -115,7 +115,7 @@ def fit_and_report(
     from gridrun.report import format_summary, importance, summarize, write_report
     from gridrun.tracking import close_parent
 
-    parent = meta["mlflow"]["parent_run_id"]
+    parent = meta.mlflow.parent_run_id
     quiet_tune_restore_hint()
     t0 = time.time()
     try:
@@ -134,16 +134,16 @@ def fit_and_report(
         results,
         tracker.reasons,
         tracker.runs,
-        meta["base_probe_loss"],
+        meta.baselines,
         tracker.keeper.best,
         tracker.retries,
         locate=lambda checkpoint: store.checkpoint_location(exp_dir, checkpoint),
     )
     summary.update(
         {
-            "experiment": meta["experiment"],
+            "experiment": meta.experiment,
             "experiment_dir": exp_dir,
-            "mlflow": dict(meta["mlflow"]),
+            "mlflow": asdict(meta.mlflow),
             "wall_s": round(time.time() - t0, 1),
         }
     )
@@ -156,8 +156,7 @@ def fit_and_report(
     if budget is not None:
         spent = {"budget_s": budget.budget_s, "spent_s": round(budget.spent_s, 1)}
         summary["time_budget"] = {**spent, "ended_search": budget.expired, "not_run": sorted(not_run)}
-        meta["time_budget"] = spent
-        store.write_text(store.join(exp_dir, META_FILE), json.dumps(meta, indent=2))
+        replace(meta, time_budget=spent).write(exp_dir)
     if unfinished:
         summary["interrupted"] = {"unfinished": sorted(unfinished), "resume": f"gridrun resume {exp_dir}"}
     if tracker.pending():
@@ -179,13 +178,13 @@ def fit_and_report(
 
 
 def _finish_in_mlflow(
-    spec: ExperimentSpec, meta: dict[str, Any], summary: dict[str, Any], exp_dir: str, plots: list[Path]
+    spec: ExperimentSpec, meta: ExperimentMeta, summary: dict[str, Any], exp_dir: str, plots: list[Path]
 ) -> None:
     """Child runs of trials lost with an interrupted driver dropped (a resumed experiment), the adapters worth
     shipping registered (once), the parent run finished with the summary and plots."""
     from gridrun.tracking import drop_orphans, finish_parent, register_adapters
 
-    uri, parent = spec.tracking.uri, meta["mlflow"]["parent_run_id"]
+    uri, parent = spec.tracking.uri, meta.mlflow.parent_run_id
     if summary.get("resumed"):
         dropped = drop_orphans(uri, parent, {r["trial_id"] for r in summary["trials"]})
         if dropped:
@@ -209,20 +208,19 @@ def sync(experiment_dir: str | Path) -> dict[str, Any]:
 
     Returns ``{"written": writes made, "closed": whether the parent run was finished now}``.
     """
-    from gridrun.spec import spec_from_dict
     from gridrun.validate import check_tracking_uri
     from gridrun.writer import SPILL_FILE, mlflow_client, replay_spill
 
     exp_dir = store.location(experiment_dir)
     store.check_storage(exp_dir, "sync")
-    meta = read_meta(exp_dir)
-    spec = spec_from_dict(meta["spec"])
+    meta = ExperimentMeta.read(exp_dir)
+    spec = meta.experiment_spec()
     check_tracking_uri(spec.tracking.uri)
     written = replay_spill(store.join(exp_dir, SPILL_FILE))
     closed = False
     if store.is_file(store.join(exp_dir, SUMMARY_FILE)):
         summary = json.loads(store.read_text(store.join(exp_dir, SUMMARY_FILE)))
-        parent = meta["mlflow"]["parent_run_id"]
+        parent = meta.mlflow.parent_run_id
         status = mlflow_client(spec.tracking.uri).get_run(parent).info.status
         if not summary.get("interrupted") and status != "FINISHED":
             summary["mlflow"].pop("pending", None)
@@ -233,15 +231,3 @@ def sync(experiment_dir: str | Path) -> dict[str, Any]:
                 raise GridrunError(f"MLflow at {spec.tracking.uri}: could not close the experiment ({e})") from None
             closed = True
     return {"written": written, "closed": closed}
-
-
-def read_meta(experiment_dir: str) -> dict[str, Any]:
-    """An experiment's META_FILE (from a location: a local folder or a URI); one line when it is not there."""
-    meta_file = store.join(experiment_dir, META_FILE)
-    try:
-        text = store.read_text(meta_file)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        raise GridrunError(f"{experiment_dir} is not a gridrun experiment folder (no {META_FILE})") from None
-    except OSError as e:  # an object store that cannot be read: a missing bucket, no credentials
-        raise GridrunError(f"{experiment_dir}: cannot read {META_FILE} ({store.one_line(e)})") from None
-    return dict(json.loads(text))

@@ -8,7 +8,6 @@ that are not there give one line and exit code 2 before Ray starts or an MLflow 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -19,22 +18,19 @@ from typing import Any
 
 import yaml
 
+from forgetting import Baselines, cached_baselines, primary_metric
 from gridrun import storage as store
 from gridrun.builtin import builtin_name
 from gridrun.errors import GridrunError
-from gridrun.finish import META_FILE, fit_and_report, read_meta
+from gridrun.experiment import ExperimentMeta, MlflowIds
+from gridrun.finish import fit_and_report
 from gridrun.sources import hub_offline
-from gridrun.spec import ExperimentSpec, spec_from_dict, validate_dict
+from gridrun.spec import ExperimentSpec
 from gridrun.validate import check_address, check_tracking_uri, gpu_memory_bytes, preflight
 
-__all__ = ["META_FILE", "experiment_trial_spec", "launch", "other_local_rays", "read_meta", "resume", "start_ray"]
+__all__ = ["launch", "other_local_rays", "resume", "start_ray"]
 
 log = logging.getLogger("gridrun")
-
-
-def experiment_trial_spec(meta: dict[str, Any]) -> ExperimentSpec:
-    """The spec every trial of an experiment starts from (fixed search values substituted), from its META_FILE."""
-    return validate_dict(meta["trial_spec"])
 
 
 @contextlib.contextmanager
@@ -154,7 +150,8 @@ def _resolve_gpu(
 ) -> tuple[ExperimentSpec, ExperimentSpec]:
     """``resources.gpu: auto`` → a fraction from the estimate and the GPU's size (0 without GPUs); an explicit
     fraction checked against them. The resolved spec is what the trials, the baseline and resume get."""
-    from gridrun.packing import model_config, resolve_gpu
+    from gridrun.memory import model_config
+    from gridrun.packing import resolve_gpu
 
     gpus = float(total.get("GPU", 0))
     if gpus <= 0 and spec.resources.gpu != "auto":
@@ -180,24 +177,15 @@ def _concurrency(spec: ExperimentSpec, total: dict[str, float]) -> int:
     return max(1, min(slots, spec.search.num_trials))
 
 
-def _baseline(spec: ExperimentSpec, trial_spec: ExperimentSpec) -> tuple[dict[str, float], bool]:
-    """Cached base-model probe loss (and ``mc/<benchmark>`` accuracies); a miss is computed once, as a Ray task
-    with one trial's resources."""
+def _baseline(spec: ExperimentSpec, trial_spec: ExperimentSpec) -> tuple[Baselines, bool]:
+    """The base model's cached value of each forgetting measure; misses are computed once, in one Ray task with
+    one trial's resources."""
     import ray
 
-    from gridrun.baseline import cached_baseline, compute_baseline, compute_mc_baseline
+    from trainables.qlora_sft import compute_baselines
 
-    def remote(fn: Any) -> Any:
-        task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=_gpu(spec))(fn)
-        return lambda s: ray.get(task.remote(s))
-
-    probe, cached = cached_baseline(trial_spec, remote(compute_baseline))
-    out = {"probe_loss": float(probe)}
-    if spec.forgetting.mc:
-        accs, mc_cached = cached_baseline(trial_spec, remote(compute_mc_baseline), kind="mc")
-        out.update({f"mc/{name}": float(acc) for name, acc in accs.items()})
-        cached = cached and mc_cached
-    return out, cached
+    task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=_gpu(spec))(compute_baselines)
+    return cached_baselines(trial_spec, lambda s, names: ray.get(task.remote(s, names)))
 
 
 def _searcher(spec: ExperimentSpec, searched: dict[str, Any], warm: list[Any] | None = None) -> Any:
@@ -220,7 +208,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     from gridrun.checkpoints import CheckpointKeeper
     from gridrun.progress import ProgressPrinter
     from gridrun.spec.space import to_optuna
-    from gridrun.stopping import TimeBudget, build_stopping
+    from gridrun.stopping import StoppingState, StopReasons, TimeBudget, build_stopping
     from gridrun.tracking import MLflowTracker, flatten, start_parent_run
     from gridrun.warm_start import earlier_trials
     from gridrun.writer import SPILL_FILE
@@ -239,12 +227,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         if builtin_name(spec.model.name):
             resolve_model(spec.model.name)  # build once here, before trials race to do it
         baseline, cached = _baseline(spec, trial_spec)
-        base_loss = baseline["probe_loss"]
-        log.warning(
-            "base model: %s (%s)",
-            ", ".join(f"{k} {v:.4f}" for k, v in baseline.items()),
-            "cached" if cached else "computed once, now cached",
-        )
+        log.warning("base model: %s (%s)", baseline.describe(), "cached" if cached else "computed once, now cached")
 
         # the fixed settings as they are, the searched ones as their ranges: experiments compare by settings
         parent_params = {k: v for k, v in flatten(trial_spec.trial_dict()).items() if k not in searched}
@@ -261,21 +244,19 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             },
             params=parent_params,
         )
-        meta = {
-            "spec": spec.model_dump(mode="json"),
-            "trial_spec": trial_spec.trial_dict(),
-            "base_probe_loss": base_loss,
-            "baseline": baseline,
-            "searched": sorted(searched),
-            "experiment": exp_name,
-            "mlflow": {"uri": spec.tracking.uri, "experiment_id": exp_id, "parent_run_id": parent},
-        }
-        store.makedirs(exp_dir)
-        store.write_text(store.join(exp_dir, META_FILE), json.dumps(meta, indent=2))
+        meta = ExperimentMeta(
+            spec=spec.model_dump(mode="json"),
+            trial_spec=trial_spec.trial_dict(),
+            experiment=exp_name,
+            mlflow=MlflowIds(spec.tracking.uri, exp_id, parent),
+            baselines=baseline.to_json(),
+            searched=sorted(searched),
+        )
+        meta.write(exp_dir)
         if not quiet:
             print(f"[gridrun] experiment folder {exp_dir} (resume with: gridrun resume {exp_dir})", flush=True)
 
-        reasons: dict[str, str] = {}
+        reasons = StopReasons()  # one book for every copy Tune unpickles (its stopper comes from the snapshot)
         scheduler, stopper = build_stopping(spec, reasons)
         keeper = CheckpointKeeper(spec.checkpoint.num_to_keep)
         tracker = MLflowTracker(
@@ -291,9 +272,12 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             experiment_dir=exp_dir,
         )
         callbacks: list[Any] = [
+            StoppingState(scheduler, reasons),
             keeper,
             tracker,
-            ProgressPrinter(spec.objective.metric, reasons, quiet=quiet, total=spec.search.num_trials),
+            ProgressPrinter(
+                spec.objective.metric, primary_metric(spec), reasons, quiet=quiet, total=spec.search.num_trials
+            ),
         ]
         budget = TimeBudget(spec.search.time_budget, reasons) if spec.search.time_budget else None
         if budget is not None:
@@ -347,11 +331,11 @@ def resume(
 
     exp_dir = store.location(experiment_dir)
     store.check_storage(exp_dir, "resume")
-    meta = read_meta(exp_dir)
+    meta = ExperimentMeta.read(exp_dir)
     if not tune.Tuner.can_restore(exp_dir):
         raise GridrunError(f"{exp_dir} holds no Ray Tune experiment state to resume from")
-    spec = spec_from_dict(meta["spec"])
-    spent = float(meta.get("time_budget", {}).get("spent_s", 0.0))
+    spec = meta.experiment_spec()
+    spent = float(meta.time_budget.get("spent_s", 0.0))
     if spec.search.time_budget and spent >= spec.search.time_budget:
         raise GridrunError(
             f"search.time_budget: all {format_duration(spec.search.time_budget)} of {exp_dir} are spent; "
@@ -365,13 +349,12 @@ def resume(
 
     start_ray(spec)
     try:
-        ml = meta["mlflow"]
         replay_spill(store.join(exp_dir, SPILL_FILE))  # what the last driver could not write (MLflow was away) first
         # The crashed driver left runs RUNNING: mark them KILLED now; trials that continue reopen theirs.
-        mark_interrupted(ml["uri"], ml["parent_run_id"])
+        mark_interrupted(meta.mlflow.uri, meta.mlflow.parent_run_id)
         tuner = tune.Tuner.restore(
             exp_dir,
-            trainable=_trainable(spec, experiment_trial_spec(meta), meta.get("baseline") or meta["base_probe_loss"]),
+            trainable=_trainable(spec, meta.start_spec(), Baselines.from_json(meta.baselines)),
             resume_unfinished=True,
             resume_errored=resume_errored,
             restart_errored=restart_errored,
@@ -392,12 +375,12 @@ def resume(
         ray.shutdown()
 
 
-def _trainable(spec: ExperimentSpec, trial_spec: ExperimentSpec, base_loss: float | dict[str, float]) -> Any:
+def _trainable(spec: ExperimentSpec, trial_spec: ExperimentSpec, baselines: Baselines) -> Any:
     from ray import tune
 
     from trainables.qlora_sft import qlora_sft
 
     return tune.with_resources(
-        tune.with_parameters(qlora_sft, spec=trial_spec, baseline=base_loss),
+        tune.with_parameters(qlora_sft, spec=trial_spec, baseline=baselines),
         {"cpu": spec.resources.cpu, "gpu": _gpu(spec)},
     )

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
-    "FORGETTING_METRIC",
     "METRIC_NAMES",
     "METRIC_PREFIXES",
     "feasible",
@@ -18,10 +17,6 @@ __all__ = [
     "penalized",
     "stop_reason",
 ]
-
-#: The forgetting measure the search trades against the task (pareto's second objective, constrained mode's
-#: constraint, the budget's and MOASHA's metric): the one place its name is written on the search side.
-FORGETTING_METRIC = "forget/delta"
 
 #: Result keys that are metrics (numeric values under these prefixes, plus the bare names): what MLflow,
 #: checkpoint records and adapter cards hold.

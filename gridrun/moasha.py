@@ -14,7 +14,7 @@ does in ASHA). The newcomer continues if it is among the first ``ceil(n / reduct
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -93,7 +93,7 @@ class MOASHA(FIFOScheduler):
 
     def __init__(
         self,
-        reasons: dict[str, str],
+        reasons: MutableMapping[str, str],
         time_attr: str,
         metrics: tuple[str, str],
         modes: tuple[str, str],
@@ -109,6 +109,14 @@ class MOASHA(FIFOScheduler):
         self._rungs: list[tuple[float, dict[str, Point]]] = [
             (grace_period * reduction_factor**k, {}) for k in reversed(range(n))
         ]
+
+    def get_state(self) -> dict[str, Any]:
+        """The rungs' recorded points (``reasons`` is shared, and kept by ``stopping.StoppingState``): Tune does not
+        snapshot its scheduler, so a resumed search gets them back through that callback."""
+        return {k: v for k, v in self.__dict__.items() if k != "reasons"}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def _point(self, result: dict[str, Any]) -> Point:
         # the second metric is minimized in the point's own sense: (task ↑, forgetting ↓)

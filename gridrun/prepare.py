@@ -74,8 +74,8 @@ def _write_split(rows: list[dict[str, Any]], folder: Path, split: str, where: st
 
 def _fetch_dataset(spec: ExperimentSpec, src: Source, out: Path, sha: str | None) -> Path:
     """Read the splits ``src`` uses (all rows, or the rows the probe / a benchmark reads) and write them."""
+    from forgetting.data import probe_rows
     from trainables.data import iter_rows
-    from trainables.general import probe_rows
 
     dest = out / "datasets" / _safe(src.source + (f"__{src.subset}" if src.subset else ""))
     revision = sha or src.revision

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ray.tune import Callback
@@ -33,12 +34,14 @@ class ProgressPrinter(Callback):
     def __init__(
         self,
         metric: str,
-        reasons: dict[str, str],
+        forget_metric: str,
+        reasons: Mapping[str, str],
         quiet: bool = False,
         total: int | None = None,
         every_s: float = 30.0,
     ) -> None:
-        self.metric, self.reasons, self.quiet, self.done, self.total = metric, reasons, quiet, 0, total
+        self.metric, self.forget_metric, self.reasons = metric, forget_metric, reasons
+        self.quiet, self.done, self.total = quiet, 0, total
         self.every_s = every_s
         self._retrying: set[str] = set()
         self._seen: set[str] = set()  # trials started in this experiment (a resumed one continues them)
@@ -86,7 +89,7 @@ class ProgressPrinter(Callback):
             return
         best = self._best.get(trial.trial_id)
         if best is None or obj >= best["objective"]:
-            keep = (self.metric, "forget/delta", "objective", "samples_seen")
+            keep = (self.metric, self.forget_metric, "objective", "samples_seen")
             self._best[trial.trial_id] = {k: result.get(k) for k in keep}
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -96,13 +99,14 @@ class ProgressPrinter(Callback):
         why = stop_reason(self.reasons, trial.trial_id, m)
         line = (
             f"trial {trial.trial_id} done ({self.done}/{self.total or len(trials)}): last {self.metric} "
-            f"{_fmt(m.get(self.metric))}, forget/delta {_fmt(m.get('forget/delta'))}, objective "
+            f"{_fmt(m.get(self.metric))}, {self.forget_metric} {_fmt(m.get(self.forget_metric))}, objective "
             f"{_fmt(m.get('objective'))} at {m.get('samples_seen')} samples"
         )
         b = self._best.get(trial.trial_id)
         if b is not None:
             line += (
-                f"; best {self.metric} {_fmt(b.get(self.metric))}, forget/delta {_fmt(b.get('forget/delta'))}, "
+                f"; best {self.metric} {_fmt(b.get(self.metric))}, "
+                f"{self.forget_metric} {_fmt(b.get(self.forget_metric))}, "
                 f"objective {_fmt(b.get('objective'))} at {b.get('samples_seen')} samples"
             )
         self._say(f"{line} — {why}")

@@ -12,7 +12,6 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from gridrun.metrics import FORGETTING_METRIC
 from gridrun.warm_start import CONSTRAINT
 
 __all__ = ["GridrunOptunaSearch", "build_searcher"]
@@ -20,10 +19,17 @@ __all__ = ["GridrunOptunaSearch", "build_searcher"]
 
 class GridrunOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that seeds its study with ``warm`` trials and, given a ``budget``, tells each completed
-    trial's forgetting as the constraint ``forget/delta - budget <= 0``."""
+    trial's forgetting (``forget_metric``, forgetting.primary's) as the constraint ``forgetting - budget <= 0``."""
 
-    def __init__(self, *args: Any, warm: list[Any] | None = None, budget: float | None = None, **kwargs: Any) -> None:
-        self._warm, self._budget = list(warm or []), budget
+    def __init__(
+        self,
+        *args: Any,
+        warm: list[Any] | None = None,
+        budget: float | None = None,
+        forget_metric: str = "",
+        **kwargs: Any,
+    ) -> None:
+        self._warm, self._budget, self._forget_metric = list(warm or []), budget, forget_metric
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode: Any) -> None:
@@ -34,7 +40,7 @@ class GridrunOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
-        delta = (result or {}).get(FORGETTING_METRIC)
+        delta = (result or {}).get(self._forget_metric)
         if (
             self._budget is not None
             and ot_trial is not None
@@ -49,6 +55,8 @@ def build_searcher(spec: Any, searched: dict[str, Any], warm: list[Any] | None =
     """The spec's searcher over ``searched`` (None when nothing is searched), seeded with ``warm`` trials."""
     import optuna
 
+    from forgetting import primary_metric
+
     s = spec.search
     if not searched:
         return None  # nothing to search: every trial runs the fixed config (repeats differ only if seeds do)
@@ -62,11 +70,19 @@ def build_searcher(spec: Any, searched: dict[str, Any], warm: list[Any] | None =
         )
     mode = spec.objective.mode
     if mode == "pareto":
-        metric: Any = [spec.objective.metric, FORGETTING_METRIC]
+        metric: Any = [spec.objective.metric, primary_metric(spec)]
         direction: Any = [spec.objective.direction, "min"]
     elif mode == "constrained":
         metric, direction = spec.objective.metric, spec.objective.direction
     else:
         metric, direction = "objective", "max"
     budget = spec.forgetting.budget if mode == "constrained" else None
-    return GridrunOptunaSearch(space=searched, metric=metric, mode=direction, sampler=sampler, warm=warm, budget=budget)
+    return GridrunOptunaSearch(
+        space=searched,
+        metric=metric,
+        mode=direction,
+        sampler=sampler,
+        warm=warm,
+        budget=budget,
+        forget_metric=primary_metric(spec),
+    )

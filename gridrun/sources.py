@@ -31,7 +31,7 @@ class Source:
 
 def input_sources(spec: ExperimentSpec) -> list[Source]:
     """The spec's inputs, in the order a trial reads them (builtin ones included; callers filter)."""
-    from trainables.general import mc_source_of
+    from forgetting.data import mc_source_of
 
     d, f = spec.data, spec.forgetting
     out = [Source("model.name", "model", spec.model.name, revision=spec.model.revision)]

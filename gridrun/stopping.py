@@ -6,14 +6,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
+from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.stopper import CombinedStopper, Stopper
 
+from forgetting import primary_metric
 from gridrun.builtin import builtin_name
-from gridrun.metrics import FORGETTING_METRIC
 from gridrun.moasha import MOASHA
 
 if TYPE_CHECKING:
@@ -25,6 +27,8 @@ __all__ = [
     "ForgettingBudget",
     "NonFiniteLoss",
     "RecordingASHA",
+    "StopReasons",
+    "StoppingState",
     "TimeBudget",
     "TimeBudgetStopper",
     "asha_max_t",
@@ -33,22 +37,66 @@ __all__ = [
 ]
 
 
-class ForgettingBudget(Stopper):
-    """Stop a trial whose ``forget/delta`` stays above ``budget`` for ``patience`` consecutive evaluations."""
+#: This process's stop-reason books: key → trial id → reason (see StopReasons).
+_BOOKS: dict[str, dict[str, str]] = {}
 
-    def __init__(self, budget: float, patience: int, reasons: dict[str, str]) -> None:
-        self.budget, self.patience, self.reasons = budget, patience, reasons
+
+class StopReasons(MutableMapping[str, str]):
+    """trial id → why it stopped, one book per experiment that every unpickled copy in a process shares.
+
+    Tune restores its stopper from the experiment snapshot (the controller's own state) but its callbacks and
+    scheduler from ``tuner.pkl``: two separate unpickled copies. A plain shared dict became two dicts there, and
+    the restored stopper recorded its reasons where no callback looked (trials stopped by the budget after a
+    resume showed ``stopped``). Every copy of this mapping resolves its book by key instead, so all of them
+    write and read one dict, whichever pickle they came from.
+    """
+
+    def __init__(self, key: str | None = None) -> None:
+        self.key = key or uuid.uuid4().hex
+        self._book = _BOOKS.setdefault(self.key, {})
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"key": self.key, "reasons": dict(self._book)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.key = state["key"]
+        self._book = _BOOKS.setdefault(self.key, {})
+        for trial_id, reason in state["reasons"].items():
+            self._book.setdefault(trial_id, reason)
+
+    def __getitem__(self, trial_id: str) -> str:
+        return self._book[trial_id]
+
+    def __setitem__(self, trial_id: str, reason: str) -> None:
+        self._book[trial_id] = reason
+
+    def __delitem__(self, trial_id: str) -> None:
+        del self._book[trial_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._book)
+
+    def __len__(self) -> int:
+        return len(self._book)
+
+
+class ForgettingBudget(Stopper):
+    """Stop a trial whose forgetting metric (``forgetting.primary``'s) stays above ``budget`` for ``patience``
+    consecutive evaluations."""
+
+    def __init__(self, metric: str, budget: float, patience: int, reasons: MutableMapping[str, str]) -> None:
+        self.metric, self.budget, self.patience, self.reasons = metric, budget, patience, reasons
         self._over: dict[str, int] = {}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        delta = result.get("forget/delta")
+        delta = result.get(self.metric)
         if delta is None:
             return False
         self._over[trial_id] = self._over.get(trial_id, 0) + 1 if delta > self.budget else 0
         if self._over[trial_id] >= self.patience:
             self.reasons.setdefault(
                 trial_id,
-                f"forgetting budget (forget/delta {delta:.3f} > {self.budget} for {self.patience} evals)",
+                f"forgetting budget ({self.metric} {delta:.3f} > {self.budget} for {self.patience} evals)",
             )
             return True
         return False
@@ -60,7 +108,7 @@ class ForgettingBudget(Stopper):
 class NonFiniteLoss(Stopper):
     """Stop a trial as soon as its training loss is NaN or infinite."""
 
-    def __init__(self, reasons: dict[str, str]) -> None:
+    def __init__(self, reasons: MutableMapping[str, str]) -> None:
         self.reasons = reasons
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -77,7 +125,7 @@ class NonFiniteLoss(Stopper):
 class RecordingASHA(AsyncHyperBandScheduler):
     """ASHA that remembers which trials it stopped, and at how many samples."""
 
-    def __init__(self, reasons: dict[str, str], **kwargs: Any) -> None:
+    def __init__(self, reasons: MutableMapping[str, str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.reasons = reasons
 
@@ -88,6 +136,36 @@ class RecordingASHA(AsyncHyperBandScheduler):
             where = f"{at} samples" if self._time_attr == "samples_seen" else f"{at:.3g} epochs"
             self.reasons.setdefault(trial.trial_id, f"asha (behind at {where})")
         return decision
+
+    def get_state(self) -> dict[str, Any]:
+        """Rungs reached and each trial's bracket (``reasons`` is shared, and kept by :class:`StoppingState`)."""
+        return {k: v for k, v in self.__dict__.items() if k != "reasons"}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+class StoppingState(Callback):
+    """Carries ASHA's state and the stop reasons through a Tune restore.
+
+    Tune's experiment snapshot holds its stopper (the controller's state: the budget's over-budget counts come
+    back by themselves) and its callbacks' ``get_state``, but not its scheduler: that comes back from
+    ``tuner.pkl`` as it was at launch, and ASHA forgot its rungs. This callback is pickled in the same
+    ``tuner.pkl`` as the scheduler, so after a restore it holds the very object Tune uses, and puts the last
+    snapshot's state back into it.
+    """
+
+    def __init__(self, scheduler: RecordingASHA | MOASHA | None, reasons: MutableMapping[str, str]) -> None:
+        self.scheduler, self.reasons = scheduler, reasons
+
+    def get_state(self) -> dict[str, Any] | None:
+        return {"reasons": dict(self.reasons), "asha": self.scheduler.get_state() if self.scheduler else None}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for trial_id, reason in state.get("reasons", {}).items():
+            self.reasons.setdefault(trial_id, reason)
+        if self.scheduler is not None and state.get("asha"):
+            self.scheduler.set_state(state["asha"])
 
 
 def format_duration(seconds: float) -> str:
@@ -117,7 +195,7 @@ class TimeBudget(Callback):
 
     active: ClassVar[TimeBudget | None] = None
 
-    def __init__(self, budget_s: float, reasons: dict[str, str], spent_s: float = 0.0) -> None:
+    def __init__(self, budget_s: float, reasons: MutableMapping[str, str], spent_s: float = 0.0) -> None:
         self.budget_s, self.reasons, self.spent_s = budget_s, reasons, spent_s
         self.not_run: set[str] = set()  # trials the search ended before their first round was recorded
         self._last: float | None = None
@@ -211,14 +289,18 @@ class TimeBudgetStopper(Stopper):
         return budget is not None and budget.stop_search()
 
 
-def build_stopping(spec: ExperimentSpec, reasons: dict[str, str]) -> tuple[RecordingASHA | MOASHA | None, Stopper]:
+def build_stopping(
+    spec: ExperimentSpec, reasons: MutableMapping[str, str]
+) -> tuple[RecordingASHA | MOASHA | None, Stopper]:
     """The spec's scheduler (ASHA over samples seen, or none) and stoppers, all recording into ``reasons``.
 
-    ASHA ranks trials by the objective; in pareto mode by (task, forgetting) at once (MOASHA); in constrained mode
-    by the task metric (the forgetting budget stops trials over it)."""
+    ASHA ranks trials by the objective; in pareto mode by (task, forgetting.primary's metric) at once (MOASHA); in
+    constrained mode by the task metric (the forgetting budget stops trials over it)."""
     stoppers: list[Stopper] = [NonFiniteLoss(reasons)]
     if spec.forgetting.budget is not None:
-        stoppers.append(ForgettingBudget(spec.forgetting.budget, spec.forgetting.patience, reasons))
+        stoppers.append(
+            ForgettingBudget(primary_metric(spec), spec.forgetting.budget, spec.forgetting.patience, reasons)
+        )
     if spec.search.time_budget is not None:
         stoppers.append(TimeBudgetStopper())  # with the TimeBudget callback launch adds
     scheduler = None
@@ -230,7 +312,7 @@ def build_stopping(spec: ExperimentSpec, reasons: dict[str, str]) -> tuple[Recor
             return MOASHA(
                 reasons,
                 time_attr=axis,
-                metrics=(spec.objective.metric, FORGETTING_METRIC),
+                metrics=(spec.objective.metric, primary_metric(spec)),
                 modes=(spec.objective.direction, "min"),
                 max_t=max_t,
                 grace_period=grace,

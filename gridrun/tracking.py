@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,7 +143,7 @@ class MLflowTracker(Callback):
         parent_run_id: str,
         spec: ExperimentSpec,
         searched: list[str],
-        reasons: dict[str, str],
+        reasons: MutableMapping[str, str],
         keeper: CheckpointKeeper,
         log_adapters: bool = True,
         spill_path: str | Path | None = None,

@@ -88,11 +88,13 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
         the hub ids (models and datasets) that were not checked offline; ``preflight`` resolves them.
     """
     from evaluators import EVALUATORS, GenerationSettings, build_evaluator, check_evaluator_names
+    from forgetting import check_measures
 
     if spec.search.warm_start:  # the earlier study's folder and summary (a run id is MLflow's to answer)
         from gridrun.warm_start import check_source
 
         check_source(spec.search.warm_start)
+    check_measures(spec)
     mc_custom = next((m.source for m in spec.forgetting.mc if m.benchmark == "custom"), None)
     check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval, mc_custom)
     check_evaluator_names(spec.evaluate.evaluators)
@@ -412,8 +414,8 @@ def check_memory(spec: ExperimentSpec, deep: bool = False, hub: bool = False) ->
         deep: also ask this machine's GPU for its size (``resources.gpu_memory_gb`` otherwise).
         hub: read a hub model's config from the hub (else from the local cache only).
     """
-    from gridrun.memory import estimate_memory, gib
-    from gridrun.packing import check_fraction, model_config, pick_fraction
+    from gridrun.memory import estimate_memory, gib, model_config
+    from gridrun.packing import check_fraction, pick_fraction
 
     gpu = spec.resources.gpu
     if gpu == 0:

@@ -386,7 +386,7 @@ def standin_spec(yaml_path: Path, root: Path) -> dict[str, Any]:
     runs it on a CPU with float32 compute). Sizes, resources (1 CPU, no GPU), trials (2), the ASHA grace period
     and tracking (inside ``root``) change.
     """
-    from trainables.general import BENCHMARKS
+    from forgetting.data import BENCHMARKS
 
     spec = yaml.safe_load(Path(yaml_path).read_text())
 

@@ -441,6 +441,62 @@ def test_ctrl_c_stops_cleanly_then_resume_continues(tmp_path: Path, tiny_model_p
     print(json.dumps({"graceful_stop_s": round(stop_s, 1), "second_ctrl_c_exit_s": round(second_s, 2), **counts}))
 
 
+BUDGET = [
+    *TINY,
+    "data.train_size=64",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "search.num_trials=6",
+    "search.max_concurrent=2",
+    "search.sampler=random",  # the same configs in the same order in both runs, whatever the timing
+    "scheduler.type=none",
+    "forgetting.budget=0.25",
+    "forgetting.patience=2",
+]
+
+
+def _reasons_by_config(exp_dir: Path) -> dict[str, str]:
+    summary = json.loads((exp_dir / "gridrun_summary.json").read_text())
+    return {json.dumps(r["params"], sort_keys=True): r["stop_reason"] for r in summary["trials"]}
+
+
+def test_stop_reasons_after_ctrl_c_and_resume_equal_the_uninterrupted_runs(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """The forgetting budget counts over-budget rounds across a Ctrl-C and `gridrun resume` (its state travels in
+    Tune's snapshot through StoppingState): every trial's stop reason, in the summary, is the uninterrupted run's."""
+    sets = [a for o in BUDGET for a in ("--set", o)]
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "cut").mkdir()
+    whole = _replay_cli(tmp_path / "whole", 0.05, "launch", str(FORGETTING), *sets)
+    out0 = Output(whole)
+    try:
+        assert whole.wait(timeout=300) == 0, out0.text()[-3000:]
+    finally:
+        _kill_session(whole.pid)
+    expected = _reasons_by_config(next((tmp_path / "whole" / "gridrun_results").iterdir()))
+    assert any(r.startswith("forgetting budget") for r in expected.values()), expected  # the budget is exercised
+
+    launch = _replay_cli(tmp_path / "cut", 0.4, "launch", str(FORGETTING), *sets)
+    out = Output(launch)
+    try:
+        out.wait_for("done (2/", 240)
+        os.killpg(launch.pid, signal.SIGINT)  # mid-trial: the running ones may be one round over budget
+        assert launch.wait(timeout=120) == 130, out.text()[-3000:]
+    finally:
+        _kill_session(launch.pid)
+    exp_dir = next((tmp_path / "cut" / "gridrun_results").iterdir())
+    final = _replay_cli(tmp_path / "cut", 0.4, "resume", str(exp_dir))
+    out2 = Output(final)
+    try:
+        assert final.wait(timeout=300) == 0, out2.text()[-3000:]
+    finally:
+        _kill_session(final.pid)
+    got = _reasons_by_config(exp_dir)
+    assert len(got) == 6 and set(got) <= set(expected), (got, expected)
+    assert got == {k: expected[k] for k in got}
+
+
 def _can_unshare() -> bool:
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
         return False

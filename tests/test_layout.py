@@ -1,4 +1,6 @@
-"""The code's shape: no import cycle between modules at import time, and a deliberate public list per package."""
+"""The code's shape, by AST over every import (module level, inside functions, under ``if TYPE_CHECKING`` left
+out: those never run): no import cycle between modules, trial-side packages never import the driver side,
+evaluators never import trainables, and a deliberate public list per package."""
 
 from __future__ import annotations
 
@@ -6,7 +8,29 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("gridrun", "trainables", "evaluators")
+PACKAGES = ("gridrun", "trainables", "evaluators", "forgetting")
+
+#: What runs in a trial (a Ray actor): it reports results and never drives the experiment.
+TRIAL_SIDE = ("trainables", "evaluators", "forgetting")
+#: The driver: Ray and Tune set-up, MLflow, the end of an experiment, reports, commands. Trials need none of it;
+#: what both need (spec, errors, metrics, memory estimate, builtins, cache) lives below both.
+DRIVER_SIDE = (
+    "gridrun.cli",
+    "gridrun.launch",
+    "gridrun.finish",
+    "gridrun.tracking",
+    "gridrun.writer",
+    "gridrun.report",
+    "gridrun.progress",
+    "gridrun.checkpoints",
+    "gridrun.stopping",
+    "gridrun.packing",
+    "gridrun.validate",
+    "gridrun.prepare",
+    "gridrun.compare",
+    "gridrun.export",
+    "gridrun.experiment",
+)
 
 
 def _module_name(path: Path) -> str:
@@ -18,37 +42,49 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
 
 
-def _top_level_imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """Project modules imported when ``path`` is imported: module-level statements only (not inside functions,
-    not under ``if TYPE_CHECKING``)."""
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Project modules ``path`` imports anywhere (functions and methods too), except under ``if TYPE_CHECKING``."""
     tree = ast.parse(path.read_text())
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
     out: set[str] = set()
 
-    def visit(body: list[ast.stmt]) -> None:
-        for node in body:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                continue
-            if isinstance(node, ast.Import):
-                out.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                out.add(node.module)
-                out.update(f"{node.module}.{a.name}" for a in node.names)
-            elif isinstance(node, ast.If | ast.Try):
-                visit(node.body)
-                visit(getattr(node, "orelse", []))
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolved against this module's package
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
 
-    visit(tree.body)
-    # a dotted import also imports each parent package
+    visit(tree)
     found = set()
-    for name in out:
+    for name in out:  # a dotted import also imports each parent package
         parts = name.split(".")
         found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return {m for m in found if m in modules} - {_module_name(path)}
+    return {m for m in found if m in modules} - {me}
 
 
-def test_no_import_cycle() -> None:
+def _graph() -> dict[str, set[str]]:
     modules = _modules()
-    graph = {m: _top_level_imports(p, modules) for m, p in modules.items()}
+    return {m: _imports(p, modules) for m, p in modules.items()}
+
+
+def _under(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def test_no_import_cycle_counting_imports_inside_functions() -> None:
+    graph = _graph()
     # A package's __init__ importing its own submodules is how re-exports work, not a cycle of ideas.
     for m, deps in graph.items():
         graph[m] = {d for d in deps if not d.startswith(m + ".")}
@@ -71,6 +107,34 @@ def test_no_import_cycle() -> None:
         if m not in state:
             dfs(m)
     assert len(graph) > 30  # the walk saw the project, not an empty folder
+
+
+def test_trial_side_never_imports_the_driver_side() -> None:
+    bad = [
+        f"{m} imports {d}"
+        for m, deps in _graph().items()
+        if _under(m, TRIAL_SIDE)
+        for d in sorted(deps)
+        if _under(d, DRIVER_SIDE)
+    ]
+    assert not bad, bad
+
+
+def test_evaluators_never_import_trainables() -> None:
+    bad = [
+        f"{m} imports {d}"
+        for m, deps in _graph().items()
+        if _under(m, ("evaluators",))
+        for d in deps
+        if _under(d, ("trainables",))
+    ]
+    assert not bad, bad
+
+
+def test_the_walk_sees_imports_inside_functions() -> None:
+    """The floors above are only as good as the walk: a function-level import is seen."""
+    graph = _graph()
+    assert "trainables.qlora_sft" in graph["gridrun.launch"]  # imported inside _trainable and _baseline only
 
 
 def test_every_package_declares_its_public_names() -> None:

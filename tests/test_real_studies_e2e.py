@@ -86,7 +86,7 @@ def test_real_study_runs_end_to_end_on_standins(
         accs = [best[f"forget/mc_{b}{suffix}"] for b in BENCHMARKS]
         assert all(0 <= a <= 1 for a in accs)
         assert best[f"forget/mc_accuracy{suffix}"] == pytest.approx(sum(accs) / len(accs), abs=1e-12)
-    assert best["forget/probe_loss_base"] == pytest.approx(summary["base_probe_loss"], abs=1e-12)
+    assert best["forget/probe_loss_base"] == pytest.approx(summary["baselines"]["probe"]["loss"], abs=1e-12)
 
     mlflow.set_tracking_uri(summary["mlflow"]["uri"])
     runs = mlflow.search_runs(search_all_experiments=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from gridrun.builtin import builtin_name, task_generator
 from gridrun.errors import GridrunError
+from gridrun.examples import IGNORE_INDEX, collate, encode_example
 from gridrun.spec import DataSpec
 from trainables.rows import clean_rows
 
@@ -34,7 +35,6 @@ __all__ = [
     "subsample",
 ]
 
-IGNORE_INDEX = -100
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
@@ -284,25 +284,6 @@ def render_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], template: 
     return template.format(prompt=prompt)
 
 
-def encode_example(tokenizer: Any, prompt_text: str, answer: str, max_len: int) -> dict[str, list[int]]:
-    """Token ids for prompt + answer + EOS, with labels -100 on every prompt position.
-
-    Prompt and answer are tokenized separately and concatenated, so the mask boundary is exact and the prompt
-    tokens match what generation sees at evaluation. Over-long examples lose prompt tokens from the left
-    first, then answer tokens from the right: what scoring a fixed example (``answer_loss``) needs. Training
-    drops such an example instead (``trainables.tokenized``), so no trained answer lacks its EOS.
-    """
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise GridrunError("model tokenizer has no EOS token; cannot teach the model to stop")
-    p = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos]
-    if len(a) > max_len - 1:
-        a = a[: max_len - 1]
-    p = p[-(max_len - len(a)) :] if len(p) + len(a) > max_len else p
-    return {"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a}
-
-
 def subsample(n: int, ratio: float, seed: int) -> list[int]:
     """A seeded subset of ``round(n * ratio)`` indices (at least one), in their original order."""
     if not 0 < ratio <= 1:
@@ -311,28 +292,6 @@ def subsample(n: int, ratio: float, seed: int) -> list[int]:
     if k >= n:
         return list(range(n))
     return sorted(random.Random(f"sample_ratio/{seed}").sample(range(n), k))
-
-
-def collate(batch: list[dict[str, list[int]]], tokenizer: Any, padding_free: bool = False) -> dict[str, Any]:
-    """Encoded examples → a model batch, by transformers' collators.
-
-    Padded: right-padded ``input_ids`` and ``attention_mask``, labels padded with -100. Padding-free: the
-    micro-batch concatenated into one row with ``position_ids`` restarting at every example and -100 at each
-    boundary (transformers' flattening semantics); the model's attention then keeps examples apart (a
-    block-causal mask built from the position ids), so no pad token is computed and the loss is the padded one.
-    """
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
-
-    features = [{"input_ids": b["input_ids"], "labels": b["labels"]} for b in batch]
-    if padding_free:
-        return dict(DataCollatorWithFlattening(return_tensors="pt", separator_id=IGNORE_INDEX)(features))
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    try:
-        pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
-        out = dict(pad(features))
-    finally:
-        tokenizer.padding_side = side
-    return out
 
 
 def _squad_opts(opts: dict[str, Any]) -> dict[str, Any]:

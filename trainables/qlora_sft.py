@@ -23,18 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgetting import Baselines, Measure, active_measures, cached_baselines, primary_metric
 from gridrun.errors import GridrunError
-from gridrun.metrics import forget_delta, penalized
+from gridrun.metrics import penalized
 from gridrun.spec import ExperimentSpec
 from trainables import state
 from trainables.data import collate, render_prompt, subsample
-from trainables.general import McSet, load_mc_sets, load_probe_texts, probe_blocks
 from trainables.model import add_lora, cap_gpu_memory, load_base, pick_device, quiet_hf
 from trainables.tokenized import TrainSet, eval_records, examples, load_train_set
 
 __all__ = [
     "EvalContext",
     "Reporter",
+    "compute_baselines",
     "eval_round",
     "evaluate_adapter",
     "lr_schedule",
@@ -84,8 +85,7 @@ def _mem_estimate(spec: ExperimentSpec, config: dict[str, Any]) -> dict[str, flo
 def oom_error(spec: ExperimentSpec, message: str, gpu_bytes: int, peak: int) -> GridrunError:
     """The one-line error of a trial that ran out of its GPU share: the share, the estimate, the measured peak
     and torch's 'Tried to allocate ...'."""
-    from gridrun.memory import estimate_trial_memory
-    from gridrun.packing import model_config, oom_message
+    from gridrun.memory import estimate_trial_memory, model_config, oom_message
 
     gpu = spec.resources.gpu
     config = model_config(spec)
@@ -129,22 +129,18 @@ def setup_train_data(spec: ExperimentSpec, tok: Any) -> tuple[Any, TrainSet]:
 
 @dataclass
 class EvalContext:
-    """What every eval round of one trial reuses: prompts, evaluators, probe blocks, benchmarks, base scores."""
+    """What every eval round of one trial reuses: prompts, evaluators, forgetting measures (their data loaded)
+    and the base model's values for them."""
 
     examples: list[dict[str, Any]]
     evaluators: list[Any]
-    probe_blocks: list[list[int]]
-    mc_sets: list[McSet]
-    baseline: dict[str, float]
+    measures: list[Measure]
+    baselines: Baselines
 
 
-def setup_eval(spec: ExperimentSpec, tok: Any, baseline: float | dict[str, float]) -> EvalContext:
-    """Evaluation prompts in the training template, the spec's evaluators, the probe and the base scores.
-
-    Args:
-        baseline: the base model's cached probe loss, or a dict with ``probe_loss`` and, for each
-            ``forgetting.mc`` benchmark, ``mc/<benchmark>``.
-    """
+def setup_eval(spec: ExperimentSpec, tok: Any, baselines: Baselines) -> EvalContext:
+    """Evaluation prompts in the training template, the spec's evaluators and forgetting measures (each with
+    its base value from ``baselines``: a measure without one is one line, before any training)."""
     from evaluators import GenerationSettings, build_evaluator
 
     eval_rows = eval_records(spec.data, tok, spec.train.seed)
@@ -152,14 +148,30 @@ def setup_eval(spec: ExperimentSpec, tok: Any, baseline: float | dict[str, float
     ev = spec.evaluate
     gen = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
     evaluators = [build_evaluator(n, gen, ev.options.get(n)) for n in ev.evaluators]
-    fg = spec.forgetting
-    blocks = probe_blocks(tok, load_probe_texts(fg), fg.seq_len, fg.samples)
-    base = dict(baseline) if isinstance(baseline, dict) else {"probe_loss": float(baseline)}
-    mc_sets = load_mc_sets(fg.mc)
-    missing = [s.name for s in mc_sets if f"mc/{s.name}" not in base]
-    if missing:
-        raise GridrunError(f"forgetting.mc: no cached base-model accuracy for {', '.join(missing)} was passed")
-    return EvalContext(examples, evaluators, blocks, mc_sets, base)
+    measures = active_measures(spec)
+    for m in measures:
+        if m.Base is not None:
+            baselines.of(m.name)
+        m.setup(tok, [e["prompt"] for e in examples])
+    return EvalContext(examples, evaluators, measures, baselines)
+
+
+def compute_baselines(spec: ExperimentSpec, names: list[str]) -> Baselines:
+    """The base values of the measures ``names`` on the model a trial starts from: the base model loaded and
+    prepared exactly as trials do it, with a fresh adapter (LoRA's B is zero, so it computes the prepared base
+    model's function). peft's k-bit preparation recasts layers (norms and embeddings to float32), so the raw base
+    model is not what a trial measures: with bfloat16 compute its probe loss differed by up to 1e-3 relative."""
+    import torch
+
+    quiet_hf()
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    model, tok, _ = setup_model(spec)
+    out = {}
+    for m in active_measures(spec):
+        if m.name in names:
+            m.setup(tok, [])
+            out[m.name] = m.compute_base(model, tok)
+    return Baselines(out)
 
 
 # ------------------------------------------------------------------------------------------------------ eval
@@ -167,39 +179,26 @@ def setup_eval(spec: ExperimentSpec, tok: Any, baseline: float | dict[str, float
 
 def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> dict[str, float]:
     """One evaluation: ``task/*`` (plus ``task/weighted``), ``forget/*`` against the base, and ``objective``."""
-    from evaluators import probe_loss
-    from evaluators.mc import mc_accuracy
-
     task: dict[str, float] = {}
     for ev in ctx.evaluators:
         task.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, ctx.examples).items()})
     weights = spec.objective.weights
     if weights:
         task["task/weighted"] = sum(w * task.get(k, 0.0) for k, w in weights.items())
-    base = ctx.baseline
-    probe = probe_loss(model, ctx.probe_blocks)
-    delta = forget_delta(probe, base["probe_loss"])
-    forget = {"forget/probe_loss": probe, "forget/probe_loss_base": base["probe_loss"], "forget/delta": delta}
-    if ctx.mc_sets:
-        for s in ctx.mc_sets:
-            forget[f"forget/mc_{s.name}"] = mc_accuracy(model, tok, s.items, s.metric)
-            forget[f"forget/mc_{s.name}_base"] = base[f"mc/{s.name}"]
-        acc = sum(forget[f"forget/mc_{s.name}"] for s in ctx.mc_sets) / len(ctx.mc_sets)
-        acc0 = sum(base[f"mc/{s.name}"] for s in ctx.mc_sets) / len(ctx.mc_sets)
-        forget.update(
-            {
-                "forget/mc_accuracy": acc,  # the mean over benchmarks
-                "forget/mc_accuracy_base": acc0,
-                "forget/mc_delta": (acc0 - acc) / acc0 if acc0 > 0 else 0.0,  # relative drop, as forget/delta
-            }
-        )
+    forget: dict[str, float] = {}
+    for m in ctx.measures:
+        forget.update(m.score(model, tok, ctx.baselines.values.get(m.name)))
     metric = task.get(spec.objective.metric)
     if metric is None:
         raise GridrunError(
             f"objective.metric: {spec.objective.metric} is not reported by "
             f"evaluators {spec.evaluate.evaluators} (they report: {', '.join(sorted(task))})"
         )
-    objective = penalized(metric, delta, spec.objective.penalty, spec.objective.direction)
+    forgot = forget.get(primary_metric(spec))
+    if forgot is None:  # the primary measure failed this round (a judge that is down): no honest objective
+        objective = math.nan
+    else:
+        objective = penalized(metric, forgot, spec.objective.penalty, spec.objective.direction)
     return {**task, **forget, "objective": objective}
 
 
@@ -208,7 +207,7 @@ def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> 
 
 def run(
     spec: ExperimentSpec,
-    baseline: float | dict[str, float],
+    baseline: Baselines,
     report: Reporter,
     restore: Path | None = None,
     max_steps: int | None = None,
@@ -217,8 +216,7 @@ def run(
 
     Args:
         spec: the trial's spec (the experiment's, with this trial's sampled values substituted).
-        baseline: the base model's cached probe loss for this (model, probe, seq_len), or a dict with
-            ``probe_loss`` and, when ``forgetting.mc`` is set, ``mc_accuracy``.
+        baseline: the base model's cached value of each forgetting measure that has one.
         report: receives the metrics and a checkpoint folder (valid only during the call).
         restore: a checkpoint folder written by an earlier report, to continue from.
         max_steps: stop after this many optimizer steps (tests use it to simulate an interruption).
@@ -312,7 +310,7 @@ def run(
     return last
 
 
-def qlora_sft(config: dict[str, Any], spec: ExperimentSpec, baseline: float | dict[str, float]) -> None:
+def qlora_sft(config: dict[str, Any], spec: ExperimentSpec, baseline: Baselines) -> None:
     """Ray Tune function trainable: ``config`` holds this trial's sampled dotted-path params.
 
     Sampled values are validated like written ones (``with_params``): a float for a whole-number field fails
@@ -347,7 +345,7 @@ def qlora_sft(config: dict[str, Any], spec: ExperimentSpec, baseline: float | di
 
 
 def evaluate_adapter(
-    spec: ExperimentSpec, adapter_dir: str | Path, baseline: float | dict[str, float] | None = None
+    spec: ExperimentSpec, adapter_dir: str | Path, baseline: Baselines | None = None
 ) -> dict[str, float]:
     """Put a saved adapter on the base model with peft and run the trial's ``eval_round`` on it.
 
@@ -362,13 +360,8 @@ def evaluate_adapter(
     quiet_hf()  # before peft imports bitsandbytes, which warns about optional CPU kernels on import
     from peft import PeftModel
 
-    from gridrun.baseline import cached_baseline, compute_baseline, compute_mc_baseline
-
     if baseline is None:
-        baseline = {"probe_loss": cached_baseline(spec, compute_baseline)[0]}
-        if spec.forgetting.mc:
-            accs = cached_baseline(spec, compute_mc_baseline, kind="mc")[0]
-            baseline.update({f"mc/{name}": acc for name, acc in accs.items()})
+        baseline = cached_baselines(spec, compute_baselines)[0]
     torch.manual_seed(spec.train.seed)
     base, tok = load_base(spec.model, pick_device(spec.resources.gpu))
     model = PeftModel.from_pretrained(base, str(adapter_dir))

@@ -93,7 +93,7 @@ def tidy(path: Path, configs: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _trial(trial_spec_json: dict[str, Any], config: dict[str, Any], baseline: float) -> list[dict[str, Any]]:
+def _trial(trial_spec_json: dict[str, Any], config: dict[str, Any], baseline: Any) -> list[dict[str, Any]]:
     """One grid config, in a worker process, as ``trainables.qlora_sft.qlora_sft`` runs it under Tune."""
     import logging
     import random
@@ -130,13 +130,14 @@ def main() -> None:
     ap.add_argument("--set", dest="extra", action="append", default=[], help="a further spec override")
     args = ap.parse_args()
 
-    from gridrun.baseline import cached_baseline, compute_baseline
+    from forgetting import cached_baselines
     from gridrun.spec import to_optuna
+    from trainables.qlora_sft import compute_baselines
 
     spec = demo_spec(args.extra)
     _, fixed = to_optuna(spec.search.space)
     trial_spec = spec.with_params(fixed)  # what gridrun.launch hands every trial
-    baseline, _ = cached_baseline(trial_spec, compute_baseline)
+    baseline, _ = cached_baselines(trial_spec, compute_baselines)
 
     done: set[tuple[float, int, float]] = set()
     if args.out.is_file():
@@ -151,7 +152,11 @@ def main() -> None:
             "# written by bench/replay/record.py: the demo spec with its overrides; the grid is in record_meta.json\n"
             + __import__("yaml").safe_dump(spec.model_dump(mode="json"), sort_keys=False)
         )
-        meta = {"spec": "search_spaces/forgetting.yaml", "overrides": [*OVERRIDES, *args.extra], "baseline": baseline}
+        meta = {
+            "spec": "search_spaces/forgetting.yaml",
+            "overrides": [*OVERRIDES, *args.extra],
+            "baseline": baseline.to_json(),
+        }
         meta["grid"] = {"train.lr": [float(f"{x:.4g}") for x in LRS], "lora.r": RANKS, "data.sample_ratio": RATIOS}
         (HERE / "record_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 

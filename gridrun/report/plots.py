@@ -108,7 +108,9 @@ def pareto_figure(summary: dict[str, Any]) -> Any:
             )
         labels.append(ax.text(r["forget_delta"], r["task"], r["trial_id"], fontsize=7, alpha=0.8))
     ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("forget/delta (relative rise of general probe loss; lower is better)")
+    ax.set_xlabel(
+        f"{summary.get('forget_metric', 'forgetting')} (forgetting.primary; 0 is the base model, lower is better)"
+    )
     ax.set_ylabel(f"{metric} (at each trial's best checkpoint)")
     ax.set_title(f"{summary['name']}: task vs forgetting")
     ax.legend(loc="best", fontsize=8)

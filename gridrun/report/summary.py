@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from forgetting import primary_metric
 from gridrun.metrics import feasible, pareto_front, stop_reason
 from gridrun.storage import join
 
@@ -22,9 +23,9 @@ def _num(v: Any) -> float:
 def summarize(
     spec: Any,
     grid: Any,
-    reasons: dict[str, str],
+    reasons: Mapping[str, str],
     runs: dict[str, str],
-    base_loss: float,
+    baselines: Mapping[str, Any],
     best_checkpoint: Callable[[str], Any] | None = None,
     retries: Mapping[str, int] | None = None,
     locate: Callable[[Any], str] | None = None,
@@ -36,13 +37,14 @@ def summarize(
     the best trial and the Pareto front. ``last`` keeps the final eval round; ``trained`` how far it got.
 
     Args:
+        baselines: the base model's value of each forgetting measure (``forgetting.Baselines.to_json``).
         best_checkpoint: trial id -> its best kept checkpoint (``gridrun.checkpoints.Saved``) or None.
         retries: trial id -> times it was retried from its last checkpoint after its worker or node died.
         locate: a Tune checkpoint -> where it is (``gridrun.storage.checkpoint_location``: a URI on an object
             store, whose checkpoints know only their path inside the bucket); default its path.
     """
     where = locate or (lambda checkpoint: str(checkpoint.path))
-    metric = spec.objective.metric
+    metric, forget = spec.objective.metric, primary_metric(spec)
     rows: list[dict[str, Any]] = []
     for r in grid:
         m = r.metrics or {}
@@ -61,7 +63,7 @@ def summarize(
                 "status": "ERROR" if r.error is not None else "TERMINATED",
                 "params": dict(r.config or {}),
                 "task": _num(at.get(metric)),
-                "forget_delta": _num(at.get("forget/delta")),
+                "forget_delta": _num(at.get(forget)),  # forgetting.primary's metric
                 "objective": _num(saved.objective if saved is not None else at.get("objective")),
                 "samples_seen": at.get("samples_seen", m.get("samples_seen")),
                 "trained": m.get("samples_seen"),
@@ -76,10 +78,10 @@ def summarize(
                 "metrics": dict(at),
                 "last": {
                     "task": _num(m.get(metric)),
-                    "forget_delta": _num(m.get("forget/delta")),
+                    "forget_delta": _num(m.get(forget)),
                     "objective": _num(m.get("objective")),
                 },
-                "curve": _curve(r, metric),
+                "curve": _curve(r, metric, forget),
             }
         )
     rows.sort(key=lambda x: -x["objective"] if math.isfinite(x["objective"]) else math.inf)
@@ -99,7 +101,8 @@ def summarize(
         "objective_metric": metric,
         "mode": spec.objective.mode,
         "penalty": spec.objective.penalty,
-        "base_probe_loss": base_loss,
+        "forget_metric": forget,
+        "baselines": dict(baselines),
         "trials": rows,
         "best": best,
         "pareto_front": [ok[i]["trial_id"] for i in front],
@@ -111,15 +114,15 @@ def summarize(
     }
 
 
-def _curve(result: Any, metric: str) -> list[list[float]]:
-    """[samples_seen, objective, task, forget/delta] per eval round, from the trial's result history."""
+def _curve(result: Any, metric: str, forget: str) -> list[list[float]]:
+    """[samples_seen, objective, task, forgetting.primary's metric] per eval round, from the trial's results."""
     try:
         df = result.metrics_dataframe
     except Exception:
         return []
     if df is None or "samples_seen" not in df:
         return []
-    cols = ["samples_seen", "objective", metric, "forget/delta"]
+    cols = ["samples_seen", "objective", metric, forget]
     return [[_num(row.get(c)) for c in cols] for row in df.to_dict("records")]
 
 
@@ -167,7 +170,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         "status",
         *keys,
         summary["objective_metric"],
-        "forget/delta",
+        summary.get("forget_metric", "forgetting"),
         "objective",
         "best at",
         "trained",
@@ -193,9 +196,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     out += ["(each trial at its best checkpoint by objective, the adapter it ships; samples seen there and in all)", ""]
     best = summary.get("best")
     if best:
+        forget = summary.get("forget_metric", "forgetting")
         out.append(
             f"best trial {best['trial_id']}: objective {_fmt(best['objective'])} "
-            f"({summary['objective_metric']} {_fmt(best['task'])}, forget/delta {_fmt(best['forget_delta'])})"
+            f"({summary['objective_metric']} {_fmt(best['task'])}, {forget} {_fmt(best['forget_delta'])})"
         )
         out.append("best config: " + json.dumps(best["params"], default=str))
         out.append(f"best adapter: {best['adapter']}")

@@ -59,8 +59,24 @@ class ForgettingSpec(_Section):
     )
     samples: int = Field(48, gt=0, description="probe sequences scored per eval round")
     seq_len: int = Field(128, gt=8, description="tokens per probe sequence")
+    measures: list[str] = Field(
+        default_factory=list,
+        description="further forgetting measures reported every round, by registered name (kl, judge); the probe "
+        "always is, mc whenever `mc` lists benchmarks",
+    )
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="each measure's options, checked by the measure (e.g. judge: {url, model})",
+    )
+    primary: str = Field(
+        "probe",
+        description="the measure (probe, mc, kl, judge) whose metric drives the budget, the penalty and the Pareto "
+        "front: probe → forget/delta, mc → forget/mc_delta, kl → forget/kl_task, judge → forget/judge_delta",
+    )
     budget: float | None = Field(
-        None, ge=0, description="stop a trial whose forget/delta stays above this for `patience` evaluations"
+        None,
+        ge=0,
+        description="stop a trial whose primary forgetting metric stays above this for `patience` evaluations",
     )
     patience: int = Field(2, gt=0, description="consecutive over-budget evaluations before stopping")
 

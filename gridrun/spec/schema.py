@@ -181,11 +181,12 @@ class ObjectiveSpec(_Section):
 
     metric: str = Field("task/format_success", description="task metric the objective is built on")
     direction: Literal["max", "min"] = Field("max", description="whether the task metric is better high or low")
-    penalty: float = Field(1.0, ge=0, description="objective = task - penalty * max(0, forget/delta)")
+    penalty: float = Field(1.0, ge=0, description="objective = task - penalty * max(0, forgetting.primary's metric)")
     mode: Literal["penalized", "pareto", "constrained"] = Field(
         "penalized",
         description="penalized: the scalar objective; pareto: task vs forgetting (MOASHA stops trials on both); "
-        "constrained: the task metric subject to forget/delta <= forgetting.budget (an Optuna constraint)",
+        "constrained: the task metric subject to forgetting.primary's metric <= forgetting.budget (an Optuna "
+        "constraint)",
     )
     weights: dict[str, float] = Field(
         default_factory=dict,

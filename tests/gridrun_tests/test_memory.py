@@ -15,8 +15,17 @@ from typing import Any
 import pytest
 
 from gridrun.errors import GridrunError
-from gridrun.memory import GiB, ModelShape, estimate_memory, estimate_trial_memory, gib
-from gridrun.packing import allocator_fraction, check_fraction, model_config, oom_message, pick_fraction, resolve_gpu
+from gridrun.memory import (
+    GiB,
+    ModelShape,
+    allocator_fraction,
+    estimate_memory,
+    estimate_trial_memory,
+    gib,
+    model_config,
+    oom_message,
+)
+from gridrun.packing import check_fraction, pick_fraction, resolve_gpu
 from gridrun.spec import spec_from_dict, validate_dict
 
 #: Published configs (config.json of Qwen/Qwen2.5-0.5B-Instruct and Qwen/Qwen2.5-7B-Instruct), the keys that matter.
@@ -338,10 +347,11 @@ def test_a_training_step_peaks_where_the_estimate_says(small_qwen, quantization,
 
 
 def test_the_trial_reports_its_estimate_next_to_its_peak(tiny_spec) -> None:
+    from forgetting import Baselines, ProbeBase
     from trainables.qlora_sft import run
 
     reports: list[dict] = []
-    run(tiny_spec, 3.0, lambda m, d: reports.append(m), max_steps=4)
+    run(tiny_spec, Baselines({"probe": ProbeBase(3.0)}), lambda m, d: reports.append(m), max_steps=4)
     config = model_config(tiny_spec)
     assert config is not None
     expected = estimate_trial_memory(config, tiny_spec).allocated / 2**20

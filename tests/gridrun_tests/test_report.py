@@ -33,7 +33,7 @@ def test_rows_best_trial_and_front_come_from_best_checkpoints() -> None:
             {"task/format_success": 0.6, "forget/delta": 0.0, "samples_seen": 128.0},
         ),
     }
-    s = summarize(spec, grid, {}, {"a": "run-a"}, 1.0, kept.get)
+    s = summarize(spec, grid, {}, {"a": "run-a"}, {"probe": {"loss": 1.0}}, kept.get)
     a = next(r for r in s["trials"] if r["trial_id"] == "a")
     assert (a["task"], a["forget_delta"], a["objective"], a["samples_seen"], a["trained"]) == (0.9, 0.1, 0.85, 64, 128)
     assert a["last"] == {"task": 0.3, "forget_delta": 0.8, "objective": -0.1}
@@ -47,7 +47,7 @@ def test_rows_best_trial_and_front_come_from_best_checkpoints() -> None:
 def test_a_trial_without_checkpoints_is_summed_up_by_its_last_round() -> None:
     spec = spec_from_dict({"name": "t"})
     grid = [_result("c", {"task/format_success": 0.5, "forget/delta": 0.2, "objective": 0.4, "samples_seen": 8}, 1e-3)]
-    row = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)["trials"][0]
+    row = summarize(spec, grid, {}, {}, {"probe": {"loss": 1.0}}, lambda tid: None)["trials"][0]
     assert (row["task"], row["objective"], row["best_checkpoint"], row["adapter"]) == (0.5, 0.4, None, None)
 
 

@@ -27,21 +27,21 @@ def _run(stopper: ForgettingBudget, trial_id: str, deltas: list[float | None]) -
 
 def test_budget_stops_exactly_at_the_patience_th_consecutive_over_budget_result() -> None:
     reasons: dict[str, str] = {}
-    stopper = ForgettingBudget(budget=0.5, patience=3, reasons=reasons)
+    stopper = ForgettingBudget(metric="forget/delta", budget=0.5, patience=3, reasons=reasons)
     assert _run(stopper, "t", [0.6, 0.7, 0.8]) == [False, False, True]
     assert reasons == {"t": "forgetting budget (forget/delta 0.800 > 0.5 for 3 evals)"}
 
 
 def test_budget_with_patience_one_stops_at_the_first_over_budget_result() -> None:
     reasons: dict[str, str] = {}
-    stopper = ForgettingBudget(budget=1.0, patience=1, reasons=reasons)
+    stopper = ForgettingBudget(metric="forget/delta", budget=1.0, patience=1, reasons=reasons)
     assert _run(stopper, "t", [0.2, 1.25]) == [False, True]
     assert reasons == {"t": "forgetting budget (forget/delta 1.250 > 1.0 for 1 evals)"}
 
 
 def test_an_under_budget_result_resets_the_count() -> None:
     reasons: dict[str, str] = {}
-    stopper = ForgettingBudget(budget=0.5, patience=2, reasons=reasons)
+    stopper = ForgettingBudget(metric="forget/delta", budget=0.5, patience=2, reasons=reasons)
     assert _run(stopper, "t", [0.9, 0.1, 0.9]) == [False, False, False]
     assert reasons == {}
     assert _run(stopper, "t", [0.9]) == [True]  # the 2nd in a row since the reset
@@ -49,7 +49,7 @@ def test_an_under_budget_result_resets_the_count() -> None:
 
 
 def test_a_delta_equal_to_the_budget_is_not_over_it() -> None:
-    stopper = ForgettingBudget(budget=0.5, patience=2, reasons={})
+    stopper = ForgettingBudget(metric="forget/delta", budget=0.5, patience=2, reasons={})
     assert _run(stopper, "t", [0.6, 0.5, 0.6]) == [False, False, False]
 
 
@@ -57,7 +57,7 @@ def test_results_without_forget_delta_neither_count_nor_reset() -> None:
     """A result with no forget/delta (e.g. a train-only report) is skipped: it does not break the run of
     over-budget evaluations either."""
     reasons: dict[str, str] = {}
-    stopper = ForgettingBudget(budget=0.5, patience=2, reasons=reasons)
+    stopper = ForgettingBudget(metric="forget/delta", budget=0.5, patience=2, reasons=reasons)
     assert _run(stopper, "t", [None, None]) == [False, False]
     assert _run(stopper, "t", [0.9, None, None, 0.7]) == [False, False, False, True]
     assert reasons == {"t": "forgetting budget (forget/delta 0.700 > 0.5 for 2 evals)"}
@@ -65,7 +65,7 @@ def test_results_without_forget_delta_neither_count_nor_reset() -> None:
 
 def test_counts_are_per_trial() -> None:
     reasons: dict[str, str] = {}
-    stopper = ForgettingBudget(budget=0.5, patience=2, reasons=reasons)
+    stopper = ForgettingBudget(metric="forget/delta", budget=0.5, patience=2, reasons=reasons)
     assert stopper("a", {"forget/delta": 0.9}) is False
     assert stopper("b", {"forget/delta": 0.9}) is False
     assert stopper("b", {"forget/delta": 0.1}) is False  # resets b only
@@ -76,7 +76,7 @@ def test_counts_are_per_trial() -> None:
 
 def test_the_first_recorded_reason_is_kept() -> None:
     reasons = {"t": "non-finite loss"}
-    stopper = ForgettingBudget(budget=0.5, patience=1, reasons=reasons)
+    stopper = ForgettingBudget(metric="forget/delta", budget=0.5, patience=1, reasons=reasons)
     assert stopper("t", {"forget/delta": 0.9}) is True
     assert reasons == {"t": "non-finite loss"}
 
@@ -86,7 +86,7 @@ def test_the_first_recorded_reason_is_kept() -> None:
 
 
 def test_the_budget_never_stops_the_whole_experiment() -> None:
-    stopper = ForgettingBudget(budget=0.5, patience=1, reasons={})
+    stopper = ForgettingBudget(metric="forget/delta", budget=0.5, patience=1, reasons={})
     stopper("t", {"forget/delta": 9.0})
     assert stopper.stop_all() is False
 
@@ -372,3 +372,93 @@ def test_asha_on_the_epoch_axis() -> None:
     assert scheduler.on_trial_result(None, trials[0], {"epoch": 0.3, "objective": 0.9, "progress": 0.1}) == CONTINUE
     assert scheduler.on_trial_result(None, trials[1], {"epoch": 0.3, "objective": 0.1, "progress": 0.1}) == STOP
     assert reasons == {"b": "asha (behind at 0.3 epochs)"}
+
+
+# -------------------------------------------------------------------------------------- restore (StoppingState)
+
+
+def _stream() -> list[tuple[str, dict]]:
+    """Results of three trials, interleaved as Tune delivers them: over budget, under, and ASHA-ranked."""
+    out = []
+    for step, samples in enumerate((16, 32, 48, 64, 80, 96, 112, 128)):
+        out.append(
+            (
+                "a",
+                {
+                    "forget/delta": 0.6 + 0.01 * step,
+                    "samples_seen": samples,
+                    "objective": 0.5,
+                    "progress": samples / 128,
+                },
+            )
+        )
+        out.append(("b", {"forget/delta": 0.1, "samples_seen": samples, "objective": 0.9, "progress": samples / 128}))
+        out.append(
+            ("c", {"forget/delta": 0.3, "samples_seen": samples, "objective": 0.1 * step, "progress": samples / 128})
+        )
+    return out
+
+
+def _drive(parts, results) -> list[tuple[str, bool, str | None]]:
+    scheduler, stopper = parts
+    out, added = [], set()
+    for tid, r in results:
+        if tid not in added:  # Tune adds each trial it starts, and again each trial it restores
+            scheduler.on_trial_add(None, SimpleNamespace(trial_id=tid))
+            added.add(tid)
+        decision = scheduler.on_trial_result(None, SimpleNamespace(trial_id=tid), r)
+        out.append((tid, stopper(tid, r), decision))
+    return out
+
+
+@pytest.mark.parametrize("cut", [1, 3, 4, 7, 13])
+def test_stop_reasons_and_asha_survive_a_tune_restore(cut: int, monkeypatch) -> None:
+    """Pickled as Tune pickles them (as Ray's own stopper tests do): a restored driver gets its stopper from the
+    experiment snapshot (the controller's state), its scheduler and callbacks from ``tuner.pkl`` (as at launch)
+    and the callbacks' snapshot state. The continued run decides exactly what the uninterrupted one does, and
+    every reason — recorded by the snapshot's stopper copy too — is where the callbacks read it."""
+    import pickle
+
+    from gridrun import stopping
+    from gridrun.stopping import StoppingState, StopReasons
+
+    spec = _spec(
+        data={"train_size": 64},
+        train={"epochs": 2},
+        forgetting={"budget": 0.5, "patience": 2},
+        scheduler={"type": "asha", "grace_period": 16, "reduction_factor": 2},
+    )
+    results = _stream()
+
+    whole = StopReasons()
+    expected = _drive(build_stopping(spec, whole), results)
+
+    reasons = StopReasons()
+    scheduler, stopper = build_stopping(spec, reasons)
+    tuner_pkl = pickle.dumps((scheduler, StoppingState(scheduler, reasons), reasons))  # at launch
+    first = _drive((scheduler, stopper), results[:cut])
+    runner_data = pickle.dumps(stopper)  # the controller's state in the experiment snapshot
+    callback_states = pickle.dumps(StoppingState(scheduler, reasons).get_state())
+
+    monkeypatch.setattr(stopping, "_BOOKS", {})  # a new driver process
+    scheduler2, state2, reasons2 = pickle.loads(tuner_pkl)
+    stopper2 = pickle.loads(runner_data)
+    state2.set_state(pickle.loads(callback_states))
+    rest = _drive((scheduler2, stopper2), results[cut:])
+
+    assert first + rest == expected
+    assert dict(reasons2) == dict(whole) and whole["a"].startswith("forgetting budget (forget/delta")
+    assert any(r.startswith("asha") for r in whole.values())  # ASHA's rungs are exercised too
+
+
+def test_a_plain_dict_of_reasons_splits_in_two_on_restore() -> None:
+    """What StopReasons guards against: the stopper from the snapshot and the callbacks from tuner.pkl are two
+    unpickled copies, so a plain dict they shared at launch is two dicts after a restore."""
+    import pickle
+
+    reasons: dict[str, str] = {}
+    stopper = ForgettingBudget(metric="forget/delta", budget=0.5, patience=1, reasons=reasons)
+    callbacks_reasons = pickle.loads(pickle.dumps(reasons))
+    restored = pickle.loads(pickle.dumps(stopper))
+    assert restored("a", {"forget/delta": 0.9}) is True
+    assert "a" in restored.reasons and "a" not in callbacks_reasons

@@ -83,8 +83,8 @@ def test_chat_template_renders_messages(tiny_model_path: Path) -> None:
 
 
 def _mc(source: str, benchmark: str = "custom", **kw):
+    from forgetting.data import load_mc_sets
     from gridrun.spec import McSpec
-    from trainables.general import load_mc_sets
 
     return load_mc_sets([McSpec(benchmark=benchmark, source=source, **kw)])[0]
 
@@ -121,7 +121,7 @@ def test_base_model_knows_the_multiple_choice_facts(tiny_model_path: Path) -> No
     """The general benchmark measures real ability: the base model is far above chance (25%)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evaluators.mc import mc_accuracy
+    from forgetting.mc import mc_accuracy
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)

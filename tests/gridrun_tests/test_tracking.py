@@ -382,9 +382,9 @@ def test_check_tracking_uri_asks_whether_this_user_can_write() -> None:
 
 
 def test_progress_counts_on_after_a_resume(capsys) -> None:
-    first = ProgressPrinter("task/x", {}, total=3)
+    first = ProgressPrinter("task/x", "forget/delta", {}, total=3)
     first.on_trial_complete(0, [], _trial("a"))
-    resumed = ProgressPrinter("task/x", {}, total=3)
+    resumed = ProgressPrinter("task/x", "forget/delta", {}, total=3)
     resumed.set_state(first.get_state())  # what Tune hands back from the experiment snapshot
     resumed.on_trial_complete(0, [], _trial("b"))
     lines = capsys.readouterr().out.splitlines()
@@ -395,15 +395,15 @@ def test_sync_writes_what_mlflow_missed_then_closes_the_experiment(store, parent
     """`gridrun sync DIR`: the spill file's writes, each once, then the parent run of the finished experiment."""
     import json
 
+    from gridrun.experiment import ExperimentMeta, MlflowIds
     from gridrun.finish import SUMMARY_FILE, sync
-    from gridrun.launch import META_FILE
 
     uri, real = store
     exp_dir = tmp_path / "exp"
     (exp_dir / "report").mkdir(parents=True)
     spec = spec_from_dict({"name": "t", "tracking": {"uri": uri, "log_adapters": False}})
-    ml = {"uri": uri, "experiment_id": parent[0], "parent_run_id": parent[1]}
-    (exp_dir / META_FILE).write_text(json.dumps({"spec": spec.model_dump(mode="json"), "mlflow": ml}))
+    dumped = spec.model_dump(mode="json")
+    ExperimentMeta(dumped, dumped, "exp", MlflowIds(uri, parent[0], parent[1])).write(exp_dir)
     flaky = Failing(real, "log_batch", 0)
     t, trial = _tracker(store, parent, flaky, spill_path=exp_dir / SPILL_FILE, drain_s=0.3), _trial()
     t.on_trial_start(0, [trial], trial)
@@ -413,7 +413,11 @@ def test_sync_writes_what_mlflow_missed_then_closes_the_experiment(store, parent
         t.on_trial_result(0, [trial], trial, {"objective": i / 10, "samples_seen": 8 * i})
     t.on_trial_complete(0, [trial], trial)
     t.on_experiment_end([trial])
-    summary = {"trials": [{"trial_id": "t1"}], "best": None, "mlflow": {**ml, "pending": "3 writes"}}
+    summary = {
+        "trials": [{"trial_id": "t1"}],
+        "best": None,
+        "mlflow": {"uri": uri, "experiment_id": parent[0], "parent_run_id": parent[1], "pending": "3 writes"},
+    }
     (exp_dir / SUMMARY_FILE).write_text(json.dumps(summary))
 
     assert sync(exp_dir) == {"written": 3, "closed": True}
@@ -426,7 +430,7 @@ def test_sync_writes_what_mlflow_missed_then_closes_the_experiment(store, parent
 
 
 def test_progress_says_when_a_trial_is_retried(capsys) -> None:
-    printer, trial = ProgressPrinter("task/x", {}), _trial("a")
+    printer, trial = ProgressPrinter("task/x", "forget/delta", {}), _trial("a")
     trial.num_failures, trial.max_failures = 1, 3
     printer.on_trial_recover(0, [trial], trial)
     printer.on_trial_start(0, [trial], trial)  # Tune starts it again, from its last checkpoint

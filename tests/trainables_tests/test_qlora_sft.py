@@ -16,10 +16,10 @@ def _trial(spec, **params):
 
 
 @pytest.fixture
-def baseline(tiny_spec, tiny_model_path) -> float:
-    from gridrun.baseline import compute_baseline
+def baseline(tiny_spec, tiny_model_path):
+    from trainables.qlora_sft import compute_baselines
 
-    return compute_baseline(tiny_spec)
+    return compute_baselines(tiny_spec, ["probe"])
 
 
 def test_sample_ratio_is_applied_and_reported(tiny_spec, baseline) -> None:
@@ -99,15 +99,14 @@ def test_untrained_adapter_reports_no_forgetting(tiny_spec, tiny_model_path, qua
     """At LoRA init (B = 0) a trial computes the function of the model it starts from, so forget/delta is 0 on
     every path: the baseline is measured on the same prepared model (peft's k-bit preparation recasts layers;
     measured on the raw base, nf4 and int8 with bfloat16 were off by 3e-4 and 1.1e-3)."""
-    from gridrun.baseline import compute_baseline
-    from trainables.qlora_sft import eval_round, setup_eval, setup_model
+    from trainables.qlora_sft import compute_baselines, eval_round, setup_eval, setup_model
 
     spec = tiny_spec.with_params({"model.quantization": quantization, "model.compute_dtype": dtype})
-    base = compute_baseline(spec)
+    base = compute_baselines(spec, ["probe"])
     model, tok, _ = setup_model(spec)
     metrics = eval_round(spec, model, tok, setup_eval(spec, tok, base))
     assert abs(metrics["forget/delta"]) < 1e-4
-    assert metrics["forget/probe_loss"] == pytest.approx(base, rel=1e-6)
+    assert metrics["forget/probe_loss"] == pytest.approx(base.of("probe").loss, rel=1e-6)
 
 
 def test_non_finite_loss_reports_at_once_and_ends_the_trial(tiny_spec, baseline) -> None:
@@ -130,8 +129,8 @@ def test_non_finite_loss_reports_at_once_and_ends_the_trial(tiny_spec, baseline)
 def test_evaluate_adapter_reproduces_every_metric_of_its_checkpoint(tiny_spec, tmp_path: Path) -> None:
     """A saved adapter re-scored by evaluate_adapter gives the trial's numbers at that checkpoint, including the
     weighted task metric, the multiple-choice forgetting measures and the objective."""
-    from gridrun.baseline import cached_baseline, compute_baseline, compute_mc_baseline
-    from trainables.qlora_sft import evaluate_adapter
+    from forgetting import cached_baselines
+    from trainables.qlora_sft import compute_baselines, evaluate_adapter
 
     spec = _trial(tiny_spec).model_copy(deep=True)
     spec = spec.with_params(
@@ -142,10 +141,7 @@ def test_evaluate_adapter_reproduces_every_metric_of_its_checkpoint(tiny_spec, t
             "train.eval_every": 100,
         }
     )
-    base = {
-        "probe_loss": cached_baseline(spec, compute_baseline)[0],
-        **{f"mc/{k}": v for k, v in cached_baseline(spec, compute_mc_baseline, kind="mc")[0].items()},
-    }
+    base = cached_baselines(spec, compute_baselines)[0]
     saved = tmp_path / "ckpt"
     reported = run(spec, base, lambda m, d: shutil.copytree(d, saved, dirs_exist_ok=True))
     again = evaluate_adapter(spec, saved / "adapter")  # base scores from the cache, as a user would

@@ -50,11 +50,11 @@ def test_landmarks() -> None:
 
 def test_a_trial_reports_the_rate_it_trained_with(tiny_spec, tiny_model_path) -> None:
     """train/lr at each report is the rate the next step would use: peak x schedule(step)."""
-    from gridrun.baseline import compute_baseline
+    from trainables.qlora_sft import compute_baselines
 
     spec = tiny_spec.with_params({"train.lr": 0.01, "train.warmup_ratio": 0.25, "train.lr_scheduler": "linear"})
     reports: list[dict] = []
-    run(spec, compute_baseline(spec), lambda m, d: reports.append(m))
+    run(spec, compute_baselines(spec, ["probe"]), lambda m, d: reports.append(m))
     total = reports[-1]["step"]  # 8 steps: 64 examples, batch 8
     for m in reports:
         assert m["train/lr"] == pytest.approx(0.01 * _definition("linear", total // 4, total, m["step"]), abs=1e-12)

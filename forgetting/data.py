@@ -1,4 +1,4 @@
-"""General-ability data for the forgetting measure: the probe text and the multiple-choice benchmarks.
+"""General-ability data for the forgetting measures: the probe text and the multiple-choice benchmarks.
 
 The probe is held-out general text (a builtin probe, a file, or the first documents of a hub dataset split,
 streamed), packed into fixed-length blocks whose loss is compared with the base model's.
@@ -33,6 +33,7 @@ __all__ = [
     "McSet",
     "load_mc_sets",
     "load_probe_texts",
+    "load_questions",
     "mc_source_of",
     "probe_blocks",
     "probe_rows",
@@ -222,3 +223,23 @@ def probe_blocks(tokenizer: Any, texts: list[str], seq_len: int, samples: int) -
     if not blocks:
         raise GridrunError(f"forgetting.probe: text too short for one block of {seq_len} tokens")
     return blocks
+
+
+def load_questions(judge: Any) -> list[str]:
+    """The first ``limit`` questions of the judge measure's source (``JudgeOptions``), in order; a list of turns
+    (MT-Bench's ``prompt``) asks its first turn."""
+    where = "forgetting.judge.questions"
+    rows = read_rows(
+        judge.questions, field=where, subset=None, split=judge.split, revision=judge.revision, limit=judge.limit
+    )
+    out = []
+    for i, row in enumerate(rows):
+        q = row.get(judge.question_field) if isinstance(row, dict) else None
+        if isinstance(q, list | tuple) and q:
+            q = q[0]
+        if not isinstance(q, str) or not q.strip():
+            raise GridrunError(f"{where}: record {i} of {judge.questions} has no question in {judge.question_field!r}")
+        out.append(q)
+    if not out:
+        raise GridrunError(f"{where}: {judge.questions} holds no questions")
+    return out

@@ -9,9 +9,17 @@ the forgetting measure (``forget/mc_*``), not as a task evaluator.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["encode_pair", "loglikelihoods", "mc_accuracy"]
+from forgetting._base import Measure, TaskPrompts, register_measure
+from forgetting.baseline import fingerprint
+from forgetting.data import McSet, load_mc_sets
+
+if TYPE_CHECKING:
+    from gridrun.spec import ExperimentSpec
+
+__all__ = ["McBase", "McMeasure", "encode_pair", "loglikelihoods", "mc_accuracy"]
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -75,3 +83,57 @@ def mc_accuracy(model: Any, tokenizer: Any, items: list[dict[str, Any]], metric:
             scores = [s / max(1, length) for s, length in zip(scores, it["lengths"], strict=True)]
         right += int(max(range(n), key=lambda j: scores[j]) == int(it["answer"]))
     return right / max(1, len(items))
+
+
+@dataclass(frozen=True)
+class McBase:
+    """The base model's accuracy on each benchmark (benchmark name → accuracy)."""
+
+    accuracy: dict[str, float]
+
+
+@register_measure("mc")
+class McMeasure(Measure):
+    """``forget/mc_<benchmark>`` (and ``_base``) each, ``forget/mc_accuracy`` their mean (and ``_base``), and
+    ``forget/mc_delta``, the mean's relative drop from the base model's (as ``forget/delta`` is the probe's rise)."""
+
+    metric = "forget/mc_delta"
+    Base = McBase
+
+    def __init__(self, spec: ExperimentSpec) -> None:
+        super().__init__(spec)
+        self.sets: list[McSet] = []
+
+    @classmethod
+    def enabled(cls, spec: ExperimentSpec) -> bool:
+        return bool(spec.forgetting.mc)
+
+    def base_key(self) -> dict[str, Any]:
+        return {
+            "mc": [
+                {**m.model_dump(mode="json"), "source": fingerprint(m.source or "")} for m in self.spec.forgetting.mc
+            ]
+        }
+
+    def setup(self, tokenizer: Any, task_prompts: TaskPrompts) -> None:
+        self.sets = load_mc_sets(self.spec.forgetting.mc)
+
+    def compute_base(self, model: Any, tokenizer: Any) -> McBase:
+        return McBase({s.name: mc_accuracy(model, tokenizer, s.items, s.metric) for s in self.sets})
+
+    def score(self, model: Any, tokenizer: Any, base: McBase) -> dict[str, float]:
+        from gridrun.errors import GridrunError
+
+        missing = [s.name for s in self.sets if s.name not in base.accuracy]
+        if missing:
+            raise GridrunError(f"forgetting.mc: no cached base-model accuracy for {', '.join(missing)} was passed")
+        out: dict[str, float] = {}
+        for s in self.sets:
+            out[f"forget/mc_{s.name}"] = mc_accuracy(model, tokenizer, s.items, s.metric)
+            out[f"forget/mc_{s.name}_base"] = base.accuracy[s.name]
+        acc = sum(out[f"forget/mc_{s.name}"] for s in self.sets) / len(self.sets)
+        acc0 = sum(base.accuracy[s.name] for s in self.sets) / len(self.sets)
+        out["forget/mc_accuracy"] = acc  # the mean over benchmarks
+        out["forget/mc_accuracy_base"] = acc0
+        out[self.metric] = (acc0 - acc) / acc0 if acc0 > 0 else 0.0  # relative drop, as forget/delta
+        return out

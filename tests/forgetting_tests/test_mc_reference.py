@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from evaluators.mc import loglikelihoods, mc_accuracy
+from forgetting.data import BENCHMARKS, load_mc_sets
+from forgetting.mc import loglikelihoods, mc_accuracy
 from gridrun.spec import McSpec
 from tests import standins
-from trainables.general import BENCHMARKS, load_mc_sets
 
 ITEMS = 300
 #: benchmark → (hub id of its stand-in, subset), as lm-eval's task YAML names them
