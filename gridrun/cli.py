@@ -124,11 +124,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from gridrun.report import format_summary, load_summary
     from gridrun.tracking import summary_from_mlflow
-    from gridrun.validate import absolute_uri, check_store_exists
+    from gridrun.validate import absolute_uri, check_store_exists, check_tracking_uri
 
     if args.from_mlflow:
         uri = absolute_uri(args.tracking_uri)
         check_store_exists(uri)  # read-only: never create an empty store here
+        check_tracking_uri(uri)
         summary = summary_from_mlflow(uri, args.from_mlflow)
     elif args.experiment:
         summary = load_summary(args.experiment)

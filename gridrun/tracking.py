@@ -425,11 +425,10 @@ def finish_parent(uri: str, parent_run_id: str, summary: dict[str, Any], plots: 
 
 
 def summary_from_mlflow(uri: str, parent_run_id: str) -> dict[str, Any]:
-    """The summary a finished experiment logged to its MLflow parent run (``summary.json``)."""
+    """The summary a finished experiment logged to its MLflow parent run (``summary.json``); the caller has
+    checked ``uri`` (``validate.check_tracking_uri``: validate sits above this module)."""
     from gridrun.errors import GridrunError
-    from gridrun.validate import check_tracking_uri
 
-    check_tracking_uri(uri)
     try:
         text = _client(uri).download_artifacts(parent_run_id, "summary.json")
     except Exception as e:

@@ -441,7 +441,7 @@ def test_progress_says_when_a_trial_is_retried(capsys) -> None:
 
 def test_a_done_line_shows_the_last_and_the_best_round(capsys) -> None:
     """The summary table shows a trial's best checkpoint; its done line must not pass off the last round as it."""
-    printer, trial = ProgressPrinter("task/x", {}, total=2), _trial("a")
+    printer, trial = ProgressPrinter("task/x", "forget/delta", {}, total=2), _trial("a")
     printer.on_trial_start(0, [trial], trial)
     rounds = [(0.5, 0.8555, 192), (0.375, 0.2309, 256)]
     for task, obj, seen in rounds:
@@ -455,7 +455,7 @@ def test_a_done_line_shows_the_last_and_the_best_round(capsys) -> None:
 
 def test_running_trials_get_a_line_every_30_s_with_time_left(capsys, monkeypatch) -> None:
     clock = [1000.0]
-    printer = ProgressPrinter("task/x", {}, total=4)
+    printer = ProgressPrinter("task/x", "forget/delta", {}, total=4)
     monkeypatch.setattr(printer, "_now", lambda: clock[0])
     a, b = _trial("a"), _trial("b")
     for t in (a, b):
@@ -478,9 +478,9 @@ def test_running_trials_get_a_line_every_30_s_with_time_left(capsys, monkeypatch
 
 
 def test_a_resumed_trial_is_continued_not_started(capsys) -> None:
-    first, trial = ProgressPrinter("task/x", {}), _trial("a")
+    first, trial = ProgressPrinter("task/x", "forget/delta", {}), _trial("a")
     first.on_trial_start(0, [trial], trial)
-    resumed = ProgressPrinter("task/x", {})
+    resumed = ProgressPrinter("task/x", "forget/delta", {})
     resumed.set_state(first.get_state())
     resumed.on_trial_start(0, [trial], trial)
     lines = capsys.readouterr().out.splitlines()
