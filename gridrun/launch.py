@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from gridrun.base_scores import Arm, base_task_scores, baseline_entries, compute_base_scores, log_parent_base
 from gridrun.builtin import builtin_name
 from gridrun.errors import GridrunError
 from gridrun.finish import fit_and_report
@@ -186,6 +187,24 @@ def _baseline(spec: ExperimentSpec, trial_spec: ExperimentSpec) -> tuple[dict[st
     return out, cached
 
 
+def _base_arms(spec: ExperimentSpec, trial_spec: ExperimentSpec, searched: dict[str, Any]) -> list[Arm]:
+    """The base model's cached task scores, one per eval arm; a miss is scored as a Ray task with one trial's
+    resources (as the probe baseline)."""
+    import ray
+
+    task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=_gpu(spec))(compute_base_scores)
+    arms = base_task_scores(trial_spec, searched, lambda s: ray.get(task.remote(s)))
+    for a in arms:
+        label = ", ".join(f"{k}={v}" for k, v in a.values.items())
+        log.warning(
+            "base model task scores%s: %s (%s)",
+            f" ({label})" if label else "",
+            ", ".join(f"{k} {v:.4f}" for k, v in sorted(a.scores.items())),
+            "cached" if a.cached else "computed once, now cached",
+        )
+    return arms
+
+
 def _searcher(spec: ExperimentSpec, searched: dict[str, Any]) -> Any:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -245,6 +264,8 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             ", ".join(f"{k} {v:.4f}" for k, v in baseline.items()),
             "cached" if cached else "computed once, now cached",
         )
+        arms = _base_arms(spec, trial_spec, searched)
+        baseline.update(baseline_entries(arms))
 
         exp_id, parent = start_parent_run(
             spec.tracking.uri,
@@ -257,6 +278,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
                 "mlflow.note.content": spec.description,
             },
         )
+        log_parent_base(spec.tracking.uri, parent, arms)
         meta = {
             "spec": spec.model_dump(mode="json"),
             "trial_spec": trial_spec.trial_dict(),

@@ -27,6 +27,7 @@ from gridrun.errors import GridrunError
 from gridrun.metrics import forget_delta, penalized
 from gridrun.spec import ExperimentSpec
 from trainables import state
+from trainables.base_scores import base_for, gain_metrics, score_task
 from trainables.data import collate, encode_example, load_task_data, render_prompt, subsample
 from trainables.general import McSet, load_mc_sets, load_probe_texts, probe_blocks
 from trainables.model import add_lora, cap_gpu_memory, load_base, pick_device, quiet_hf
@@ -42,6 +43,7 @@ __all__ = [
     "run",
     "setup_eval",
     "setup_model",
+    "setup_task_eval",
     "setup_train_data",
 ]
 
@@ -137,6 +139,17 @@ class EvalContext:
     baseline: dict[str, float]
 
 
+def setup_task_eval(spec: ExperimentSpec, tok: Any) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Evaluation prompts in the training template and the spec's evaluators (trials and the base model's score)."""
+    from evaluators import GenerationSettings, build_evaluator
+
+    _, eval_rows = load_task_data(spec.data, spec.train.seed)
+    examples = [{**r, "prompt": render_prompt(tok, r["prompt"], spec.data.template)} for r in eval_rows]
+    ev = spec.evaluate
+    gen = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+    return examples, [build_evaluator(n, gen, ev.options.get(n)) for n in ev.evaluators]
+
+
 def setup_eval(spec: ExperimentSpec, tok: Any, baseline: float | dict[str, float]) -> EvalContext:
     """Evaluation prompts in the training template, the spec's evaluators, the probe and the base scores.
 
@@ -144,13 +157,7 @@ def setup_eval(spec: ExperimentSpec, tok: Any, baseline: float | dict[str, float
         baseline: the base model's cached probe loss, or a dict with ``probe_loss`` and, for each
             ``forgetting.mc`` benchmark, ``mc/<benchmark>``.
     """
-    from evaluators import GenerationSettings, build_evaluator
-
-    _, eval_rows = load_task_data(spec.data, spec.train.seed)
-    examples = [{**r, "prompt": render_prompt(tok, r["prompt"], spec.data.template)} for r in eval_rows]
-    ev = spec.evaluate
-    gen = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-    evaluators = [build_evaluator(n, gen, ev.options.get(n)) for n in ev.evaluators]
+    examples, evaluators = setup_task_eval(spec, tok)
     fg = spec.forgetting
     blocks = probe_blocks(tok, load_probe_texts(fg), fg.seq_len, fg.samples)
     base = dict(baseline) if isinstance(baseline, dict) else {"probe_loss": float(baseline)}
@@ -169,12 +176,7 @@ def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> 
     from evaluators import probe_loss
     from evaluators.mc import mc_accuracy
 
-    task: dict[str, float] = {}
-    for ev in ctx.evaluators:
-        task.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, ctx.examples).items()})
-    weights = spec.objective.weights
-    if weights:
-        task["task/weighted"] = sum(w * task.get(k, 0.0) for k, w in weights.items())
+    task = score_task(spec, model, tok, ctx.examples, ctx.evaluators)
     base = ctx.baseline
     probe = probe_loss(model, ctx.probe_blocks)
     delta = forget_delta(probe, base["probe_loss"])
@@ -199,7 +201,7 @@ def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> 
             f"evaluators {spec.evaluate.evaluators} (they report: {', '.join(sorted(task))})"
         )
     objective = penalized(metric, delta, spec.objective.penalty, spec.objective.direction)
-    return {**task, **forget, "objective": objective}
+    return {**task, **gain_metrics(task, base_for(spec, base)), **forget, "objective": objective}
 
 
 # ----------------------------------------------------------------------------------------------------- train

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gridrun.metrics import pareto_front, stop_reason
+from gridrun.report.gains import add_gains, base_rows, gain_lines, rank_key
 
 __all__ = ["format_summary", "importance", "load_summary", "summarize"]
 
@@ -76,9 +77,11 @@ def summarize(
                 "curve": _curve(r, metric),
             }
         )
-    rows.sort(key=lambda x: -x["objective"] if math.isfinite(x["objective"]) else math.inf)
+    min_gain = spec.objective.min_gain
+    add_gains(rows, metric, spec.objective.direction, min_gain)
+    rows.sort(key=lambda x: rank_key(x, min_gain))
     ok = [x for x in rows if x["status"] != "ERROR" and math.isfinite(x["objective"])]
-    best = max(ok, key=lambda x: x["objective"]) if ok else None
+    best = min(ok, key=lambda x: rank_key(x, min_gain)) if ok else None
     sign = 1 if spec.objective.direction == "max" else -1
     front = pareto_front([(sign * x["task"], x["forget_delta"]) for x in ok])
     return {
@@ -86,6 +89,8 @@ def summarize(
         "objective_metric": metric,
         "mode": spec.objective.mode,
         "penalty": spec.objective.penalty,
+        "direction": spec.objective.direction,
+        "min_gain": min_gain,
         "base_probe_loss": base_loss,
         "trials": rows,
         "best": best,
@@ -149,6 +154,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         "status",
         *keys,
         summary["objective_metric"],
+        "gain",
         "forget/delta",
         "objective",
         "best at",
@@ -161,6 +167,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             r["status"],
             *[_fmt(r["params"].get(k)) for k in keys],
             _fmt(r["task"]),
+            _fmt(r.get("gain", math.nan)),
             _fmt(r["forget_delta"]),
             _fmt(r["objective"]),
             _fmt(r["samples_seen"]),
@@ -168,6 +175,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             r["stop_reason"] + (f" (retried {r['retries']}x)" if r.get("retries") else ""),
         ]
         for r in rows
+    ]
+    body += [  # the base model, as a trial starts (untrained adapter): what every gain is measured from
+        ["base", "-", *[_fmt(b["params"].get(k)) if k in b["params"] else "" for k in keys], _fmt(b["task"]), *"------"]
+        for b in base_rows(rows)
     ]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
@@ -181,6 +192,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
         out.append("best config: " + json.dumps(best["params"], default=str))
         out.append(f"best adapter: {best['adapter']}")
+        out += gain_lines(summary, _fmt)
     else:
         out.append("no trial finished with a finite objective")
     if summary.get("pareto_front"):

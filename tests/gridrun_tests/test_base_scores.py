@@ -1,0 +1,117 @@
+"""The base model's task scores: one per eval arm, cached, matched to each trial; the summary's base row, gains,
+``objective.min_gain`` ranking and the words that say when tuning did not help."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from gridrun.base_scores import base_task_scores, baseline_entries, parent_base_metrics
+from gridrun.report import format_summary, summarize
+from gridrun.spec import load_spec, spec_from_dict
+from gridrun.spec.space import to_optuna
+from tests.conftest import ROOT, TINY
+from trainables.base_scores import arm_key, base_for, gain_metrics
+
+SQUAD = ROOT / "search_spaces" / "tiny" / "squad.yaml"
+
+
+def _squad(tmp_path: Path, *extra: str):
+    spec = load_spec(SQUAD, [*TINY, f"tracking.storage={tmp_path}/results", *extra])
+    searched, fixed = to_optuna(spec.search.space)
+    return spec, spec.with_params(fixed), searched
+
+
+def test_one_base_per_searched_eval_value_cached_and_matched_to_each_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRIDRUN_CACHE", str(tmp_path / "cache"))
+    _, trial_spec, searched = _squad(tmp_path)
+    calls: list[str] = []
+
+    def compute(s):  # stands in for the model: the score tells which prompt format it was given
+        calls.append(s.data.options["prompt_format"])
+        return {"task/f1": 0.25 if s.data.options["prompt_format"] == "batch" else 0.5}
+
+    arms = base_task_scores(trial_spec, searched, compute)
+    assert sorted(calls) == ["batch", "sequential"]  # lr and lora.r do not change the eval: 2 arms, not 8
+    assert [a.cached for a in arms] == [False, False]
+    again = base_task_scores(trial_spec, searched, compute)
+    assert len(calls) == 2 and [a.cached for a in again] == [True, True]  # 0 recomputations on a second launch
+    assert [a.scores for a in again] == [a.scores for a in arms]
+
+    baseline = {"probe_loss": 3.0, **baseline_entries(arms)}
+    for fmt, base in (("batch", 0.25), ("sequential", 0.5)):
+        # a trial's own spec (any lr and rank) finds the base of its own prompt format
+        trial = trial_spec.with_params({"data.options.prompt_format": fmt, "train.lr": 5e-3, "lora.r": 8})
+        assert base_for(trial, baseline) == {"task/f1": base}
+        assert gain_metrics({"task/f1": 0.75}, base_for(trial, baseline)) == {
+            "task/f1_base": base,
+            "task/f1_gain": 0.75 - base,
+        }
+    assert parent_base_metrics(arms) == {"task/f1_base/batch": 0.25, "task/f1_base/sequential": 0.5}
+
+    # another eval set is another arm: scored anew, not served from the cache
+    _, other, _ = _squad(tmp_path, "data.eval_size=5")
+    assert arm_key(other) != arm_key(trial_spec)
+    base_task_scores(other, searched, compute)
+    assert len(calls) == 4
+
+
+def _result(tid: str, task: float, base: float, objective: float, fmt: str) -> SimpleNamespace:
+    metrics = {
+        "trial_id": tid,
+        "progress": 1,
+        "task/f1": task,
+        "task/f1_base": base,
+        "task/em": task / 2,
+        "task/em_base": base / 2,
+        "forget/delta": 0.0,
+        "objective": objective,
+        "samples_seen": 8,
+    }
+    config = {"data.options.prompt_format": fmt, "train.lr": 1e-3}
+    return SimpleNamespace(metrics=metrics, path=f"/x/{tid}", error=None, config=config, checkpoint=None)
+
+
+def test_summary_has_a_base_row_per_arm_gains_and_says_when_no_trial_beat_base() -> None:
+    spec = spec_from_dict({"name": "t", "objective": {"metric": "task/f1"}})
+    grid = [_result("a", 0.2, 0.3, 0.2, "batch"), _result("b", 0.4, 0.5, 0.1, "sequential")]
+    s = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)
+    a = next(r for r in s["trials"] if r["trial_id"] == "a")
+    assert a["base"] == 0.3 and a["gain"] == pytest.approx(-0.1)
+    table = format_summary(s)
+    lines = table.splitlines()
+    base_lines = [ln for ln in lines if ln.startswith("base ")]
+    assert len(base_lines) == 2 and any("batch" in ln and "0.3" in ln for ln in base_lines)
+    assert any("sequential" in ln and "0.5" in ln for ln in base_lines)
+    assert "NO trial beat the base model on task/f1" in table
+    assert "best trial vs base: task/em 0.1 (base 0.15, gain -0.05), task/f1 0.2 (base 0.3, gain -0.1)" in table
+
+
+def test_best_by_objective_below_base_is_said_and_min_gain_ranks_beaters_first() -> None:
+    grid = [_result("a", 0.2, 0.3, 0.9, "batch"), _result("b", 0.6, 0.5, 0.5, "sequential")]
+    spec = spec_from_dict({"name": "t", "objective": {"metric": "task/f1"}})
+    s = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)
+    assert s["best"]["trial_id"] == "a"  # the higher objective wins without min_gain...
+    assert "the best trial by objective scores BELOW the base model on task/f1: 0.2 vs base 0.3" in format_summary(s)
+
+    spec = spec_from_dict({"name": "t", "objective": {"metric": "task/f1", "min_gain": 0.05}})
+    s = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)
+    assert s["best"]["trial_id"] == "b"  # ...but only b beats its base by 0.05
+    assert [r["trial_id"] for r in s["trials"]] == ["b", "a"]
+    assert "BELOW" not in format_summary(s)
+
+    spec = spec_from_dict({"name": "t", "objective": {"metric": "task/f1", "min_gain": 0.2}})
+    s = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)
+    assert s["best"]["trial_id"] == "a"  # nobody meets it: the objective decides among them
+    assert "no trial beat the base model by objective.min_gain 0.2 on task/f1" in format_summary(s)
+
+
+def test_min_gain_must_not_be_negative() -> None:
+    from gridrun.errors import GridrunError
+
+    with pytest.raises(GridrunError, match="min_gain"):
+        spec_from_dict({"name": "t", "objective": {"min_gain": -1}})

@@ -1,0 +1,98 @@
+"""The base model's task scores, trial side: which eval a spec runs (its *arm*), scoring it, and the
+``task/<metric>_base`` / ``task/<metric>_gain`` metrics a trial reports next to its own scores.
+
+The driver scores the base model once per arm before the trials start (``gridrun.base_scores``) and hands the
+scores to every trial inside its baseline dict, as ``task_base/<arm>/<metric>`` entries; each trial finds its
+own arm from its own spec. Pure functions except ``score_task`` (runs the evaluators on a model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from gridrun.spec import ExperimentSpec
+
+__all__ = [
+    "BASE_PREFIX",
+    "arm_key",
+    "base_entries",
+    "base_for",
+    "eval_paths",
+    "gain_metrics",
+    "score_task",
+    "timing_metrics",
+]
+
+#: Prefix of the base scores inside a trial's baseline dict: ``task_base/<arm>/<task metric>``.
+BASE_PREFIX = "task_base/"
+
+#: Dotted paths that never change what the eval measures on the base model: which training rows a trial sees.
+_TRAIN_ONLY = ("data.sample_ratio",)
+
+
+def _eval_parts(spec: ExperimentSpec) -> dict[str, Any]:
+    """Everything in a spec that can change the base model's task scores. LoRA settings are left out: a fresh
+    adapter has B = 0, so it computes the prepared base model's function whatever its rank or targets."""
+    d = spec.model_dump(mode="json")
+    data = {k: v for k, v in d["data"].items() if f"data.{k}" not in _TRAIN_ONLY}
+    return {
+        "model": d["model"],
+        "data": data,
+        "evaluate": d["evaluate"],
+        "seed": d["train"]["seed"],  # the eval rows of a builtin task are drawn from it
+        "weights": d["objective"]["weights"],
+    }
+
+
+def eval_paths(searched: list[str]) -> list[str]:
+    """The searched dotted paths that can change the eval (so the base model gets one score per value)."""
+    heads = ("model.", "data.", "evaluate.", "objective.weights")
+    return [p for p in searched if (p.startswith(heads) or p == "train.seed") and p not in _TRAIN_ONLY]
+
+
+def arm_key(spec: ExperimentSpec) -> str:
+    """A short hash of what the base model's task scores depend on in ``spec`` (same eval → same key)."""
+    return hashlib.sha256(json.dumps(_eval_parts(spec), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def base_entries(arm: str, scores: dict[str, float]) -> dict[str, float]:
+    """``scores`` (``task/<metric>`` → value) as baseline-dict entries for arm ``arm``."""
+    return {f"{BASE_PREFIX}{arm}/{k}": float(v) for k, v in scores.items()}
+
+
+def base_for(spec: ExperimentSpec, baseline: dict[str, float]) -> dict[str, float]:
+    """The base model's ``task/<metric>`` scores for the eval ``spec`` runs, from a baseline dict (empty when
+    the driver passed none for it, e.g. a continuous searched value that changes the eval)."""
+    prefix = f"{BASE_PREFIX}{arm_key(spec)}/"
+    return {k[len(prefix) :]: v for k, v in baseline.items() if k.startswith(prefix)}
+
+
+def gain_metrics(task: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """``task/<m>_base`` and ``task/<m>_gain`` (trial − base) for each task metric the base was scored on."""
+    out: dict[str, float] = {}
+    for k, v in task.items():
+        if k in base:
+            out[f"{k}_base"] = base[k]
+            out[f"{k}_gain"] = v - base[k]
+    return out
+
+
+def timing_metrics(evaluators: list[Any]) -> set[str]:
+    """The ``task/*`` names that measure time (latency), which no two runs reproduce exactly."""
+    return {f"task/{m}" for ev in evaluators for m in getattr(ev, "timing_metrics", ())}
+
+
+def score_task(
+    spec: ExperimentSpec, model: Any, tok: Any, examples: list[dict[str, Any]], evaluators: list[Any]
+) -> dict[str, float]:
+    """``task/*`` scores of ``model`` by each evaluator (plus ``task/weighted`` when objective weights are set):
+    the one scoring both a trial's eval round and the base model's score run."""
+    task: dict[str, float] = {}
+    for ev in evaluators:
+        task.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, examples).items()})
+    weights = spec.objective.weights
+    if weights:
+        task["task/weighted"] = sum(w * task.get(k, 0.0) for k, w in weights.items())
+    return task
