@@ -77,6 +77,7 @@ def fit_and_report(
     resume); its parent run is closed KILLED, and ``gridrun resume`` reopens it.
     """
     from gridrun.report import format_summary, importance, summarize, write_report
+    from gridrun.report.study import study_tables, write_study
     from gridrun.tracking import close_parent
 
     parent = meta["mlflow"]["parent_run_id"]
@@ -103,6 +104,7 @@ def fit_and_report(
     )
     summary["importance"] = importance(summary, spec.search.space)
     summary["report_dir"] = str(exp_dir / "report")
+    summary["study"] = study_tables(summary, spec.search.space)
     if tracker._resumed:
         summary["resumed"] = True
     if unfinished:
@@ -110,7 +112,7 @@ def fit_and_report(
     if tracker.pending():
         summary["mlflow"]["pending"] = f"{tracker.pending()} writes; gridrun sync {exp_dir}"
     _write_summary(exp_dir, summary)
-    plots = write_report(summary, exp_dir / "report")
+    plots = write_report(summary, exp_dir / "report") + write_study(summary, exp_dir / "report")
     if unfinished:
         close_parent(spec.tracking.uri, parent, "KILLED")
     elif not tracker.pending():

@@ -209,6 +209,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         out.append(f"interrupted: {len(left['unfinished'])} trials did not finish; continue with: {left['resume']}")
     if (summary.get("mlflow") or {}).get("pending"):
         out.append(f"MLflow missed some writes (server away): {summary['mlflow']['pending']}")
+    if summary.get("study"):  # base model vs tuned adapter, the study's own tables (gridrun.report.study)
+        out += ["", summary["study"], ""]
     if summary.get("report_dir"):
         out.append(f"plots: {summary['report_dir']}")
     ml = summary.get("mlflow") or {}

@@ -115,3 +115,28 @@ def test_min_gain_must_not_be_negative() -> None:
 
     with pytest.raises(GridrunError, match="min_gain"):
         spec_from_dict({"name": "t", "objective": {"min_gain": -1}})
+
+
+def test_study_tables_per_arm_and_per_metric_and_written_to_report(tmp_path: Path) -> None:
+    from gridrun.report.study import study_tables, write_study
+
+    spec, _, _ = _squad(tmp_path)
+    grid = [
+        _result("a", 0.2, 0.3, 0.9, "batch"),
+        _result("b", 0.6, 0.5, 0.5, "sequential"),
+        _result("c", 0.1, 0.5, 0.05, "sequential"),
+    ]
+    s = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)
+    s["study"] = text = study_tables(s, spec.search.space)
+    lines = text.splitlines()
+    # per prompt format: its base and its best trial (b, not c, for sequential), every metric
+    assert "| metric | batch: base | batch: best (a) | sequential: base | sequential: best (b) |" in lines
+    assert "| task/f1 | 0.3 | 0.2 | 0.5 | 0.6 |" in lines
+    assert "| task/em | 0.15 | 0.1 | 0.25 | 0.3 |" in lines
+    # the best trial against its base, one row per metric
+    assert "### Best trial a vs base model, every task metric" in lines
+    assert "| task/f1 | 0.3 | 0.2 | -0.1 |" in lines
+    assert text in format_summary(s)  # printed by launch and `gridrun report`
+    paths = write_study(s, tmp_path / "report")
+    assert [p.name for p in paths] == ["study.md", "study.png"]
+    assert paths[0].read_text() == text + "\n" and paths[1].stat().st_size > 0
