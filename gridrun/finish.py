@@ -100,6 +100,7 @@ def fit_and_report(
             "experiment_dir": str(exp_dir),
             "mlflow": dict(meta["mlflow"]),
             "wall_s": round(time.time() - t0, 1),
+            "base_scores": meta.get("base_scores", []),  # the base model's task scores, one per eval arm
         }
     )
     summary["importance"] = importance(summary, spec.search.space)

@@ -284,6 +284,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             "trial_spec": trial_spec.trial_dict(),
             "base_probe_loss": base_loss,
             "baseline": baseline,
+            "base_scores": [{"values": a.values, "scores": a.scores} for a in arms],
             "searched": sorted(searched),
             "experiment": exp_name,
             "mlflow": {"uri": spec.tracking.uri, "experiment_id": exp_id, "parent_run_id": parent},

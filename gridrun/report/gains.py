@@ -38,8 +38,14 @@ def rank_key(row: dict[str, Any], min_gain: float | None) -> tuple[int, float]:
     return tier, -obj if math.isfinite(obj) else math.inf
 
 
-def base_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One ``base`` row per eval arm (the searched values that change the eval), with its base score."""
+def base_rows(
+    rows: list[dict[str, Any]], arms: list[dict[str, Any]] | None = None, metric: str = ""
+) -> list[dict[str, Any]]:
+    """One ``base`` row per eval arm (the searched values that change the eval), with its base score on
+    ``metric``: from ``arms`` (the launch's ``base_scores``: values and scores) when given, so an arm no trial
+    ran still shows its base, else from the trials' reported ``<metric>_base``."""
+    if arms:
+        return [{"params": a["values"], "task": _num(a["scores"].get(metric))} for a in arms]
     keys = sorted({k for r in rows for k in r["params"]})
     arm_paths = eval_paths(keys)
     seen: dict[tuple[str, ...], dict[str, Any]] = {}

@@ -47,17 +47,24 @@ def _table(head: list[str], body: list[list[str]]) -> list[str]:
     ]
 
 
-def _arm_table(rows: list[dict[str, Any]], paths: list[str], choices: list[tuple[Any, ...]]) -> list[str]:
+def _arm_table(
+    rows: list[dict[str, Any]], paths: list[str], choices: list[tuple[Any, ...]], arms: list[dict[str, Any]]
+) -> list[str]:
     label = ", ".join(p.rsplit(".", 1)[-1] for p in paths)
     head, cols = ["metric"], []
     for values in choices:
-        arm = [r for r in rows if tuple(r["params"].get(p) for p in paths) == values]
+        trials = [r for r in rows if tuple(r["params"].get(p) for p in paths) == values]
+        base = next((a["scores"] for a in arms if tuple(a["values"].get(p) for p in paths) == values), None)
+        best = trials[0]["metrics"] if trials else {}
+        if base is None:  # a summary without the launch's base scores: the trials reported theirs
+            base = {k.removesuffix("_base"): v for k, v in best.items() if k.endswith("_base")}
         name = "/".join(str(v) for v in values)
-        head += [f"{name}: base", f"{name}: best" + (f" ({arm[0]['trial_id']})" if arm else "")]
-        cols.append(arm[0]["metrics"] if arm else {})
+        head += [f"{name}: base", f"{name}: best" + (f" ({trials[0]['trial_id']})" if trials else " (no trial)")]
+        cols.append((base, best))
+    names = sorted(set(_task_metrics(rows)) | {k for a in arms for k in a["scores"]})
     body = [
-        [m, *[x for c in cols for x in (_fmt(c.get(f"{m}_base", math.nan)), _fmt(c.get(m, math.nan)))]]
-        for m in _task_metrics(rows)
+        [m, *[x for base, best in cols for x in (_fmt(base.get(m, math.nan)), _fmt(best.get(m, math.nan)))]]
+        for m in names
     ]
     return [f"### Per {label}: base model vs best trial", "", *_table(head, body), ""]
 
@@ -73,7 +80,7 @@ def study_tables(summary: dict[str, Any], space: dict[str, Any]) -> str:
         import itertools
 
         choices = list(itertools.product(*(space[p].choices for p in cats)))
-        out += _arm_table(rows, cats, choices)
+        out += _arm_table(rows, cats, choices, summary.get("base_scores") or [])
     best = rows[0]
     m = best["metrics"]
     body = [

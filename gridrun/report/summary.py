@@ -178,7 +178,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     body += [  # the base model, as a trial starts (untrained adapter): what every gain is measured from
         ["base", "-", *[_fmt(b["params"].get(k)) if k in b["params"] else "" for k in keys], _fmt(b["task"]), *"------"]
-        for b in base_rows(rows)
+        for b in base_rows(rows, summary.get("base_scores"), summary["objective_metric"])
     ]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731

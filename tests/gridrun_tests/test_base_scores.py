@@ -140,3 +140,19 @@ def test_study_tables_per_arm_and_per_metric_and_written_to_report(tmp_path: Pat
     paths = write_study(s, tmp_path / "report")
     assert [p.name for p in paths] == ["study.md", "study.png"]
     assert paths[0].read_text() == text + "\n" and paths[1].stat().st_size > 0
+
+
+def test_an_arm_no_trial_ran_still_shows_its_base() -> None:
+    from gridrun.report.study import study_tables
+
+    spec, _, _ = _squad(Path("/nonexistent"))
+    s = summarize(spec, [_result("a", 0.2, 0.3, 0.9, "batch")], {}, {}, 1.0, lambda tid: None)
+    s["base_scores"] = [  # what launch records: every arm's base scores
+        {"values": {"data.options.prompt_format": "batch"}, "scores": {"task/f1": 0.3, "task/em": 0.15}},
+        {"values": {"data.options.prompt_format": "sequential"}, "scores": {"task/f1": 0.5, "task/em": 0.25}},
+    ]
+    s["study"] = study_tables(s, spec.search.space)
+    assert "| task/f1 | 0.3 | 0.2 | 0.5 | - |" in s["study"].splitlines()
+    assert "sequential: best (no trial)" in s["study"]
+    base_lines = [ln.split() for ln in format_summary(s).splitlines() if ln.startswith("base ")]
+    assert [(b[2], b[3]) for b in base_lines] == [("batch", "0.3"), ("sequential", "0.5")]
