@@ -20,6 +20,7 @@ __all__ = [
     "base_entries",
     "base_for",
     "eval_paths",
+    "example_scores",
     "gain_metrics",
     "score_task",
     "timing_metrics",
@@ -82,6 +83,22 @@ def gain_metrics(task: dict[str, float], base: dict[str, float]) -> dict[str, fl
 def timing_metrics(evaluators: list[Any]) -> set[str]:
     """The ``task/*`` names that measure time (latency), which no two runs reproduce exactly."""
     return {f"task/{m}" for ev in evaluators for m in getattr(ev, "timing_metrics", ())}
+
+
+def example_scores(
+    evaluators: list[Any], completions: list[str], examples: list[dict[str, Any]]
+) -> list[dict[str, float]]:
+    """Each completion's own score (``gridrun compare``): every evaluator that scores text (``score``) run on that
+    one example, its declared metrics only; loss-based evaluators (answer_loss) score no completion."""
+    out = []
+    for text, ex in zip(completions, examples, strict=True):
+        scores: dict[str, float] = {}
+        for ev in evaluators:
+            if hasattr(ev, "score"):
+                got = ev.score([text], [ex])
+                scores.update({k: float(v) for k, v in got.items() if k in ev.metrics})
+        out.append(scores)
+    return out
 
 
 def score_task(

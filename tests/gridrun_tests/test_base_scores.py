@@ -156,3 +156,19 @@ def test_an_arm_no_trial_ran_still_shows_its_base() -> None:
     assert "sequential: best (no trial)" in s["study"]
     base_lines = [ln.split() for ln in format_summary(s).splitlines() if ln.startswith("base ")]
     assert [(b[2], b[3]) for b in base_lines] == [("batch", "0.3"), ("sequential", "0.5")]
+
+
+def test_each_completion_is_scored_alone_and_the_scores_average_to_the_evaluators() -> None:
+    from evaluators import GenerationSettings, build_evaluator
+    from trainables.base_scores import example_scores
+
+    squad = build_evaluator("squad", GenerationSettings())
+    examples = [{"prompt": "q1", "answer": "the Eiffel Tower"}, {"prompt": "q2", "answer": "1889"}]
+    completions = ["Eiffel Tower", "1889 or so"]
+    per = example_scores([squad], completions, examples)
+    assert (per[0]["em"], per[1]["em"]) == (1.0, 0.0)  # SQuAD normalization drops "the"
+    assert per[1]["f1"] == pytest.approx(0.5)  # 1 of 3 predicted tokens, 1 of 1 gold: 2 * (1/3) / (4/3)
+    whole = squad.score(completions, examples)
+    for k in ("em", "f1", "lenient"):
+        assert sum(p[k] for p in per) / len(per) == pytest.approx(whole[k])
+    assert example_scores([build_evaluator("answer_loss", GenerationSettings())], completions, examples) == [{}, {}]
