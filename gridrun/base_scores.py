@@ -54,16 +54,25 @@ class Arm:
 
 def eval_arms(trial_spec: ExperimentSpec, searched: dict[str, Any]) -> list[tuple[dict[str, Any], ExperimentSpec]]:
     """``(values, spec)`` for every combination of the searched categoricals that change the eval; one arm of
-    no values when none does. A continuous searched value that changes the eval gets no base (warned)."""
-    paths = eval_paths(sorted(searched))
-    cats = [p for p in paths if hasattr(searched[p], "choices")]
-    for p in sorted(set(paths) - set(cats)):
-        log.warning("%s is searched over a range and changes the eval: its trials get no base task score", p)
-    arms = []
+    no values when none does. Whether a value changes the eval is tried, not guessed: its choices (or a range's
+    ends) give different ``arm_key`` s. A range that changes the eval gets no base (warned)."""
+    here = arm_key(trial_spec)
+    cats = []
+    for p in eval_paths(sorted(searched)):
+        d = searched[p]
+        tries = list(d.choices) if hasattr(d, "choices") else [d.low, d.high]
+        if all(arm_key(trial_spec.with_params({p: v})) == here for v in tries):
+            continue  # e.g. a data option that shapes only the training rows
+        if hasattr(d, "choices"):
+            cats.append(p)
+        else:
+            log.warning("%s is searched over a range and changes the eval: its trials get no base task score", p)
+    arms: dict[str, tuple[dict[str, Any], ExperimentSpec]] = {}
     for combo in itertools.product(*(list(searched[p].choices) for p in cats)):
         values = dict(zip(cats, combo, strict=True))
-        arms.append((values, trial_spec.with_params(values) if values else trial_spec))
-    return arms
+        spec = trial_spec.with_params(values) if values else trial_spec
+        arms.setdefault(arm_key(spec), (values, spec))
+    return list(arms.values())
 
 
 def base_cache_key(spec: ExperimentSpec) -> str:

@@ -8,6 +8,7 @@ own arm from its own spec. Pure functions except ``score_task`` (runs the evalua
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -33,29 +34,36 @@ BASE_PREFIX = "task_base/"
 _TRAIN_ONLY = ("data.sample_ratio",)
 
 
-def _eval_parts(spec: ExperimentSpec) -> dict[str, Any]:
-    """Everything in a spec that can change the base model's task scores. LoRA settings are left out: a fresh
-    adapter has B = 0, so it computes the prepared base model's function whatever its rank or targets."""
-    d = spec.model_dump(mode="json")
-    data = {k: v for k, v in d["data"].items() if f"data.{k}" not in _TRAIN_ONLY}
-    return {
-        "model": d["model"],
-        "data": data,
-        "evaluate": d["evaluate"],
-        "seed": d["train"]["seed"],  # the eval rows of a builtin task are drawn from it
-        "weights": d["objective"]["weights"],
-    }
-
-
 def eval_paths(searched: list[str]) -> list[str]:
-    """The searched dotted paths that can change the eval (so the base model gets one score per value)."""
+    """The searched dotted paths that may change the eval (``arm_key`` tells whether a value really does)."""
     heads = ("model.", "data.", "evaluate.", "objective.weights")
     return [p for p in searched if (p.startswith(heads) or p == "train.seed") and p not in _TRAIN_ONLY]
 
 
+@functools.lru_cache(maxsize=64)
+def _arm_key(spec_json: str) -> str:
+    from trainables.data import load_task_data
+
+    spec = ExperimentSpec.model_validate_json(spec_json)
+    _, rows = load_task_data(spec.data, spec.train.seed)
+    d = spec.model_dump(mode="json")
+    parts = {
+        "model": d["model"],
+        "template": d["data"]["template"],
+        "rows": hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest(),
+        "evaluate": d["evaluate"],
+        "weights": d["objective"]["weights"],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def arm_key(spec: ExperimentSpec) -> str:
-    """A short hash of what the base model's task scores depend on in ``spec`` (same eval → same key)."""
-    return hashlib.sha256(json.dumps(_eval_parts(spec), sort_keys=True).encode()).hexdigest()[:12]
+    """A short hash of what the base model's task scores depend on: the model, the eval rows' content (so a
+    data option that shapes only the training rows, such as a hard-negative rate, changes nothing), the
+    template, the evaluator and generation settings. LoRA settings are left out: a fresh adapter has B = 0, so
+    it computes the prepared base model's function whatever its rank or targets. Memoized: every eval round
+    asks."""
+    return _arm_key(spec.model_dump_json())
 
 
 def base_entries(arm: str, scores: dict[str, float]) -> dict[str, float]:

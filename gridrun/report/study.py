@@ -75,7 +75,10 @@ def study_tables(summary: dict[str, Any], space: dict[str, Any]) -> str:
     if not rows:
         return ""
     out = [f"## {summary['name']}: did tuning help?", ""]
-    cats = [p for p in eval_paths(sorted(space)) if hasattr(space[p], "choices")]
+    arms = summary.get("base_scores") or []
+    cats = sorted({p for a in arms for p in a["values"]}) if arms else []
+    if not arms:  # a summary without the launch's arms: the searched categoricals that may change the eval
+        cats = [p for p in eval_paths(sorted(space)) if hasattr(space[p], "choices")]
     if cats:
         import itertools
 
