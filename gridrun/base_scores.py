@@ -55,7 +55,8 @@ class Arm:
 def eval_arms(trial_spec: ExperimentSpec, searched: dict[str, Any]) -> list[tuple[dict[str, Any], ExperimentSpec]]:
     """``(values, spec)`` for every combination of the searched categoricals that change the eval; one arm of
     no values when none does. Whether a value changes the eval is tried, not guessed: its choices (or a range's
-    ends) give different ``arm_key`` s. A range that changes the eval gets no base (warned)."""
+    ends) give different ``arm_key`` s. With a range that changes the eval, no arm: every trial then scores its
+    own base before its first step (``trainables.base_scores.step0_base``)."""
     here = arm_key(trial_spec)
     cats = []
     for p in eval_paths(sorted(searched)):
@@ -63,10 +64,10 @@ def eval_arms(trial_spec: ExperimentSpec, searched: dict[str, Any]) -> list[tupl
         tries = list(d.choices) if hasattr(d, "choices") else [d.low, d.high]
         if all(arm_key(trial_spec.with_params({p: v})) == here for v in tries):
             continue  # e.g. a data option that shapes only the training rows
-        if hasattr(d, "choices"):
-            cats.append(p)
-        else:
-            log.warning("%s is searched over a range and changes the eval: its trials get no base task score", p)
+        if not hasattr(d, "choices"):
+            log.warning("%s is searched over a range and changes the eval rows: each trial scores its base", p)
+            return []  # trials score their own base at step 0 (trainables.base_scores.step0_base)
+        cats.append(p)
     arms: dict[str, tuple[dict[str, Any], ExperimentSpec]] = {}
     for combo in itertools.product(*(list(searched[p].choices) for p in cats)):
         values = dict(zip(cats, combo, strict=True))
@@ -151,4 +152,5 @@ def log_parent_base(uri: str, parent_run_id: str, arms: list[Arm]) -> None:
 
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in parent_base_metrics(arms).items()]
-    MlflowClient(uri).log_batch(parent_run_id, metrics=metrics)
+    if metrics:
+        MlflowClient(uri).log_batch(parent_run_id, metrics=metrics)

@@ -24,6 +24,7 @@ __all__ = [
     "example_scores",
     "gain_metrics",
     "score_task",
+    "step0_base",
     "timing_metrics",
 ]
 
@@ -91,6 +92,16 @@ def gain_metrics(task: dict[str, float], base: dict[str, float]) -> dict[str, fl
 def timing_metrics(evaluators: list[Any]) -> set[str]:
     """The ``task/*`` names that measure time (latency), which no two runs reproduce exactly."""
     return {f"task/{m}" for ev in evaluators for m in getattr(ev, "timing_metrics", ())}
+
+
+def step0_base(spec: ExperimentSpec, model: Any, tok: Any, ctx: Any) -> dict[str, float]:
+    """Baseline-dict entries of the base scores for a trial whose eval the driver could not score beforehand (a
+    searched range that changes the eval rows): scored here on the model as the trial starts (fresh adapter,
+    B = 0), so call it before any step or restore; empty when the driver passed them (``ctx``: the trial's
+    ``EvalContext``)."""
+    if base_for(spec, ctx.baseline):
+        return {}
+    return base_entries(arm_key(spec), score_task(spec, model, tok, ctx.examples, ctx.evaluators))
 
 
 def example_scores(

@@ -27,7 +27,7 @@ from gridrun.errors import GridrunError
 from gridrun.metrics import forget_delta, penalized
 from gridrun.spec import ExperimentSpec
 from trainables import state
-from trainables.base_scores import base_for, gain_metrics, score_task
+from trainables.base_scores import base_for, gain_metrics, score_task, step0_base
 from trainables.data import collate, encode_example, load_task_data, render_prompt, subsample
 from trainables.general import McSet, load_mc_sets, load_probe_texts, probe_blocks
 from trainables.model import add_lora, cap_gpu_memory, load_base, pick_device, quiet_hf
@@ -235,6 +235,7 @@ def run(
     model.train()
     encoded, n_total = setup_train_data(spec, tok)
     ctx = setup_eval(spec, tok, baseline)
+    ctx.baseline.update(step0_base(spec, model, tok, ctx))  # before a restore: scores the untrained adapter
     mem_estimate = _mem_estimate(spec, model.config.to_dict())
 
     n_train = len(encoded)
@@ -372,4 +373,7 @@ def evaluate_adapter(
     base, tok = load_base(spec.model, pick_device(spec.resources.gpu))
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
-    return eval_round(spec, model, tok, setup_eval(spec, tok, baseline))
+    ctx = setup_eval(spec, tok, baseline)
+    with model.disable_adapter():  # the base scores, as a trial without a driver-side base scored them at step 0
+        ctx.baseline.update(step0_base(spec, model, tok, ctx))
+    return eval_round(spec, model, tok, ctx)

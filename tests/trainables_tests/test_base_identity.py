@@ -10,7 +10,7 @@ import pytest
 from gridrun.base_scores import compute_base_scores
 from gridrun.spec import load_spec
 from tests.conftest import ROOT, TINY
-from trainables.base_scores import arm_key, base_entries, timing_metrics
+from trainables.base_scores import arm_key, base_entries, step0_base, timing_metrics
 from trainables.qlora_sft import eval_round, setup_eval, setup_model
 
 STUDIES = {  # one tiny study per evaluator
@@ -43,3 +43,15 @@ def test_an_untrained_adapter_scores_exactly_its_base(evaluator: str, tmp_path: 
         assert scores[f"{k}_base"] == base[k]
         if k not in timing:
             assert scores[f"{k}_gain"] == 0.0
+
+
+def test_a_trial_without_a_driver_base_scores_its_own_at_step_0(tiny_model_path: Path) -> None:
+    spec = load_spec(ROOT / "search_spaces" / "tiny" / "json_format.yaml", [*TINY, "data.eval_size=4"])
+    model, tok, _ = setup_model(spec)
+    ctx = setup_eval(spec, tok, {"probe_loss": 1.0})  # no task_base entries: a searched range changed the eval
+    entries = step0_base(spec, model, tok, ctx)
+    assert entries == base_entries(arm_key(spec), compute_base_scores(spec))
+    ctx.baseline.update(entries)
+    assert step0_base(spec, model, tok, ctx) == {}  # passed (or scored) once: never again
+    scores = eval_round(spec, model, tok, ctx)
+    assert scores["task/format_success_gain"] == 0.0
