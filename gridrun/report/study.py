@@ -96,7 +96,7 @@ def study_tables(summary: dict[str, Any], space: dict[str, Any]) -> str:
 
 
 def write_study(summary: dict[str, Any], out_dir: Path) -> list[Path]:
-    """``study.md`` (the tables) and ``study.png`` (base vs best on the metrics in [0, 1]) in ``out_dir``."""
+    """``study.md`` (the tables) and ``study.png`` (base vs best on the rates: metrics in [0, 1], not times)."""
     text = summary.get("study") or ""
     rows = [r for r in _finished(summary) if any(k.endswith("_base") for k in r.get("metrics") or {})]
     if not text or not rows:
@@ -105,7 +105,11 @@ def write_study(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     md = out_dir / _MD
     md.write_text(text + "\n")
     m = rows[0]["metrics"]
-    rates = [k for k in _task_metrics(rows[:1]) if f"{k}_base" in m and all(0 <= m[x] <= 1 for x in (k, f"{k}_base"))]
+    rates = [  # rates and shares; a time in seconds (squad's latency_s) may fall in [0, 1] too but is no rate
+        k
+        for k in _task_metrics(rows[:1])
+        if f"{k}_base" in m and not k.endswith("_s") and all(0 <= m[x] <= 1 for x in (k, f"{k}_base"))
+    ]
     if not rates:
         return [md]
     import matplotlib
