@@ -176,8 +176,9 @@ def sync(experiment_dir: str | Path) -> dict[str, Any]:
         status = mlflow_client(spec.tracking.uri).get_run(parent).info.status
         if not summary.get("interrupted") and status != "FINISHED":
             summary["mlflow"].pop("pending", None)
+            files = sorted((exp_dir / "report").glob("*.png")) + sorted((exp_dir / "report").glob("*.md"))
             try:
-                _finish_in_mlflow(spec, meta, summary, exp_dir, sorted((exp_dir / "report").glob("*.png")))
+                _finish_in_mlflow(spec, meta, summary, exp_dir, files)
             except Exception as e:
                 raise GridrunError(f"MLflow at {spec.tracking.uri}: could not close the experiment ({e})") from None
             closed = True
