@@ -139,11 +139,18 @@ def active_measures(spec: ExperimentSpec) -> list[Measure]:
     return [cls(spec) for cls in MEASURES.values() if cls.enabled(spec)]
 
 
+#: where :meth:`Baselines.to_json` keeps the base model's task scores (no measure has this name)
+TASK_KEY = "task_base"
+
+
 @dataclass
 class Baselines:
     """The base model's value for each measure that has one: measure name → that measure's ``Base`` instance."""
 
     values: dict[str, Any] = field(default_factory=dict)
+    #: the base model's task scores, ``task_base/<eval arm>/<task metric>`` → value (``trainables.base_scores``):
+    #: not forgetting, but computed and passed to trials the same way, so resume restores both from one record
+    task: dict[str, float] = field(default_factory=dict)
 
     def of(self, measure: str) -> Any:
         """The base value of ``measure`` (one line if it was not computed)."""
@@ -152,13 +159,19 @@ class Baselines:
         return self.values[measure]
 
     def to_json(self) -> dict[str, dict[str, Any]]:
-        return {name: asdict(v) for name, v in self.values.items()}
+        out = {name: asdict(v) for name, v in self.values.items()}
+        if self.task:
+            out[TASK_KEY] = dict(self.task)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, dict[str, Any]]) -> Baselines:
         """Inverse of :meth:`to_json`; an unknown measure or field is one line."""
         out = {}
+        task = {k: float(v) for k, v in data.get(TASK_KEY, {}).items()}
         for name, fields in data.items():
+            if name == TASK_KEY:
+                continue
             base = MEASURES[name].Base if name in MEASURES else None
             if base is None:
                 raise GridrunError(f"forgetting: a recorded base value names measure '{name}', which has none")
@@ -166,7 +179,7 @@ class Baselines:
                 out[name] = base(**fields)
             except TypeError as e:
                 raise GridrunError(f"forgetting: the recorded base value of '{name}' does not read ({e})") from None
-        return cls(out)
+        return cls(out, task)
 
     def describe(self) -> str:
         """One line for the console: every base number."""

@@ -15,13 +15,15 @@ __all__ = ["compare", "format_comparison"]
 
 
 def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) -> list[dict[str, Any]]:
-    """``[{prompt, reference, base, adapter}]`` for the first ``n`` evaluation prompts of the experiment."""
+    """``[{prompt, reference, base, adapter, base_score, adapter_score}]`` for the first ``n`` evaluation prompts
+    of the experiment (each completion scored alone by the experiment's evaluators)."""
     from trainables.model import load_base, pick_device, quiet_hf
 
     quiet_hf()  # before peft imports bitsandbytes, which warns about optional CPU kernels on import
     from peft import PeftModel
 
-    from evaluators import GenerationSettings, generate
+    from evaluators import GenerationSettings, build_evaluator, generate
+    from trainables.base_scores import example_scores
     from trainables.data import load_task_data, render_prompt
 
     if n < 1:
@@ -41,10 +43,18 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     with store.local_dir(checkpoint_dir(row)) as ckpt:  # on an object store: downloaded, then removed
         model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))
     after = generate(model, tok, prompts, settings)
+    evaluators = [build_evaluator(name, settings, ev.options.get(name)) for name in ev.evaluators]
+    examples = [{**r, "prompt": p} for r, p in zip(rows, prompts, strict=True)]
+    scored = zip(example_scores(evaluators, before, examples), example_scores(evaluators, after, examples), strict=True)
     return [
         {"prompt": p, "reference": str(r["answer"]), "base": b, "adapter": a, "trial": row["trial_id"]}
-        for p, r, b, a in zip(prompts, rows, before, after, strict=True)
+        | {"base_score": sb, "adapter_score": sa}
+        for p, r, b, a, (sb, sa) in zip(prompts, rows, before, after, scored, strict=True)
     ]
+
+
+def _score(scores: dict[str, float] | None) -> str:
+    return "  [" + ", ".join(f"{k} {v:.3g}" for k, v in scores.items()) + "]" if scores else ""
 
 
 def format_comparison(pairs: list[dict[str, Any]], width: int = 60) -> str:
@@ -53,7 +63,7 @@ def format_comparison(pairs: list[dict[str, Any]], width: int = 60) -> str:
         out.append(f"=== {i}/{len(pairs)} " + "=" * 40)
         out.append(p["prompt"].rstrip()[-400:])
         out.append(f"--- reference\n{p['reference']}")
-        out.append(f"--- base model\n{p['base']}")
-        out.append(f"--- adapter (trial {p['trial']})\n{p['adapter']}")
+        out.append(f"--- base model{_score(p.get('base_score'))}\n{p['base']}")
+        out.append(f"--- adapter (trial {p['trial']}){_score(p.get('adapter_score'))}\n{p['adapter']}")
         out.append("same" if p["base"] == p["adapter"] else "changed")
     return "\n".join(out)

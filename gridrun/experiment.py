@@ -40,6 +40,8 @@ class ExperimentMeta:
     searched: list[str] = field(default_factory=list)
     #: ``{budget_s, spent_s}`` of ``search.time_budget`` once a session has ended (resume gets the remainder)
     time_budget: dict[str, float] = field(default_factory=dict)
+    #: the base model's task scores, one entry per eval arm: ``{"values": searched values, "scores": task/* → v}``
+    base_scores: list[dict[str, Any]] = field(default_factory=list)
 
     def experiment_spec(self) -> ExperimentSpec:
         """The experiment's spec (search space included)."""
@@ -78,6 +80,7 @@ class ExperimentMeta:
                 baselines=baselines or {},
                 searched=list(data.get("searched", [])),
                 time_budget=dict(data.get("time_budget") or {}),
+                base_scores=list(data.get("base_scores") or []),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise GridrunError(f"{path}: not a readable gridrun experiment record ({type(e).__name__}: {e})") from None

@@ -113,6 +113,7 @@ def fit_and_report(
     rest), and trials it ended before their first recorded round are left out (``time_budget.not_run``).
     """
     from gridrun.report import format_summary, importance, summarize, write_report
+    from gridrun.report.study import study_tables, write_study
     from gridrun.tracking import close_parent
 
     parent = meta.mlflow.parent_run_id
@@ -145,12 +146,14 @@ def fit_and_report(
             "experiment_dir": exp_dir,
             "mlflow": asdict(meta.mlflow),
             "wall_s": round(time.time() - t0, 1),
+            "base_scores": meta.base_scores,  # the base model's task scores, one per eval arm
         }
     )
     if tracker._resumed:
         summary.update(_wall_so_far(exp_dir, summary["wall_s"]))
     summary["importance"] = importance(summary, spec.search.space)
     summary["report_dir"] = store.join(exp_dir, "report")
+    summary["study"] = study_tables(summary, spec.search.space)
     if tracker._resumed:
         summary["resumed"] = True
     if budget is not None:
@@ -164,7 +167,7 @@ def fit_and_report(
     _write_summary(exp_dir, summary)
     # on an object store the plots are drawn in a temporary folder, uploaded when MLflow has logged them
     with store.local_dir(summary["report_dir"], upload=True) as report_dir:
-        plots = write_report(summary, report_dir)
+        plots = write_report(summary, report_dir) + write_study(summary, report_dir)
         if unfinished:
             close_parent(spec.tracking.uri, parent, "KILLED")
         elif not tracker.pending():
@@ -226,7 +229,8 @@ def sync(experiment_dir: str | Path) -> dict[str, Any]:
             summary["mlflow"].pop("pending", None)
             try:
                 with store.local_dir(store.join(exp_dir, "report")) as report_dir:
-                    _finish_in_mlflow(spec, meta, summary, exp_dir, sorted(report_dir.glob("*.png")))
+                    files = sorted(report_dir.glob("*.png")) + sorted(report_dir.glob("*.md"))
+                    _finish_in_mlflow(spec, meta, summary, exp_dir, files)
             except Exception as e:
                 raise GridrunError(f"MLflow at {spec.tracking.uri}: could not close the experiment ({e})") from None
             closed = True

@@ -188,6 +188,26 @@ def _baseline(spec: ExperimentSpec, trial_spec: ExperimentSpec) -> tuple[Baselin
     return cached_baselines(trial_spec, lambda s, names: ray.get(task.remote(s, names)))
 
 
+def _base_arms(spec: ExperimentSpec, trial_spec: ExperimentSpec, searched: dict[str, Any]) -> list[Any]:
+    """The base model's cached task scores, one per eval arm (``gridrun.base_scores.Arm``); a miss is scored as a
+    Ray task with one trial's resources (as the forgetting baselines)."""
+    import ray
+
+    from gridrun.base_scores import base_task_scores, compute_base_scores
+
+    task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=_gpu(spec))(compute_base_scores)
+    arms = base_task_scores(trial_spec, searched, lambda s: ray.get(task.remote(s)))
+    for a in arms:
+        label = ", ".join(f"{k}={v}" for k, v in a.values.items())
+        log.warning(
+            "base model task scores%s: %s (%s)",
+            f" ({label})" if label else "",
+            ", ".join(f"{k} {v:.4f}" for k, v in sorted(a.scores.items())),
+            "cached" if a.cached else "computed once, now cached",
+        )
+    return arms
+
+
 def _searcher(spec: ExperimentSpec, searched: dict[str, Any], warm: list[Any] | None = None) -> Any:
     """The spec's Optuna searcher; ``search.warm_start``'s trials are read here unless given (launch reads them
     before anything starts, so a bad source costs nothing)."""
@@ -204,6 +224,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     import ray
     from ray import tune
 
+    from gridrun.base_scores import baseline_entries, log_parent_base
     from gridrun.builtin import resolve_model
     from gridrun.checkpoints import CheckpointKeeper
     from gridrun.progress import ProgressPrinter
@@ -228,6 +249,8 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             resolve_model(spec.model.name)  # build once here, before trials race to do it
         baseline, cached = _baseline(spec, trial_spec)
         log.warning("base model: %s (%s)", baseline.describe(), "cached" if cached else "computed once, now cached")
+        arms = _base_arms(spec, trial_spec, searched)
+        baseline.task.update(baseline_entries(arms))
 
         # the fixed settings as they are, the searched ones as their ranges: experiments compare by settings
         parent_params = {k: v for k, v in flatten(trial_spec.trial_dict()).items() if k not in searched}
@@ -244,6 +267,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             },
             params=parent_params,
         )
+        log_parent_base(spec.tracking.uri, parent, arms)
         meta = ExperimentMeta(
             spec=spec.model_dump(mode="json"),
             trial_spec=trial_spec.trial_dict(),
@@ -251,6 +275,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             mlflow=MlflowIds(spec.tracking.uri, exp_id, parent),
             baselines=baseline.to_json(),
             searched=sorted(searched),
+            base_scores=[{"values": a.values, "scores": a.scores} for a in arms],
         )
         meta.write(exp_dir)
         if not quiet:

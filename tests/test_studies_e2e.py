@@ -42,4 +42,11 @@ def test_tiny_study_runs_end_to_end(study: str, tmp_path: Path, tiny_model_path:
             assert key in metrics, f"{study}: {key} missing from MLflow"
         if study == "code.yaml":
             assert any(k.startswith("task/pass_rate_d") for k in metrics)
+        metric = summary["objective_metric"]  # did tuning help: the base model's score and the gain on it
+        assert f"{metric}_base" in metrics and f"{metric}_gain" in metrics, f"{study}: no base/gain in MLflow"
+    if summary["base_scores"]:  # scored before the trials (json's searched hard-negative rate: by each trial)
+        parent = client.get_run(summary["mlflow"]["parent_run_id"]).data.metrics
+        assert any(k.startswith(f"{summary['objective_metric']}_base") for k in parent), f"{study}: no parent base"
+    assert any(line.startswith("base ") for line in r.stdout.splitlines()), f"{study}: no base row printed"
+    assert "did tuning help?" in r.stdout
     print(f"\n{study}: {TIMES[study]:.1f}s")

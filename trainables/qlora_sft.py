@@ -28,6 +28,7 @@ from gridrun.errors import GridrunError
 from gridrun.metrics import penalized
 from gridrun.spec import ExperimentSpec
 from trainables import state
+from trainables.base_scores import base_for, gain_metrics, score_task, step0_base
 from trainables.data import collate, render_prompt, subsample
 from trainables.model import add_lora, cap_gpu_memory, load_base, pick_device, quiet_hf
 from trainables.tokenized import TrainSet, eval_records, examples, load_train_set
@@ -44,6 +45,7 @@ __all__ = [
     "run",
     "setup_eval",
     "setup_model",
+    "setup_task_eval",
     "setup_train_data",
 ]
 
@@ -138,16 +140,21 @@ class EvalContext:
     baselines: Baselines
 
 
-def setup_eval(spec: ExperimentSpec, tok: Any, baselines: Baselines) -> EvalContext:
-    """Evaluation prompts in the training template, the spec's evaluators and forgetting measures (each with
-    its base value from ``baselines``: a measure without one is one line, before any training)."""
+def setup_task_eval(spec: ExperimentSpec, tok: Any) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Evaluation prompts in the training template and the spec's evaluators (trials and the base model's score)."""
     from evaluators import GenerationSettings, build_evaluator
 
     eval_rows = eval_records(spec.data, tok, spec.train.seed)
     examples = [{**r, "prompt": render_prompt(tok, r["prompt"], spec.data.template)} for r in eval_rows]
     ev = spec.evaluate
     gen = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-    evaluators = [build_evaluator(n, gen, ev.options.get(n)) for n in ev.evaluators]
+    return examples, [build_evaluator(n, gen, ev.options.get(n)) for n in ev.evaluators]
+
+
+def setup_eval(spec: ExperimentSpec, tok: Any, baselines: Baselines) -> EvalContext:
+    """Evaluation prompts in the training template, the spec's evaluators and forgetting measures (each with
+    its base value from ``baselines``: a measure without one is one line, before any training)."""
+    examples, evaluators = setup_task_eval(spec, tok)
     measures = active_measures(spec)
     for m in measures:
         if m.Base is not None:
@@ -179,12 +186,7 @@ def compute_baselines(spec: ExperimentSpec, names: list[str]) -> Baselines:
 
 def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> dict[str, float]:
     """One evaluation: ``task/*`` (plus ``task/weighted``), ``forget/*`` against the base, and ``objective``."""
-    task: dict[str, float] = {}
-    for ev in ctx.evaluators:
-        task.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, ctx.examples).items()})
-    weights = spec.objective.weights
-    if weights:
-        task["task/weighted"] = sum(w * task.get(k, 0.0) for k, w in weights.items())
+    task = score_task(spec, model, tok, ctx.examples, ctx.evaluators)
     forget: dict[str, float] = {}
     for m in ctx.measures:
         forget.update(m.score(model, tok, ctx.baselines.values.get(m.name)))
@@ -199,7 +201,7 @@ def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> 
         objective = math.nan
     else:
         objective = penalized(metric, forgot, spec.objective.penalty, spec.objective.direction)
-    return {**task, **forget, "objective": objective}
+    return {**task, **gain_metrics(task, base_for(spec, ctx.baselines.task)), **forget, "objective": objective}
 
 
 # ----------------------------------------------------------------------------------------------------- train
@@ -232,6 +234,7 @@ def run(
     model.train()
     encoded, full = setup_train_data(spec, tok)
     ctx = setup_eval(spec, tok, baseline)
+    ctx.baselines.task.update(step0_base(spec, model, tok, ctx))  # before a restore: scores the untrained adapter
     mem_estimate = _mem_estimate(spec, model.config.to_dict())
 
     n_train = len(encoded)
@@ -366,4 +369,7 @@ def evaluate_adapter(
     base, tok = load_base(spec.model, pick_device(spec.resources.gpu))
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
-    return eval_round(spec, model, tok, setup_eval(spec, tok, baseline))
+    ctx = setup_eval(spec, tok, baseline)
+    with model.disable_adapter():  # the base scores, as a trial without a driver-side base scored them at step 0
+        ctx.baselines.task.update(step0_base(spec, model, tok, ctx))
+    return eval_round(spec, model, tok, ctx)

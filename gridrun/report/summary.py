@@ -11,6 +11,7 @@ from typing import Any
 
 from forgetting import primary_metric
 from gridrun.metrics import feasible, pareto_front, stop_reason
+from gridrun.report.gains import add_gains, base_rows, gain_lines, rank_key
 from gridrun.storage import join
 
 __all__ = ["format_summary", "importance", "load_summary", "summarize"]
@@ -84,9 +85,11 @@ def summarize(
                 "curve": _curve(r, metric, forget),
             }
         )
-    rows.sort(key=lambda x: -x["objective"] if math.isfinite(x["objective"]) else math.inf)
+    min_gain = spec.objective.min_gain
+    add_gains(rows, metric, spec.objective.direction, min_gain)
+    rows.sort(key=lambda x: rank_key(x, min_gain))
     ok = [x for x in rows if x["status"] != "ERROR" and math.isfinite(x["objective"])]
-    best = max(ok, key=lambda x: x["objective"]) if ok else None
+    best = min(ok, key=lambda x: rank_key(x, min_gain)) if ok else None
     sign = 1 if spec.objective.direction == "max" else -1
     infeasible: list[str] = []
     if spec.objective.mode == "constrained":  # the best is the best task metric among trials within the budget
@@ -103,6 +106,8 @@ def summarize(
         "penalty": spec.objective.penalty,
         "forget_metric": forget,
         "baselines": dict(baselines),
+        "direction": spec.objective.direction,
+        "min_gain": min_gain,
         "trials": rows,
         "best": best,
         "pareto_front": [ok[i]["trial_id"] for i in front],
@@ -170,6 +175,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         "status",
         *keys,
         summary["objective_metric"],
+        "gain",
         summary.get("forget_metric", "forgetting"),
         "objective",
         "best at",
@@ -182,6 +188,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             r["status"],
             *[_fmt(r["params"].get(k)) for k in keys],
             _fmt(r["task"]),
+            _fmt(r.get("gain", math.nan)),
             _fmt(r["forget_delta"]),
             _fmt(r["objective"]),
             _fmt(r["samples_seen"]),
@@ -189,6 +196,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             r["stop_reason"] + (f" (retried {r['retries']}x)" if r.get("retries") else ""),
         ]
         for r in rows
+    ]
+    body += [  # the base model, as a trial starts (untrained adapter): what every gain is measured from
+        ["base", "-", *[_fmt(b["params"].get(k)) if k in b["params"] else "" for k in keys], _fmt(b["task"]), *"------"]
+        for b in base_rows(rows, summary.get("base_scores"), summary["objective_metric"])
     ]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
@@ -203,12 +214,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
         out.append("best config: " + json.dumps(best["params"], default=str))
         out.append(f"best adapter: {best['adapter']}")
+        out += gain_lines(summary, _fmt)
     elif "infeasible" in summary:
-        out.append(f"no trial kept forget/delta within the budget {summary['forgetting_budget']}")
+        forget = summary.get("forget_metric", "forgetting")
+        out.append(f"no trial kept {forget} within the budget {summary['forgetting_budget']}")
     else:
         out.append("no trial finished with a finite objective")
     if summary.get("infeasible"):
-        out.append(f"infeasible (forget/delta > {summary['forgetting_budget']}): " + ", ".join(summary["infeasible"]))
+        forget = summary.get("forget_metric", "forgetting")
+        out.append(f"infeasible ({forget} > {summary['forgetting_budget']}): " + ", ".join(summary["infeasible"]))
     if summary.get("pareto_front"):
         out.append("pareto front (task vs forgetting): " + ", ".join(summary["pareto_front"]))
     if summary.get("importance"):
@@ -223,6 +237,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         out.append(f"interrupted: {len(left['unfinished'])} trials did not finish; continue with: {left['resume']}")
     if (summary.get("mlflow") or {}).get("pending"):
         out.append(f"MLflow missed some writes (server away): {summary['mlflow']['pending']}")
+    if summary.get("study"):  # base model vs tuned adapter, the study's own tables (gridrun.report.study)
+        out += ["", summary["study"], ""]
     if summary.get("report_dir"):
         out.append(f"plots: {summary['report_dir']}")
     ml = summary.get("mlflow") or {}

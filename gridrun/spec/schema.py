@@ -192,6 +192,12 @@ class ObjectiveSpec(_Section):
         default_factory=dict,
         description="weighted sum of task metrics reported as task/weighted (set metric: task/weighted to use it)",
     )
+    min_gain: float | None = Field(
+        None,
+        ge=0,
+        description="a trial whose task metric does not beat the base model's by this much ranks below every one "
+        "that does",
+    )
 
     @model_validator(mode="after")
     def _weights(self) -> ObjectiveSpec:

@@ -59,7 +59,9 @@ def _row(tid: str, task: float, delta: float) -> SimpleNamespace:
 
 def test_infeasible_trials_are_reported_and_never_best() -> None:
     spec = _spec(mode="constrained")
-    s = summarize(spec, [_row("a", 0.9, 0.5), _row("b", 0.6, 0.1), _row("c", 0.5, 0.2)], {}, {}, {"probe": {"loss": 1.0}})
+    s = summarize(
+        spec, [_row("a", 0.9, 0.5), _row("b", 0.6, 0.1), _row("c", 0.5, 0.2)], {}, {}, {"probe": {"loss": 1.0}}
+    )
     assert s["infeasible"] == ["a"] and s["forgetting_budget"] == 0.2  # c sits on the budget: feasible
     assert {r["trial_id"]: r["feasible"] for r in s["trials"]} == {"a": False, "b": True, "c": True}
     assert s["best"]["trial_id"] == "b"  # a has the best task metric and the best objective, but forgets too much
