@@ -19,7 +19,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,8 @@ def setup_eval(spec: ExperimentSpec, tok: Any, baselines: Baselines) -> EvalCont
         if m.Base is not None:
             baselines.of(m.name)
         m.setup(tok, [e["prompt"] for e in examples])
-    return EvalContext(examples, evaluators, measures, baselines)
+    # a copy: a trial adds its step-0 task base to it, and the caller's record (shared in-process) stays as it was
+    return EvalContext(examples, evaluators, measures, replace(baselines, task=dict(baselines.task)))
 
 
 def compute_baselines(spec: ExperimentSpec, names: list[str]) -> Baselines:

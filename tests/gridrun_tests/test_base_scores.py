@@ -79,7 +79,7 @@ def _result(tid: str, task: float, base: float, objective: float, fmt: str) -> S
 def test_summary_has_a_base_row_per_arm_gains_and_says_when_no_trial_beat_base() -> None:
     spec = spec_from_dict({"name": "t", "objective": {"metric": "task/f1"}})
     grid = [_result("a", 0.2, 0.3, 0.2, "batch"), _result("b", 0.4, 0.5, 0.1, "sequential")]
-    s = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)
+    s = summarize(spec, grid, {}, {}, {"probe": {"loss": 1.0}}, lambda tid: None)
     a = next(r for r in s["trials"] if r["trial_id"] == "a")
     assert a["base"] == 0.3 and a["gain"] == pytest.approx(-0.1)
     table = format_summary(s)
@@ -94,18 +94,18 @@ def test_summary_has_a_base_row_per_arm_gains_and_says_when_no_trial_beat_base()
 def test_best_by_objective_below_base_is_said_and_min_gain_ranks_beaters_first() -> None:
     grid = [_result("a", 0.2, 0.3, 0.9, "batch"), _result("b", 0.6, 0.5, 0.5, "sequential")]
     spec = spec_from_dict({"name": "t", "objective": {"metric": "task/f1"}})
-    s = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)
+    s = summarize(spec, grid, {}, {}, {"probe": {"loss": 1.0}}, lambda tid: None)
     assert s["best"]["trial_id"] == "a"  # the higher objective wins without min_gain...
     assert "the best trial by objective scores BELOW the base model on task/f1: 0.2 vs base 0.3" in format_summary(s)
 
     spec = spec_from_dict({"name": "t", "objective": {"metric": "task/f1", "min_gain": 0.05}})
-    s = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)
+    s = summarize(spec, grid, {}, {}, {"probe": {"loss": 1.0}}, lambda tid: None)
     assert s["best"]["trial_id"] == "b"  # ...but only b beats its base by 0.05
     assert [r["trial_id"] for r in s["trials"]] == ["b", "a"]
     assert "BELOW" not in format_summary(s)
 
     spec = spec_from_dict({"name": "t", "objective": {"metric": "task/f1", "min_gain": 0.2}})
-    s = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)
+    s = summarize(spec, grid, {}, {}, {"probe": {"loss": 1.0}}, lambda tid: None)
     assert s["best"]["trial_id"] == "a"  # nobody meets it: the objective decides among them
     assert "no trial beat the base model by objective.min_gain 0.2 on task/f1" in format_summary(s)
 
@@ -126,7 +126,7 @@ def test_study_tables_per_arm_and_per_metric_and_written_to_report(tmp_path: Pat
         _result("b", 0.6, 0.5, 0.5, "sequential"),
         _result("c", 0.1, 0.5, 0.05, "sequential"),
     ]
-    s = summarize(spec, grid, {}, {}, 1.0, lambda tid: None)
+    s = summarize(spec, grid, {}, {}, {"probe": {"loss": 1.0}}, lambda tid: None)
     s["study"] = text = study_tables(s, spec.search.space)
     lines = text.splitlines()
     # per prompt format: its base and its best trial (b, not c, for sequential), every metric
@@ -146,7 +146,7 @@ def test_an_arm_no_trial_ran_still_shows_its_base() -> None:
     from gridrun.report.study import study_tables
 
     spec, _, _ = _squad(Path("/nonexistent"))
-    s = summarize(spec, [_result("a", 0.2, 0.3, 0.9, "batch")], {}, {}, 1.0, lambda tid: None)
+    s = summarize(spec, [_result("a", 0.2, 0.3, 0.9, "batch")], {}, {}, {"probe": {"loss": 1.0}}, lambda tid: None)
     s["base_scores"] = [  # what launch records: every arm's base scores
         {"values": {"data.options.prompt_format": "batch"}, "scores": {"task/f1": 0.3, "task/em": 0.15}},
         {"values": {"data.options.prompt_format": "sequential"}, "scores": {"task/f1": 0.5, "task/em": 0.25}},

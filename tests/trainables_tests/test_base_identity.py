@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from forgetting import Baselines
+from forgetting._base import TASK_KEY
 from gridrun.base_scores import compute_base_scores
 from gridrun.spec import load_spec
 from tests.conftest import ROOT, TINY
@@ -32,7 +34,9 @@ def test_an_untrained_adapter_scores_exactly_its_base(evaluator: str, tmp_path: 
 
     model, tok, _ = setup_model(spec)  # as a trial starts: prepared model, fresh adapter, training mode
     model.train()
-    ctx = setup_eval(spec, tok, {"probe_loss": 1.0, **base_entries(arm_key(spec), base)})
+    ctx = setup_eval(
+        spec, tok, Baselines.from_json({"probe": {"loss": 1.0}, TASK_KEY: base_entries(arm_key(spec), base)})
+    )
     scores = eval_round(spec, model, tok, ctx)
 
     timing = timing_metrics(ctx.evaluators)
@@ -48,10 +52,12 @@ def test_an_untrained_adapter_scores_exactly_its_base(evaluator: str, tmp_path: 
 def test_a_trial_without_a_driver_base_scores_its_own_at_step_0(tiny_model_path: Path) -> None:
     spec = load_spec(ROOT / "search_spaces" / "tiny" / "json_format.yaml", [*TINY, "data.eval_size=4"])
     model, tok, _ = setup_model(spec)
-    ctx = setup_eval(spec, tok, {"probe_loss": 1.0})  # no task_base entries: a searched range changed the eval
+    ctx = setup_eval(
+        spec, tok, Baselines.from_json({"probe": {"loss": 1.0}})
+    )  # no task base: a searched range changed the eval
     entries = step0_base(spec, model, tok, ctx)
     assert entries == base_entries(arm_key(spec), compute_base_scores(spec))
-    ctx.baseline.update(entries)
+    ctx.baselines.task.update(entries)
     assert step0_base(spec, model, tok, ctx) == {}  # passed (or scored) once: never again
     scores = eval_round(spec, model, tok, ctx)
     assert scores["task/format_success_gain"] == 0.0

@@ -53,8 +53,9 @@ def test_every_report_carries_the_design_namespaces(tiny_spec, baseline) -> None
             "data/bad_rows",
         ):
             assert key in m, key
-        assert m["forget/probe_loss_base"] == baseline
-        assert m["forget/delta"] == pytest.approx((m["forget/probe_loss"] - baseline) / baseline)
+        base = baseline.of("probe").loss
+        assert m["forget/probe_loss_base"] == base
+        assert m["forget/delta"] == pytest.approx((m["forget/probe_loss"] - base) / base)
         assert files == ["adapter", "gridrun_card.json", "trainer_state.pt"]
 
 
