@@ -3,7 +3,7 @@
 Every trial replays a recorded curve of the demo study (``bench/replay/table.csv``, written by
 ``bench/replay/record.py``) instead of training, so a 16-trial search takes seconds and each strategy runs over 20
 seeds. The strategy table runs the real ``tune.Tuner`` on a local Ray (``gridrun.launch.start_ray``) with gridrun's
-own searcher (``gridrun.launch._searcher``: Optuna TPE or random) and ASHA and stoppers
+own searcher (``gridrun.searcher.build_searcher``: Optuna TPE or random) and ASHA and stoppers
 (``gridrun.stopping.build_stopping``); MLflow tracking and the checkpoint keeper are left out (they record, they
 do not decide). The defaults sweep (a coordinate search over grace period, reduction factor, startup trials,
 forgetting budget and patience) and a held-out check on 100 further seeds run the same pieces through
@@ -156,7 +156,7 @@ def run_search(spec: Any, table: Table, delay_s: float, storage: str) -> list[tu
     """One search through Ray Tune: (trial id, samples_seen, objective) for every result, in arrival order."""
     from ray import tune
 
-    from gridrun.launch import _searcher
+    from gridrun.searcher import build_searcher
     from gridrun.spec import to_optuna
     from gridrun.stopping import build_stopping
 
@@ -172,7 +172,7 @@ def run_search(spec: Any, table: Table, delay_s: float, storage: str) -> list[tu
     tuner = tune.Tuner(
         replay_trainable(spec, table, delay_s=delay_s),
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(spec, searched),
+            search_alg=build_searcher(spec, searched),
             scheduler=scheduler,
             num_samples=spec.search.num_trials,
             max_concurrent_trials=spec.search.max_concurrent,

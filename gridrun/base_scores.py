@@ -68,12 +68,11 @@ def eval_arms(trial_spec: ExperimentSpec, searched: dict[str, Any]) -> list[tupl
             log.warning("%s is searched over a range and changes the eval rows: each trial scores its base", p)
             return []  # trials score their own base at step 0 (trainables.base_scores.step0_base)
         cats.append(p)
-    arms: dict[str, tuple[dict[str, Any], ExperimentSpec]] = {}
+    arms = []  # every combination (two that give the same eval share one cached score: computed once)
     for combo in itertools.product(*(list(searched[p].choices) for p in cats)):
         values = dict(zip(cats, combo, strict=True))
-        spec = trial_spec.with_params(values) if values else trial_spec
-        arms.setdefault(arm_key(spec), (values, spec))
-    return list(arms.values())
+        arms.append((values, trial_spec.with_params(values) if values else trial_spec))
+    return arms
 
 
 def base_cache_key(spec: ExperimentSpec) -> str:
@@ -126,7 +125,7 @@ def baseline_entries(arms: list[Arm]) -> dict[str, float]:
     """What goes into the trials' baseline dict so each trial finds its own arm's base scores."""
     out: dict[str, float] = {}
     for a in arms:
-        out.update(base_entries(a.key, a.scores))
+        out.update(base_entries(a.values, a.scores))
     return out
 
 

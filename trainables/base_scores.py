@@ -2,8 +2,9 @@
 ``task/<metric>_base`` / ``task/<metric>_gain`` metrics a trial reports next to its own scores.
 
 The driver scores the base model once per arm before the trials start (``gridrun.base_scores``) and hands the
-scores to every trial inside its baseline dict, as ``task_base/<arm>/<metric>`` entries; each trial finds its
-own arm from its own spec. Pure functions except ``score_task`` (runs the evaluators on a model).
+scores to every trial inside its baseline dict, as ``task_base/<arm label>/<metric>`` entries (the label: the
+arm's searched values as JSON); each trial finds its own arm from its own spec's values, reading no data.
+Pure functions except ``score_task`` (runs the evaluators on a model).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from gridrun.spec import ExperimentSpec
 __all__ = [
     "BASE_PREFIX",
     "arm_key",
+    "arm_label",
     "base_entries",
     "base_for",
     "eval_paths",
@@ -28,7 +30,7 @@ __all__ = [
     "timing_metrics",
 ]
 
-#: Prefix of the base scores inside a trial's baseline dict: ``task_base/<arm>/<task metric>``.
+#: Prefix of the base scores inside a trial's baseline dict: ``task_base/<arm label>/<task metric>``.
 BASE_PREFIX = "task_base/"
 
 #: Dotted paths that never change what the eval measures on the base model: which training rows a trial sees.
@@ -67,16 +69,38 @@ def arm_key(spec: ExperimentSpec) -> str:
     return _arm_key(spec.model_dump_json())
 
 
-def base_entries(arm: str, scores: dict[str, float]) -> dict[str, float]:
-    """``scores`` (``task/<metric>`` → value) as baseline-dict entries for arm ``arm``."""
-    return {f"{BASE_PREFIX}{arm}/{k}": float(v) for k, v in scores.items()}
+def arm_label(values: dict[str, Any]) -> str:
+    """How an arm is named in a trial's baseline entries: its searched values (dotted path → value) as JSON."""
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def base_entries(values: dict[str, Any], scores: dict[str, float]) -> dict[str, float]:
+    """``scores`` (``task/<metric>`` → value) as baseline entries for the arm selected by ``values``."""
+    return {f"{BASE_PREFIX}{arm_label(values)}/{k}": float(v) for k, v in scores.items()}
+
+
+def _value(spec: dict[str, Any], path: str) -> Any:
+    node: Any = spec
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def base_for(spec: ExperimentSpec, baseline: dict[str, float]) -> dict[str, float]:
-    """The base model's ``task/<metric>`` scores for the eval ``spec`` runs, from a baseline dict (empty when
-    the driver passed none for it, e.g. a continuous searched value that changes the eval)."""
-    prefix = f"{BASE_PREFIX}{arm_key(spec)}/"
-    return {k[len(prefix) :]: v for k, v in baseline.items() if k.startswith(prefix)}
+    """The base model's ``task/<metric>`` scores for the eval ``spec`` runs: those of the arm whose searched values
+    ``spec`` has (empty when the driver passed none for it, e.g. a continuous searched value that changes the
+    eval). Matched by values, not by the eval rows' content, so a trial never reads its data source for it."""
+    arms: dict[str, dict[str, float]] = {}
+    for k, v in baseline.items():
+        if k.startswith(BASE_PREFIX):
+            label, _, metric = k[len(BASE_PREFIX) :].rpartition("/task/")
+            arms.setdefault(label, {})[f"task/{metric}"] = v
+    here = spec.model_dump(mode="json")
+    for label, scores in arms.items():
+        values = json.loads(label)
+        if all(_value(here, p) == json.loads(json.dumps(v, default=str)) for p, v in values.items()):
+            return scores
+    return {}
 
 
 def gain_metrics(task: dict[str, float], base: dict[str, float]) -> dict[str, float]:
@@ -101,7 +125,7 @@ def step0_base(spec: ExperimentSpec, model: Any, tok: Any, ctx: Any) -> dict[str
     ``EvalContext``)."""
     if base_for(spec, ctx.baselines.task):
         return {}
-    return base_entries(arm_key(spec), score_task(spec, model, tok, ctx.examples, ctx.evaluators))
+    return base_entries({}, score_task(spec, model, tok, ctx.examples, ctx.evaluators))  # matches this trial
 
 
 def example_scores(

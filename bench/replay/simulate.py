@@ -2,7 +2,7 @@
 
 ``bench/search_efficiency.py`` runs its strategy table through the real ``tune.Tuner`` (``trainable.py``); a sweep
 of many defaults over 20 seeds each would cost hours of actor start-ups on a shared 2-core machine, so it runs
-here instead. The pieces that decide are gridrun's own — the searcher from ``gridrun.launch._searcher`` (Optuna
+here instead. The pieces that decide are gridrun's own — the searcher from ``gridrun.searcher.build_searcher`` (Optuna
 TPE or random, seeded), ASHA and the stoppers from ``gridrun.stopping.build_stopping`` — called in the order
 Tune's ``TuneController`` calls them (``_process_trial_result`` and ``stop_trial``, Ray 2.5x):
 
@@ -51,13 +51,13 @@ def simulate(
     """
     from ray.tune.schedulers import TrialScheduler
 
-    from gridrun.launch import _searcher
+    from gridrun.searcher import build_searcher
     from gridrun.spec import to_optuna
     from gridrun.stopping import build_stopping
 
     searched, fixed = to_optuna(spec.search.space)
     trial_spec = spec.with_params(fixed)
-    searcher = _searcher(spec, searched, warm)
+    searcher = build_searcher(spec, searched, warm)
     scheduler, stopper = build_stopping(spec, {})
     slots = spec.search.max_concurrent or 1
     events: list[tuple[str, int, float]] = []

@@ -12,7 +12,7 @@ from forgetting._base import TASK_KEY
 from gridrun.base_scores import compute_base_scores
 from gridrun.spec import load_spec
 from tests.conftest import ROOT, TINY
-from trainables.base_scores import arm_key, base_entries, step0_base, timing_metrics
+from trainables.base_scores import base_entries, step0_base, timing_metrics
 from trainables.qlora_sft import eval_round, setup_eval, setup_model
 
 STUDIES = {  # one tiny study per evaluator
@@ -34,9 +34,7 @@ def test_an_untrained_adapter_scores_exactly_its_base(evaluator: str, tmp_path: 
 
     model, tok, _ = setup_model(spec)  # as a trial starts: prepared model, fresh adapter, training mode
     model.train()
-    ctx = setup_eval(
-        spec, tok, Baselines.from_json({"probe": {"loss": 1.0}, TASK_KEY: base_entries(arm_key(spec), base)})
-    )
+    ctx = setup_eval(spec, tok, Baselines.from_json({"probe": {"loss": 1.0}, TASK_KEY: base_entries({}, base)}))
     scores = eval_round(spec, model, tok, ctx)
 
     timing = timing_metrics(ctx.evaluators)
@@ -56,7 +54,7 @@ def test_a_trial_without_a_driver_base_scores_its_own_at_step_0(tiny_model_path:
         spec, tok, Baselines.from_json({"probe": {"loss": 1.0}})
     )  # no task base: a searched range changed the eval
     entries = step0_base(spec, model, tok, ctx)
-    assert entries == base_entries(arm_key(spec), compute_base_scores(spec))
+    assert entries == base_entries({}, compute_base_scores(spec))
     ctx.baselines.task.update(entries)
     assert step0_base(spec, model, tok, ctx) == {}  # passed (or scored) once: never again
     scores = eval_round(spec, model, tok, ctx)
