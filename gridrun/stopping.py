@@ -333,9 +333,12 @@ def build_stopping(
 
 
 def asha_max_t(spec: ExperimentSpec) -> int:
-    """The most samples any trial can see: ASHA stops every trial at ``max_t``, so searched epochs and training
-    sizes count at the top of their ranges."""
-    return max(1, round(_largest(spec, "train.epochs", spec.train.epochs) * _train_size_upper(spec)))
+    """The most samples any trial can see: ASHA stops every trial at ``max_t``, so searched epochs, training sizes
+    and sample ratios count at the top of their ranges (a trial sees ``sample_ratio`` of the training set per
+    epoch: T-Wix's 500k rows at a ratio of at most 0.05 put the top rung at 25k samples, not 500k)."""
+    ratio = _largest(spec, "data.sample_ratio", spec.data.sample_ratio)
+    per_epoch = math.ceil(_train_size_upper(spec) * ratio)
+    return max(1, round(_largest(spec, "train.epochs", spec.train.epochs) * per_epoch))
 
 
 def _largest(spec: ExperimentSpec, path: str, fixed: float) -> float:
@@ -348,10 +351,14 @@ def _largest(spec: ExperimentSpec, path: str, fixed: float) -> float:
 
 
 def _train_size_upper(spec: ExperimentSpec) -> int:
-    """Training-set size before sample_ratio (the upper end of samples a trial can see per epoch)."""
+    """Training-set size before sample_ratio (the upper end of samples a trial can see per epoch); the source's
+    row count where it can be read without loading the rows (an upper bound: the held-out eval rows included)."""
     if builtin_name(spec.data.task):
         return int(_largest(spec, "data.train_size", spec.data.train_size))
-    from trainables.data import load_task_data
+    from trainables.data import count_rows, load_task_data
 
+    rows = count_rows(spec.data)
+    if rows is not None:
+        return rows
     train, _ = load_task_data(spec.data, spec.train.seed)
     return len(train)

@@ -25,6 +25,7 @@ __all__ = [
     "IGNORE_INDEX",
     "check_fields",
     "collate",
+    "count_rows",
     "encode_example",
     "iter_rows",
     "load_eval_records",
@@ -166,6 +167,26 @@ def check_fields(rows: list[dict[str, Any]], fields: tuple[str, ...], source: st
                 raise GridrunError(
                     f"{field}: record {i} of {source}: field '{f}' must be text, got {type(row[f]).__name__}"
                 )
+
+
+def count_rows(data: DataSpec) -> int | None:
+    """How many records ``data.task`` holds, read without holding them as Python objects: Parquet's metadata, a
+    JSONL file's lines, a hub dataset's (or hub-layout folder's) Arrow table; None where only reading the records
+    tells (a builtin generator, a JSON file, SQuAD's nested v1.1 file)."""
+    if builtin_name(data.task):
+        return None
+    path = Path(data.task).expanduser()
+    if path.is_file():
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        if path.suffix == ".jsonl":
+            with path.open("rb") as f:
+                return sum(1 for line in f if line.strip())
+        return None
+    ds = _open_dataset(data.task, field="data.task", subset=data.subset, split=data.split, revision=data.revision)
+    return int(ds.num_rows)
 
 
 def load_task_data(data: DataSpec, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

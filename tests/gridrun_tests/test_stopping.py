@@ -462,3 +462,26 @@ def test_a_plain_dict_of_reasons_splits_in_two_on_restore() -> None:
     restored = pickle.loads(pickle.dumps(stopper))
     assert restored("a", {"forget/delta": 0.9}) is True
     assert "a" in restored.reasons and "a" not in callbacks_reasons
+
+
+def test_asha_top_rung_counts_a_file_by_its_rows_and_the_largest_sample_ratio(tmp_path) -> None:
+    """The source's rows are counted without loading them (Parquet's metadata, a JSONL file's lines), and a trial
+    sees at most the largest searched sample_ratio of them per epoch: that, not the whole source, is the top rung."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainables.data import count_rows
+
+    rows = [{"prompt": f"q{i}", "answer": f"a{i}"} for i in range(1000)]
+    parquet, jsonl = tmp_path / "t.parquet", tmp_path / "t.jsonl"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")  # a trailing blank line is no row
+    space = {"data.sample_ratio": {"type": "float", "low": 0.01, "high": 0.05}}
+    for path in (parquet, jsonl):
+        spec = _spec(data={"task": str(path)}, train={"epochs": 2}, search={"space": space})
+        assert count_rows(spec.data) == 1000
+        assert asha_max_t(spec) == 2 * 50  # 2 epochs of at most 5% of 1000 rows
+    fixed = _spec(data={"task": str(parquet), "sample_ratio": 0.25}, train={"epochs": 1})
+    assert asha_max_t(fixed) == 250
