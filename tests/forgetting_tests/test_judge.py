@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,10 @@ def _free_port() -> int:
 
 def _judge_spec(tiny_spec, tmp_path: Path, url: str, model: str = "judge", **extra):
     questions = tmp_path / "questions.jsonl"
-    rows = [{"prompt": ["Name a colour.", "And another?"]}, {"prompt": ["Say hello."]}, {"prompt": ["Count to 3."]}]
+    # the last question names this test's folder: its content, so the base value's cache key, is new in every
+    # run (the user cache outlives a run, and a CI machine keeps it between runs)
+    rows = [{"prompt": ["Name a colour.", "And another?"]}, {"prompt": ["Say hello."]}]
+    rows.append({"prompt": [f"Count to 3 ({tmp_path.name}, {time.time_ns()})."]})
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
     judge = {
         "url": url,
