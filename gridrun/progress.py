@@ -102,7 +102,7 @@ class ProgressPrinter(Callback):
             f"{_fmt(m.get(self.metric))}, {self.forget_metric} {_fmt(m.get(self.forget_metric))}, objective "
             f"{_fmt(m.get('objective'))} at {m.get('samples_seen')} samples"
         )
-        b = self._best.get(trial.trial_id)
+        b = self._best.pop(trial.trial_id, None)  # its end line is the last that needs it
         if b is not None:
             line += (
                 f"; best {self.metric} {_fmt(b.get(self.metric))}, "

@@ -85,6 +85,10 @@ def summarize(
                 "curve": _curve(r, metric, forget),
             }
         )
+        row = rows[-1]
+        if row["trained"] is None:  # Tune's last result can lack the trial's keys (a trial a stopper ended)
+            seen = [p[0] for p in row["curve"] if math.isfinite(p[0])]
+            row["trained"] = max(seen) if seen else row["samples_seen"]
     min_gain = spec.objective.min_gain
     add_gains(rows, metric, spec.objective.direction, min_gain)
     rows.sort(key=lambda x: rank_key(x, min_gain))
