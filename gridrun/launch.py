@@ -7,12 +7,9 @@ that are not there give one line and exit code 2 before Ray starts or an MLflow 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from gridrun.builtin import builtin_name
 from gridrun.errors import GridrunError
 from gridrun.experiment import ExperimentMeta, MlflowIds
 from gridrun.finish import fit_and_report
+from gridrun.ray_start import other_local_rays, start_ray
 from gridrun.sources import hub_offline
 from gridrun.spec import ExperimentSpec
 from gridrun.validate import check_address, check_tracking_uri, gpu_memory_bytes, preflight
@@ -31,94 +29,6 @@ from gridrun.validate import check_address, check_tracking_uri, gpu_memory_bytes
 __all__ = ["launch", "other_local_rays", "resume", "start_ray"]
 
 log = logging.getLogger("gridrun")
-
-
-@contextlib.contextmanager
-def _loopback_only() -> Iterator[None]:
-    """While a local Ray starts: every address it reports and every socket it opens is on 127.0.0.1.
-
-    Ray 2.60 replaces a requested 127.0.0.1 with this machine's interface address (``resolve_ip_for_localhost``)
-    and its GCS then listens on all interfaces, unless its local-only switch is off: the one Ray itself turns off
-    on macOS and Windows, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``. Ray reads that switch when it is imported,
-    so an already-imported Ray gets the same value in its constants module; both are put back afterwards, so a
-    later ``ray.init(address=...)`` in this process joins clusters as usual.
-    """
-    from ray._private import ray_constants  # private: the switch has no public setter
-
-    env_before = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
-    const_before = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = const_before
-        if env_before is None:
-            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
-        else:
-            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = env_before
-
-
-def other_local_rays() -> list[int]:
-    """The Ray instances already running on this machine, by the pid of each one's GCS server process."""
-    import psutil
-
-    return [p.pid for p in psutil.process_iter(["name"]) if p.info.get("name") == "gcs_server"]
-
-
-def start_ray(spec: ExperimentSpec) -> dict[str, float]:
-    """Join ``resources.address``, or start Ray on this machine bound to 127.0.0.1 only; returns the cluster's
-    resources after checking a trial fits (one line and exit 2 otherwise, Ray shut down again)."""
-    # The console shows gridrun's own lines; what the libraries print about themselves is noise to a newcomer:
-    # Tune's experiment box and TensorBoard hint (printed whatever `verbose` says; the legacy reporter obeys
-    # verbose=0), MLflow's "creating initial database tables" (MLflow resets its logger level on import).
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # Tune keeps every checkpoint's record in each experiment snapshot (the CheckpointKeeper does retention):
-    # keep only the score in those records, so snapshots stay small and quick to upload.
-    os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
-    # Ray turns token authentication on for a local cluster (good) and says so at every start (noise).
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    import optuna
-    import ray
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if spec.resources.address:
-        ray.init(address=spec.resources.address, log_to_driver=True, logging_level=logging.WARNING)
-    else:
-        others = len(other_local_rays())
-        if others:
-            log.warning(
-                "%d other Ray instance%s already running on this machine (another launch?): each sizes its trials "
-                "to all %d CPU cores, so they share them; set search.max_concurrent to run fewer trials at once",
-                others,
-                " is" if others == 1 else "s are",
-                os.cpu_count() or 1,
-            )
-        with _loopback_only():
-            ray.init(
-                _node_ip_address="127.0.0.1",
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                configure_logging=True,
-            )
-    total = ray.cluster_resources()
-    gpus = float(total.get("GPU", 0))
-    gpu = spec.resources.gpu  # auto: resolved once the cluster is known (none: CPU trials)
-    if gpu != "auto" and gpu > 0 and gpus < gpu:
-        ray.shutdown()
-        raise GridrunError(
-            f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but the Ray cluster "
-            f"has {gpus:g} GPUs (trials would stay pending forever)"
-        )
-    if float(total.get("CPU", 0)) < spec.resources.cpu:
-        ray.shutdown()
-        raise GridrunError(
-            f"resources.cpu: {spec.resources.cpu} CPUs per trial requested, but the Ray cluster "
-            f"has {total.get('CPU', 0):g}"
-        )
-    return total
 
 
 def _gpu(spec: ExperimentSpec) -> float:

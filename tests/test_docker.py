@@ -186,7 +186,7 @@ def _launch_example() -> list[str]:
 
 def test_manifests_storage_and_tracking_uris_pass_validate() -> None:
     from gridrun.spec import load_spec
-    from gridrun.validate import _check_tracking_scheme
+    from gridrun.tracking_uri import _check_tracking_scheme
 
     argv = _launch_example()
     spec_path = ROOT / argv[0]
