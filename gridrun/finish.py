@@ -139,6 +139,7 @@ def fit_and_report(
         tracker.keeper.best,
         tracker.retries,
         locate=lambda checkpoint: store.checkpoint_location(exp_dir, checkpoint),
+        trained=tracker.trained,
     )
     summary.update(
         {

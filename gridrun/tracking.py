@@ -183,6 +183,11 @@ class MLflowTracker(Callback):
         return {**self.__dict__, "_client": None, "_writer": None, "_queue": None}
 
     @property
+    def trained(self) -> dict[str, int]:
+        """Trial id -> the furthest ``samples_seen`` it reported that this callback saw (and queued for MLflow)."""
+        return dict(self._queued_step)
+
+    @property
     def client(self) -> Any:
         if self._client is None:
             self._client = _client(self.uri)

@@ -30,6 +30,7 @@ def summarize(
     best_checkpoint: Callable[[str], Any] | None = None,
     retries: Mapping[str, int] | None = None,
     locate: Callable[[Any], str] | None = None,
+    trained: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Plain-data summary of a finished ResultGrid (JSON-serialisable).
 
@@ -43,6 +44,9 @@ def summarize(
         retries: trial id -> times it was retried from its last checkpoint after its worker or node died.
         locate: a Tune checkpoint -> where it is (``gridrun.storage.checkpoint_location``: a URI on an object
             store, whose checkpoints know only their path inside the bucket); default its path.
+        trained: trial id -> the furthest ``samples_seen`` the driver saw it report (what MLflow holds): Tune's
+            last result and its result files can stop short of it when a stopper or the time budget ended the
+            trial while its last rounds were in flight.
     """
     where = locate or (lambda checkpoint: str(checkpoint.path))
     metric, forget = spec.objective.metric, primary_metric(spec)
@@ -86,9 +90,12 @@ def summarize(
             }
         )
         row = rows[-1]
-        if row["trained"] is None:  # Tune's last result can lack the trial's keys (a trial a stopper ended)
-            seen = [p[0] for p in row["curve"] if math.isfinite(p[0])]
-            row["trained"] = max(seen) if seen else row["samples_seen"]
+        # Tune's last result can lack the trial's keys, or stop short of its last round (a trial a stopper ended)
+        seen = [p[0] for p in row["curve"] if math.isfinite(p[0])]
+        seen += [v for v in (row["trained"], (trained or {}).get(tid)) if isinstance(v, int | float)]
+        row["trained"] = max(seen) if seen else row["samples_seen"]
+        if isinstance(row["trained"], float) and row["trained"].is_integer():
+            row["trained"] = int(row["trained"])
     min_gain = spec.objective.min_gain
     add_gains(rows, metric, spec.objective.direction, min_gain)
     rows.sort(key=lambda x: rank_key(x, min_gain))

@@ -51,6 +51,17 @@ def test_a_trial_without_checkpoints_is_summed_up_by_its_last_round() -> None:
     assert (row["task"], row["objective"], row["best_checkpoint"], row["adapter"]) == (0.5, 0.4, None, None)
 
 
+def test_trained_is_the_furthest_round_the_driver_saw() -> None:
+    """A trial the time budget stopped while its next rounds were in flight: Tune's last result (and its result
+    files) stop at 16 samples, the driver's MLflow callback saw it reach 48; the summary says 48, as MLflow does."""
+    spec = spec_from_dict({"name": "t"})
+    grid = [_result("d", {"task/format_success": 0.5, "forget/delta": 0.2, "objective": 0.4, "samples_seen": 16}, 1e-3)]
+    row = summarize(spec, grid, {}, {}, {"probe": {"loss": 1.0}}, lambda tid: None, trained={"d": 48})["trials"][0]
+    assert row["trained"] == 48 and row["samples_seen"] == 16
+    row = summarize(spec, grid, {}, {}, {"probe": {"loss": 1.0}}, lambda tid: None)["trials"][0]
+    assert row["trained"] == 16
+
+
 def test_pareto_labels_are_full_ids_and_do_not_overlap() -> None:
     """Sixteen trials, eight of them in one tight cluster (as a real study's are): every point's label is the
     8-character id used everywhere else, and no two labels overlap on the image."""
