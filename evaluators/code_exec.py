@@ -19,7 +19,7 @@ import re
 from collections import defaultdict
 from typing import Any, ClassVar
 
-from evaluators._base import Evaluator, GenerationSettings, generate, register_evaluator
+from evaluators._base import Evaluator, GenerationSettings, register_evaluator
 from evaluators.sandbox import MAX_SOURCE_CHARS, Limits, isolation_problem, run_cases
 from evaluators.sandbox import isolation as isolation_layers
 
@@ -130,4 +130,4 @@ class CodeExecEvaluator(Evaluator):
         return out
 
     def evaluate(self, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> dict[str, float]:
-        return self.score(generate(model, tokenizer, [e["prompt"] for e in examples], self.generation), examples)
+        return self.score(self.complete(model, tokenizer, examples), examples)

@@ -29,7 +29,7 @@ import re
 from fractions import Fraction
 from typing import Any, ClassVar
 
-from evaluators._base import Evaluator, generate, register_evaluator
+from evaluators._base import Evaluator, register_evaluator
 
 __all__ = ["Gsm8kEvaluator", "extract_answer", "same_number", "to_number"]
 
@@ -295,4 +295,4 @@ class Gsm8kEvaluator(Evaluator):
         return {k: v / n for k, v in c.items()}
 
     def evaluate(self, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> dict[str, float]:
-        return self.score(generate(model, tokenizer, [e["prompt"] for e in examples], self.generation), examples)
+        return self.score(self.complete(model, tokenizer, examples), examples)

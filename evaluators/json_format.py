@@ -25,7 +25,7 @@ import json
 import re
 from typing import Any, ClassVar
 
-from evaluators._base import Evaluator, GenerationSettings, generate, register_evaluator
+from evaluators._base import Evaluator, GenerationSettings, register_evaluator
 
 __all__ = ["JsonFormatEvaluator", "classify", "count_json_objects"]
 
@@ -186,5 +186,5 @@ class JsonFormatEvaluator(Evaluator):
         return {k: v / n for k, v in counts.items()}
 
     def evaluate(self, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> dict[str, float]:
-        completions = generate(model, tokenizer, [e["prompt"] for e in examples], self.generation)
+        completions = self.complete(model, tokenizer, examples)
         return self.score(completions, examples)

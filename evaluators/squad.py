@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from typing import Any, ClassVar
 
-from evaluators._base import Evaluator, generate, register_evaluator
+from evaluators._base import Evaluator, register_evaluator
 
 __all__ = ["SquadEvaluator", "exact_match", "f1", "normalize", "split_numbered"]
 
@@ -103,7 +103,7 @@ class SquadEvaluator(Evaluator):
 
     def evaluate(self, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> dict[str, float]:
         t0 = time.perf_counter()
-        completions = generate(model, tokenizer, [e["prompt"] for e in examples], self.generation)
+        completions = self.complete(model, tokenizer, examples)
         elapsed = time.perf_counter() - t0
         out = self.score(completions, examples)
         contexts = max(1, len({ex.get("context_id", i) for i, ex in enumerate(examples)}))

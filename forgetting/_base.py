@@ -52,6 +52,8 @@ class Measure(ABC):
 
     def __init__(self, spec: ExperimentSpec) -> None:
         self.spec = spec
+        #: The trial's ``evaluators.Generator`` (set by the trainable's setup): what a measure that generates uses.
+        self.generator: Any = None
         given = spec.forgetting.options.get(self.name) or {}
         self.options: Any = None
         if self.Options is None:

@@ -181,12 +181,13 @@ class JudgeMeasure(Measure):
         self.prompts = [render_prompt(tokenizer, q, self.spec.data.template) for q in self.questions]
 
     def _answers(self, model: Any, tokenizer: Any) -> list[str]:
-        from evaluators import GenerationSettings, generate
+        from evaluators import GenerationSettings, HFGenerator
 
         settings = GenerationSettings(
             max_new_tokens=self.judge.max_new_tokens, batch_size=self.spec.evaluate.batch_size
         )
-        return [a.strip() for a in generate(model, tokenizer, self.prompts, settings)]
+        generator = self.generator or HFGenerator()
+        return [a.strip() for a in generator.generate(model, tokenizer, self.prompts, settings)]
 
     def compute_base(self, model: Any, tokenizer: Any) -> JudgeBase:
         return JudgeBase(judge_answers(self.judge, self.questions, self._answers(model, tokenizer)))

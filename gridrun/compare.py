@@ -22,7 +22,7 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     quiet_hf()  # before peft imports bitsandbytes, which warns about optional CPU kernels on import
     from peft import PeftModel
 
-    from evaluators import GenerationSettings, build_evaluator, generate
+    from evaluators import GenerationSettings, build_evaluator, build_generator
     from trainables.base_scores import example_scores
     from trainables.data import load_task_data, render_prompt
 
@@ -39,10 +39,14 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     prompts = [render_prompt(tok, r["prompt"], spec.data.template) for r in rows]
     ev = spec.evaluate
     settings = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-    before = generate(base, tok, prompts, settings)
-    with store.local_dir(checkpoint_dir(row)) as ckpt:  # on an object store: downloaded, then removed
-        model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))
-    after = generate(model, tok, prompts, settings)
+    generator = build_generator(spec)  # the experiment's backend (evaluate.backend), as its trials generated
+    try:
+        before = generator.generate(base, tok, prompts, settings)
+        with store.local_dir(checkpoint_dir(row)) as ckpt:  # on an object store: downloaded, then removed
+            model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))
+        after = generator.generate(model, tok, prompts, settings)
+    finally:
+        generator.close()
     evaluators = [build_evaluator(name, settings, ev.options.get(name)) for name in ev.evaluators]
     examples = [{**r, "prompt": p} for r, p in zip(rows, prompts, strict=True)]
     scored = zip(example_scores(evaluators, before, examples), example_scores(evaluators, after, examples), strict=True)

@@ -86,7 +86,7 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
     Returns:
         the hub ids (models and datasets) that were not checked offline; ``preflight`` resolves them.
     """
-    from evaluators import EVALUATORS, GenerationSettings, build_evaluator, check_evaluator_names
+    from evaluators import EVALUATORS, GenerationSettings, build_evaluator, check_backend, check_evaluator_names
     from forgetting import check_measures
 
     if spec.search.warm_start:  # the earlier study's folder and summary (a run id is MLflow's to answer)
@@ -97,6 +97,7 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
     mc_custom = next((m.source for m in spec.forgetting.mc if m.benchmark == "custom"), None)
     check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval, mc_custom)
     check_evaluator_names(spec.evaluate.evaluators)
+    check_backend(spec)  # vLLM installed (found, not imported: validate stays fast), a GPU, a quantization it does
     unknown_opts = set(spec.evaluate.options) - set(spec.evaluate.evaluators)
     if unknown_opts:
         raise GridrunError(

@@ -138,30 +138,38 @@ class EvalContext:
     evaluators: list[Any]
     measures: list[Measure]
     baselines: Baselines
+    generator: Any = None  # the evaluators' and measures' ``evaluators.Generator`` (evaluate.backend)
 
 
-def setup_task_eval(spec: ExperimentSpec, tok: Any) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Evaluation prompts in the training template and the spec's evaluators (trials and the base model's score)."""
-    from evaluators import GenerationSettings, build_evaluator
+def setup_task_eval(spec: ExperimentSpec, tok: Any, generator: Any = None) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Evaluation prompts in the training template and the spec's evaluators (trials and the base model's score),
+    generating with ``generator`` (default: the one ``evaluate.backend`` names, built here)."""
+    from evaluators import GenerationSettings, build_evaluator, build_generator
 
     eval_rows = eval_records(spec.data, tok, spec.train.seed)
     examples = [{**r, "prompt": render_prompt(tok, r["prompt"], spec.data.template)} for r in eval_rows]
     ev = spec.evaluate
     gen = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-    return examples, [build_evaluator(n, gen, ev.options.get(n)) for n in ev.evaluators]
+    generator = generator or build_generator(spec)
+    return examples, [build_evaluator(n, gen, ev.options.get(n), generator) for n in ev.evaluators]
 
 
 def setup_eval(spec: ExperimentSpec, tok: Any, baselines: Baselines) -> EvalContext:
     """Evaluation prompts in the training template, the spec's evaluators and forgetting measures (each with
-    its base value from ``baselines``: a measure without one is one line, before any training)."""
-    examples, evaluators = setup_task_eval(spec, tok)
+    its base value from ``baselines``: a measure without one is one line, before any training), all generating
+    with one generator built here, once per trial."""
+    from evaluators import build_generator
+
+    generator = build_generator(spec)
+    examples, evaluators = setup_task_eval(spec, tok, generator)
     measures = active_measures(spec)
     for m in measures:
         if m.Base is not None:
             baselines.of(m.name)
+        m.generator = generator
         m.setup(tok, [e["prompt"] for e in examples])
     # a copy: a trial adds its step-0 task base to it, and the caller's record (shared in-process) stays as it was
-    return EvalContext(examples, evaluators, measures, replace(baselines, task=dict(baselines.task)))
+    return EvalContext(examples, evaluators, measures, replace(baselines, task=dict(baselines.task)), generator)
 
 
 def compute_baselines(spec: ExperimentSpec, names: list[str]) -> Baselines:
@@ -171,14 +179,22 @@ def compute_baselines(spec: ExperimentSpec, names: list[str]) -> Baselines:
     model is not what a trial measures: with bfloat16 compute its probe loss differed by up to 1e-3 relative."""
     import torch
 
+    from evaluators import build_generator
+
     quiet_hf()
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     model, tok, _ = setup_model(spec)
     out = {}
-    for m in active_measures(spec):
-        if m.name in names:
+    measures = [m for m in active_measures(spec) if m.name in names]
+    generator = build_generator(spec) if measures else None  # the trials' backend, so base answers match theirs
+    try:
+        for m in measures:
+            m.generator = generator
             m.setup(tok, [])
             out[m.name] = m.compute_base(model, tok)
+    finally:
+        if generator is not None:
+            generator.close()
     return Baselines(out)
 
 

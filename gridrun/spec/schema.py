@@ -170,6 +170,12 @@ class EvaluateSpec(_Section):
     )
     max_new_tokens: int = Field(64, gt=0, description="generation budget per prompt")
     batch_size: int = Field(32, gt=0, description="prompts generated together")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="what generates completions: hf (transformers' generate on the trial's model, length-sorted "
+        "batches) or vllm (the optional extra gridrun[vllm]: the base loaded once per trial in the trial's GPU "
+        "share, each eval round's adapter served as a LoRA request; needs a GPU)",
+    )
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-evaluator options, keyed by evaluator name"
     )

@@ -1,0 +1,203 @@
+"""The generation seam: one ``Generator`` interface (model's prompts + settings → completions), backends by name.
+
+A trial builds its generator once (:func:`build_generator`, from ``evaluate.backend``) and every evaluator, the
+judge measure and ``gridrun compare`` ask it for completions. ``hf`` is transformers' ``generate`` on the trial's
+own model (:class:`HFGenerator`); ``vllm`` (the optional extra ``gridrun[vllm]``, :mod:`evaluators.vllm_backend`)
+loads the base model once in vLLM and serves each eval round's adapter as a LoRA request.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from gridrun.errors import GridrunError
+
+if TYPE_CHECKING:
+    from gridrun.spec import ExperimentSpec
+
+__all__ = [
+    "BACKENDS",
+    "GenerationSettings",
+    "Generator",
+    "HFGenerator",
+    "build_generator",
+    "check_backend",
+    "cut_at_stop",
+    "generate",
+]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How completions are produced; comes from the spec's ``evaluate`` section, never from an evaluator.
+
+    ``stop``: strings that end a completion early (it ends with the first one it contains); the end-of-sequence
+    token always ends one.
+    """
+
+    max_new_tokens: int = 64
+    batch_size: int = 32
+    greedy: bool = True
+    stop: tuple[str, ...] = ()
+
+
+class Generator(ABC):
+    """Completions for rendered prompts, in their order, special tokens stripped; built once per trial.
+
+    ``model`` is what is evaluated: the trial's model as it stands this round (a peft model with its adapter, or
+    with the adapter disabled for base scores), or a plain base model. A backend that keeps its own copy of the
+    base (vLLM) reads only the adapter from it.
+    """
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def generate(self, model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
+        """Greedy (``settings.greedy``) completions of ``prompts`` by ``model``."""
+
+    def close(self) -> None:  # noqa: B027  # optional: most backends hold nothing to release
+        """Release what the backend holds (an engine, temporary folders); the generator is unusable after."""
+
+
+class HFGenerator(Generator):
+    """transformers' ``generate`` on the model itself, length-sorted batches with left padding.
+
+    Args:
+        dequantize_on_cpu: on CPU, run a 4-bit base's layers from weights dequantized once per trial (cached; the
+            base is frozen) instead of bitsandbytes dequantizing every weight at every generated token. The
+            completions are the same bit for bit (tests check it); the cost is a compute-dtype copy of the base's
+            4-bit layers in RAM. Never on a GPU, where that copy would take the memory QLoRA saves.
+    """
+
+    name = "hf"
+
+    def __init__(self, dequantize_on_cpu: bool = True) -> None:
+        self.dequantize_on_cpu = dequantize_on_cpu
+        self._dequantized: weakref.WeakKeyDictionary[Any, tuple[int, Any]] = weakref.WeakKeyDictionary()
+
+    @contextmanager
+    def _plain_layers(self, model: Any) -> Iterator[None]:
+        """Swap each CPU 4-bit layer for its dequantized twin for the duration, then put the originals back."""
+        swaps = []
+        if self.dequantize_on_cpu:
+            from evaluators._dequantized import DequantizedLinear, swappable_4bit
+
+            for parent in list(model.modules()):
+                for child_name, child in list(parent.named_children()):
+                    if swappable_4bit(child):
+                        ptr = child.weight.data_ptr()
+                        cached = self._dequantized.get(child)
+                        if cached is None or cached[0] != ptr:  # new or reloaded weights: dequantize again
+                            cached = (ptr, DequantizedLinear(child))
+                            self._dequantized[child] = cached
+                        swaps.append((parent, child_name, child))
+                        setattr(parent, child_name, cached[1])
+        try:
+            yield
+        finally:
+            for parent, child_name, child in swaps:
+                setattr(parent, child_name, child)
+
+    def generate(self, model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
+        """Prompts are tokenized without added special tokens, exactly as in training, and generated in batches
+        of similar length (longest first: the left padding each row carries is small) with the tokenizer's left
+        padding; a row's completion does not depend on the batch it is in. On CUDA the KV cache is static (no
+        reallocation as sequences grow)."""
+        import torch
+
+        if not prompts:
+            return []
+        was_training = model.training
+        model.eval()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        device = next(p.device for p in model.parameters())
+        lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        extra: dict[str, Any] = {"cache_implementation": "static"} if device.type == "cuda" else {}
+        if settings.stop:
+            extra |= {"stop_strings": list(settings.stop), "tokenizer": tokenizer}
+        out: dict[int, str] = {}
+        try:
+            with self._plain_layers(model):
+                for b in range(0, len(order), settings.batch_size):
+                    rows = order[b : b + settings.batch_size]
+                    enc = tokenizer(
+                        [prompts[i] for i in rows],
+                        add_special_tokens=False,
+                        padding=True,
+                        padding_side="left",
+                        return_tensors="pt",
+                    )
+                    with torch.no_grad():
+                        gen = model.generate(
+                            input_ids=enc["input_ids"].to(device),
+                            attention_mask=enc["attention_mask"].to(device),
+                            max_new_tokens=settings.max_new_tokens,
+                            do_sample=not settings.greedy,
+                            eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=pad,
+                            **extra,
+                        )
+                    width = enc["input_ids"].shape[1]
+                    texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+                    for i, text in zip(rows, texts, strict=True):
+                        out[i] = cut_at_stop(text, settings.stop)
+        finally:
+            model.train(was_training)
+        return [out[i] for i in range(len(prompts))]
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """``text`` up to and including the first stop string in it. transformers stops at the token that completes
+    one and keeps that whole token (``stop_strings``); vLLM cuts inside it: cut here, so both backends agree."""
+    ends = [i + len(s) for s in stop if (i := text.find(s)) >= 0]
+    return text[: min(ends)] if ends else text
+
+
+#: ``evaluate.backend`` → ``module:class``, imported only when a spec names it (vLLM is an optional extra).
+BACKENDS: dict[str, str] = {
+    "hf": "evaluators.generation:HFGenerator",
+    "vllm": "evaluators.vllm_backend:VLLMGenerator",
+}
+
+
+def check_backend(spec: ExperimentSpec) -> None:
+    """What validate can say about ``evaluate.backend`` offline, importing nothing heavy (one line)."""
+    backend = spec.evaluate.backend
+    if backend not in BACKENDS:
+        raise GridrunError(f"evaluate.backend: unknown backend '{backend}'; known: {', '.join(sorted(BACKENDS))}")
+    if backend != "vllm":
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise GridrunError(
+            "evaluate.backend: vllm is not installed here (pip install 'gridrun[vllm]'), or use backend: hf"
+        )
+    if spec.resources.gpu == 0:
+        raise GridrunError("evaluate.backend: vllm generates on a GPU; set resources.gpu (a share or auto) or use hf")
+    if spec.model.quantization == "int8":
+        raise GridrunError(
+            "evaluate.backend: vllm quantizes a base in flight to 4-bit only; use model.quantization nf4 or none"
+        )
+
+
+def build_generator(spec: ExperimentSpec) -> Generator:
+    """The trial's generator for ``evaluate.backend`` (once per trial: vLLM loads its base model here)."""
+    check_backend(spec)
+    module, _, cls = BACKENDS[spec.evaluate.backend].partition(":")
+    backend = getattr(importlib.import_module(module), cls)
+    return backend() if backend is HFGenerator else backend.from_spec(spec)
+
+
+_HF = HFGenerator()
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
+    """Completions by the HF backend (:class:`HFGenerator`); what callers without a trial's generator use."""
+    return _HF.generate(model, tokenizer, prompts, settings)

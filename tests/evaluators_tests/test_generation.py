@@ -1,0 +1,177 @@
+"""The generation seam: the HF backend gives today's completions byte for byte (also from its dequantized layers),
+every evaluator and measure generates through the trial's one generator, and ``evaluate.backend`` is validated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from evaluators import GenerationSettings, Generator, HFGenerator, build_evaluator
+from gridrun.errors import GridrunError
+
+
+def _old_generate(model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
+    """``evaluators._base.generate`` as it was before the seam, verbatim: the reference the HF backend must equal."""
+    import torch
+
+    if not prompts:
+        return []
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(p.device for p in model.parameters())
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    extra = {"cache_implementation": "static"} if device.type == "cuda" else {}
+    out: dict[int, str] = {}
+    try:
+        for b in range(0, len(order), settings.batch_size):
+            rows = order[b : b + settings.batch_size]
+            enc = tokenizer(
+                [prompts[i] for i in rows], add_special_tokens=False, padding=True, padding_side="left",
+                return_tensors="pt",
+            )  # fmt: skip
+            with torch.no_grad():
+                gen = model.generate(
+                    input_ids=enc["input_ids"].to(device),
+                    attention_mask=enc["attention_mask"].to(device),
+                    max_new_tokens=settings.max_new_tokens,
+                    do_sample=not settings.greedy,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=pad,
+                    **extra,
+                )
+            width = enc["input_ids"].shape[1]
+            for i, text in zip(rows, tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True), strict=True):
+                out[i] = text
+    finally:
+        model.train(was_training)
+    return [out[i] for i in range(len(prompts))]
+
+
+@pytest.fixture(scope="module")
+def trained_like() -> tuple[Any, Any, list[str]]:
+    """The demo's nf4 model with an adapter whose B is not zero (so it changes the completions), and the demo's
+    eval prompts plus squad's (longer prompts, ragged batches)."""
+    import torch
+
+    from gridrun.spec import load_spec
+    from tests.conftest import FORGETTING, TINY
+    from trainables.data import load_task_data, render_prompt
+    from trainables.qlora_sft import setup_model
+
+    spec = load_spec(FORGETTING, TINY)
+    model, tok, _ = setup_model(spec)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    prompts = []
+    for task in ("builtin:json-format", "builtin:squad"):
+        _, rows = load_task_data(spec.data.model_copy(update={"task": task, "eval_size": 6, "options": {}}), 0)
+        prompts += [render_prompt(tok, r["prompt"], "chat") for r in rows]
+    return model, tok, prompts
+
+
+def test_hf_backend_equals_the_old_generate_byte_for_byte(trained_like: tuple[Any, Any, list[str]]) -> None:
+    import bitsandbytes as bnb
+
+    model, tok, prompts = trained_like
+    settings = GenerationSettings(max_new_tokens=24, batch_size=4)
+    old = _old_generate(model, tok, prompts, settings)
+    with model.disable_adapter():
+        old_base = _old_generate(model, tok, prompts, settings)
+    assert old != old_base  # the adapter matters here, so equality below covers it
+    fast, plain = HFGenerator(), HFGenerator(dequantize_on_cpu=False)
+    assert fast.generate(model, tok, prompts, settings) == old
+    assert plain.generate(model, tok, prompts, settings) == old
+    with model.disable_adapter():
+        assert fast.generate(model, tok, prompts, settings) == old_base
+    # the 4-bit layers are back in place (training goes on through them), and were dequantized once
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == len(fast._dequantized) > 0
+    assert fast.generate(model, tok, prompts, GenerationSettings(max_new_tokens=24, batch_size=32)) == old
+
+
+def test_stop_strings_end_a_completion(trained_like: tuple[Any, Any, list[str]]) -> None:
+    model, tok, prompts = trained_like
+    full = HFGenerator().generate(model, tok, prompts[:4], GenerationSettings(max_new_tokens=24))
+    cut = HFGenerator().generate(model, tok, prompts[:4], GenerationSettings(max_new_tokens=24, stop=(" ",)))
+    assert cut != full
+    for f, c in zip(full, cut, strict=True):
+        assert c == (f[: f.index(" ") + 1] if " " in f else f)  # up to and including the first stop string
+
+
+class Recording(Generator):
+    """A backend that answers from a table and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, list[str], GenerationSettings]] = []
+
+    def generate(self, model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
+        self.calls.append((model, prompts, settings))
+        return ['{"a": 1}'] * len(prompts)
+
+
+def test_every_evaluator_and_the_judge_generate_through_the_trials_generator(tiny_spec: Any) -> None:
+    from forgetting.judge import JudgeMeasure
+
+    rec = Recording()
+    settings = GenerationSettings(max_new_tokens=5, batch_size=2)
+    examples = [{"prompt": "p1", "answer": '{"a": 1}'}, {"prompt": "p2", "answer": '{"a": 2}'}]
+    ev = build_evaluator("json_format", settings, None, rec)
+    assert ev.evaluate("the model", None, examples)["format_success"] == 1.0
+    assert rec.calls == [("the model", ["p1", "p2"], settings)]
+    for name in ("squad", "gsm8k"):
+        assert build_evaluator(name, settings, None, rec).generator is rec
+    spec = tiny_spec.model_copy(
+        update={
+            "forgetting": tiny_spec.forgetting.model_copy(update={"options": {"judge": {"url": "x", "model": "j"}}})
+        }
+    )
+    judge = JudgeMeasure(spec)
+    judge.prompts, judge.generator = ["q?"], rec
+    assert judge._answers("m", None) == ['{"a": 1}']
+    assert rec.calls[-1][1] == ["q?"] and rec.calls[-1][2].max_new_tokens == 256
+
+
+def test_setup_eval_builds_one_generator_for_the_trial(tiny_spec: Any) -> None:
+    from transformers import AutoTokenizer
+
+    from forgetting import Baselines
+    from forgetting.probe import ProbeBase
+    from gridrun.builtin import resolve_model
+    from trainables.qlora_sft import setup_eval
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(tiny_spec.model.name))
+    ctx = setup_eval(tiny_spec, tok, Baselines({"probe": ProbeBase(1.0)}))
+    assert isinstance(ctx.generator, HFGenerator)
+    assert all(ev.generator is ctx.generator for ev in ctx.evaluators)
+    assert all(m.generator is ctx.generator for m in ctx.measures)
+
+
+def test_backend_field_and_validate(tiny_spec: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from gridrun.errors import SpecError
+    from gridrun.spec import load_spec
+    from gridrun.validate import check_spec
+    from tests.conftest import FORGETTING, TINY
+
+    assert tiny_spec.evaluate.backend == "hf"
+    with pytest.raises(SpecError, match=r"evaluate\.backend") as e:
+        load_spec(FORGETTING, [*TINY, "evaluate.backend=tgi"])
+    assert "\n" not in str(e.value)
+    vllm = load_spec(FORGETTING, [*TINY, "evaluate.backend=vllm"])
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(GridrunError, match=r"^evaluate\.backend: vllm is not installed here") as e:
+            check_spec(vllm)
+        assert "\n" not in str(e.value)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    with pytest.raises(GridrunError, match=r"^evaluate\.backend: vllm generates on a GPU"):
+        check_spec(vllm)  # the demo trains on CPU
+    gpu = load_spec(FORGETTING, [*TINY, "evaluate.backend=vllm", "resources.gpu=0.5", "model.quantization=int8"])
+    with pytest.raises(GridrunError, match=r"^evaluate\.backend: vllm quantizes a base in flight to 4-bit only"):
+        check_spec(gpu)
