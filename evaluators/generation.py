@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -175,7 +176,7 @@ def check_backend(spec: ExperimentSpec) -> None:
         raise GridrunError(f"evaluate.backend: unknown backend '{backend}'; known: {', '.join(sorted(BACKENDS))}")
     if backend != "vllm":
         return
-    if importlib.util.find_spec("vllm") is None:
+    if "vllm" not in sys.modules and importlib.util.find_spec("vllm") is None:
         raise GridrunError(
             "evaluate.backend: vllm is not installed here (pip install 'gridrun[vllm]'), or use backend: hf"
         )

@@ -1,0 +1,170 @@
+"""The vLLM backend: its plumbing against a stand-in ``vllm`` module (the calls it makes), and, where vLLM and a
+GPU are there, against the real engine (skipped otherwise; the GPU validation issue runs it)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from evaluators import GenerationSettings, build_generator
+from gridrun.errors import GridrunError
+
+
+@dataclass
+class FakeLoRARequest:
+    lora_name: str
+    lora_int_id: int
+    lora_path: str
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+
+class FakeLLM:
+    """Records its construction and each ``generate``; answers with the prompt's length."""
+
+    made: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        FakeLLM.made.append(kwargs)
+        self.calls: list[dict[str, Any]] = []
+
+    def generate(self, prompts: list[dict[str, Any]], params: Any, lora_request: Any = None, use_tqdm: bool = True):
+        adapter = None
+        if lora_request is not None:  # what vLLM reads at this moment: the adapter's folder must be complete
+            adapter = sorted(p.name for p in Path(lora_request.lora_path).iterdir())
+        self.calls.append({"prompts": prompts, "params": params.kwargs, "lora": lora_request, "files": adapter})
+        out = types.SimpleNamespace
+        return [out(outputs=[out(text=f"n={len(p['prompt_token_ids'])}")]) for p in prompts]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> type[FakeLLM]:
+    vllm = types.ModuleType("vllm")
+    vllm.LLM = FakeLLM  # type: ignore[attr-defined]
+    vllm.SamplingParams = FakeSamplingParams  # type: ignore[attr-defined]
+    lora = types.ModuleType("vllm.lora")
+    request = types.ModuleType("vllm.lora.request")
+    request.LoRARequest = FakeLoRARequest  # type: ignore[attr-defined]
+    for name, mod in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    FakeLLM.made = []
+    return FakeLLM
+
+
+def test_rank_caps() -> None:
+    from evaluators.vllm_backend import lora_rank_cap
+
+    assert [lora_rank_cap(r) for r in (1, 2, 8, 9, 16, 64, 65, 512)] == [1, 8, 8, 16, 16, 64, 128, 512]
+    with pytest.raises(GridrunError, match=r"^lora\.r: vLLM serves LoRA ranks up to 512, got 600"):
+        lora_rank_cap(600)
+
+
+def test_plumbing(fake_vllm: type[FakeLLM], tiny_spec: Any) -> None:
+    import torch
+
+    from gridrun.builtin import resolve_model
+    from trainables.qlora_sft import setup_model
+
+    spec = tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.25, "lora.r": 4})
+    gen = build_generator(spec)
+    assert fake_vllm.made == []  # the engine loads at the first generation, not when the trial is set up
+    model, tok, _ = setup_model(tiny_spec.with_params({"lora.r": 4}))  # trains on CPU here; vLLM is a stand-in
+    prompts = ["Say hi.", "Name a colour, one word."]
+    settings = GenerationSettings(max_new_tokens=7, batch_size=1, stop=("\n\n",))
+
+    first = gen.generate(model, tok, prompts, settings)
+    assert first == [f"n={len(tok(p, add_special_tokens=False)['input_ids'])}" for p in prompts]
+    (engine_args,) = fake_vllm.made
+    assert engine_args == {
+        "model": resolve_model(spec.model.name),
+        "tokenizer": resolve_model(spec.model.name),
+        "dtype": spec.model.compute_dtype,
+        "enable_lora": True,
+        "max_lora_rank": 8,  # the smallest rank vLLM takes that holds r = 4
+        "max_loras": 1,
+        "gpu_memory_utilization": 0.25,  # the trial's GPU share
+        "seed": spec.train.seed,
+        "quantization": "bitsandbytes",  # nf4 base: vLLM's in-flight 4-bit
+    }
+    engine = gen._engine()
+    call = engine.calls[0]
+    assert call["prompts"] == [{"prompt_token_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+    assert call["params"] == {
+        "temperature": 0.0,
+        "max_tokens": 7,
+        "stop": ["\n\n"],
+        "include_stop_str_in_output": True,
+        "stop_token_ids": [tok.eos_token_id],
+        "skip_special_tokens": True,
+    }
+    lora = call["lora"]
+    assert lora.lora_int_id == 1 and "adapter_config.json" in call["files"]
+    assert any(f.startswith("adapter_model") for f in call["files"])
+
+    gen.generate(model, tok, prompts, settings)  # same weights: the same request, nothing saved again
+    assert engine.calls[1]["lora"] is lora
+    with torch.no_grad():  # an optimizer step writes the LoRA weights in place
+        next(p for n, p in model.named_parameters() if "lora_B" in n).add_(0.1)
+    gen.generate(model, tok, prompts, settings)
+    second = engine.calls[2]["lora"]
+    assert second.lora_int_id == 2 and second.lora_path != lora.lora_path
+    assert not Path(lora.lora_path).exists()  # the older round's adapter folder is gone
+    with model.disable_adapter():  # base scores: no adapter at all
+        gen.generate(model, tok, prompts, settings)
+    assert engine.calls[3]["lora"] is None
+    gen.generate(model.get_base_model(), tok, prompts, settings)  # peft put the adapter into its layers: as HF
+    assert engine.calls[4]["lora"] is second
+    from transformers import AutoModelForCausalLM
+
+    gen.generate(AutoModelForCausalLM.from_pretrained(resolve_model(spec.model.name)), tok, prompts, settings)
+    assert engine.calls[5]["lora"] is None  # a plain base model (gridrun compare's "before")
+    assert len(fake_vllm.made) == 1  # one engine for the whole trial
+    folder = Path(second.lora_path).parent
+    gen.close()
+    assert not folder.exists()
+
+
+def test_int8_is_refused_in_one_line(fake_vllm: type[FakeLLM], tiny_spec: Any) -> None:
+    spec = tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.5, "model.quantization": "int8"})
+    with pytest.raises(GridrunError, match=r"^evaluate\.backend: vllm quantizes a base in flight to 4-bit only"):
+        build_generator(spec)
+
+
+@pytest.mark.gpu
+def test_real_vllm_matches_hf_on_the_base_and_serves_the_adapter(tiny_spec: Any) -> None:
+    """Greedy completions of the float32 base agree with the HF backend's; the adapter's differ from the base's."""
+    pytest.importorskip("vllm")
+    import torch
+
+    from evaluators import HFGenerator
+    from trainables.qlora_sft import setup_eval, setup_model
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    over = {"evaluate.backend": "vllm", "resources.gpu": 0.4, "model.quantization": "none"}
+    spec = tiny_spec.with_params(over)
+    model, tok, _ = setup_model(spec)
+    from forgetting import Baselines
+    from forgetting.probe import ProbeBase
+
+    ctx = setup_eval(spec, tok, Baselines({"probe": ProbeBase(1.0)}))
+    prompts = [e["prompt"] for e in ctx.examples]
+    settings = ctx.evaluators[0].generation
+    with model.disable_adapter():
+        base = ctx.generator.generate(model, tok, prompts, settings)
+        assert base == HFGenerator().generate(model, tok, prompts, settings)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(torch.randn_like(p) * 0.05)
+    adapted = ctx.generator.generate(model, tok, prompts, settings)
+    assert adapted != base
+    ctx.generator.close()
