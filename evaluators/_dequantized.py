@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DequantizedLinear", "swappable_4bit"]
+__all__ = ["DequantizedLinear", "LoraOnDequantized", "lora_twin", "swappable_4bit"]
 
 
 class DequantizedLinear(torch.nn.Module):
@@ -38,3 +38,39 @@ def swappable_4bit(module: Any) -> bool:
         return False
     state = getattr(module.weight, "quant_state", None)
     return state is not None and not getattr(state, "packing_format_for_cpu", False)
+
+
+class LoraOnDequantized(torch.nn.Module):
+    """peft's vanilla-LoRA forward on a bitsandbytes 4-bit layer (eval mode, one active adapter, not merged, no
+    autocast), op for op, on the layer's dequantized twin: ``base(x) + B(A(x)) * scaling``, the adapter's input
+    cast to its dtype and its output to the result's. The same operations on the same values as peft's own
+    forward (lora dropout is the identity in eval mode; its defensive clone copies), without its per-call Python
+    work, which at a small model's decode step costs more than the arithmetic."""
+
+    def __init__(self, base: DequantizedLinear, lora_a: torch.nn.Linear, lora_b: torch.nn.Linear, scaling: float):
+        super().__init__()
+        self.base, self.lora_a, self.lora_b, self.scaling = base, lora_a, lora_b, scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        a = self.lora_a.weight
+        out = torch.nn.functional.linear(torch.nn.functional.linear(x.to(a.dtype), a), self.lora_b.weight)
+        return result + (out * self.scaling).to(result.dtype)
+
+
+def lora_twin(layer: Any, base: DequantizedLinear) -> torch.nn.Module | None:
+    """What computes a peft LoRA layer over a 4-bit base exactly, from ``base`` (its base's dequantized twin):
+    ``base`` itself when the adapter is off, :class:`LoraOnDequantized` for one vanilla adapter; None when peft
+    does more than that (merged, several or variant adapters, biases in the adapter, autocast on)."""
+    if torch.is_autocast_enabled() or getattr(layer, "merged", True):
+        return None
+    if layer.disable_adapters:
+        return base
+    active = [a for a in layer.active_adapters if a in layer.lora_A]
+    if len(active) != 1 or active[0] in getattr(layer, "lora_variant", {}):
+        return base if not active else None
+    a = active[0]
+    lora_a, lora_b = layer.lora_A[a], layer.lora_B[a]
+    if lora_a.bias is not None or lora_b.bias is not None or not isinstance(layer.scaling[a], int | float):
+        return None
+    return LoraOnDequantized(base, lora_a, lora_b, float(layer.scaling[a]))

@@ -72,9 +72,10 @@ class HFGenerator(Generator):
 
     Args:
         dequantize_on_cpu: on CPU, run a 4-bit base's layers from weights dequantized once per trial (cached; the
-            base is frozen) instead of bitsandbytes dequantizing every weight at every generated token. The
-            completions are the same bit for bit (tests check it); the cost is a compute-dtype copy of the base's
-            4-bit layers in RAM. Never on a GPU, where that copy would take the memory QLoRA saves.
+            base is frozen) instead of bitsandbytes dequantizing every weight at every generated token, and the
+            peft LoRA layers around them as peft computes them minus its per-call Python work. The completions
+            are the same bit for bit (tests check it against the old code); the cost is a compute-dtype copy of
+            the base's 4-bit layers in RAM. Never on a GPU, where that copy would take the memory QLoRA saves.
     """
 
     name = "hf"
@@ -83,27 +84,49 @@ class HFGenerator(Generator):
         self.dequantize_on_cpu = dequantize_on_cpu
         self._dequantized: weakref.WeakKeyDictionary[Any, tuple[int, Any]] = weakref.WeakKeyDictionary()
 
+    def _dequantize(self, layer: Any) -> Any:
+        """``layer``'s dequantized twin, made once (the base is frozen; a reloaded weight is dequantized again)."""
+        from evaluators._dequantized import DequantizedLinear
+
+        ptr = layer.weight.data_ptr()
+        cached = self._dequantized.get(layer)
+        if cached is None or cached[0] != ptr:
+            cached = (ptr, DequantizedLinear(layer))
+            self._dequantized[layer] = cached
+        return cached[1]
+
+    def _twin(self, module: Any) -> Any:
+        """What computes ``module`` exactly from dequantized weights: a 4-bit layer's twin, or a peft LoRA layer
+        over one as peft computes it (``lora_twin``); None for anything else."""
+        from evaluators._dequantized import lora_twin, swappable_4bit
+
+        if swappable_4bit(module):
+            return self._dequantize(module)
+        base = getattr(module, "base_layer", None)
+        if base is not None and hasattr(module, "lora_A") and swappable_4bit(base):
+            return lora_twin(module, self._dequantize(base))
+        return None
+
     @contextmanager
     def _plain_layers(self, model: Any) -> Iterator[None]:
-        """Swap each CPU 4-bit layer for its dequantized twin for the duration, then put the originals back."""
-        swaps = []
-        if self.dequantize_on_cpu:
-            from evaluators._dequantized import DequantizedLinear, swappable_4bit
-
-            for parent in list(model.modules()):
-                for child_name, child in list(parent.named_children()):
-                    if swappable_4bit(child):
-                        ptr = child.weight.data_ptr()
-                        cached = self._dequantized.get(child)
-                        if cached is None or cached[0] != ptr:  # new or reloaded weights: dequantize again
-                            cached = (ptr, DequantizedLinear(child))
-                            self._dequantized[child] = cached
-                        swaps.append((parent, child_name, child))
-                        setattr(parent, child_name, cached[1])
+        """Swap each CPU 4-bit layer (and the peft LoRA layer around it) for its exact twin for the duration,
+        then put the originals back."""
+        swaps: list[tuple[Any, str, Any]] = []
         try:
+            if self.dequantize_on_cpu:
+                replaced: set[int] = set()
+                for parent in list(model.modules()):  # parents before their children
+                    if id(parent) in replaced:
+                        continue
+                    for child_name, child in list(parent.named_children()):
+                        twin = self._twin(child)
+                        if twin is not None:
+                            swaps.append((parent, child_name, child))
+                            setattr(parent, child_name, twin)
+                            replaced.add(id(child))
             yield
         finally:
-            for parent, child_name, child in swaps:
+            for parent, child_name, child in reversed(swaps):
                 setattr(parent, child_name, child)
 
     def generate(self, model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
