@@ -66,6 +66,12 @@ class Generator(ABC):
     def close(self) -> None:  # noqa: B027  # optional: most backends hold nothing to release
         """Release what the backend holds (an engine, temporary folders); the generator is unusable after."""
 
+    @contextmanager
+    def inference(self, model: Any) -> Iterator[None]:
+        """The model as this backend runs it for inference, for the eval round's other forwards too (probe,
+        multiple-choice, answer loss): the same numbers, perhaps sooner. By default the model as it is."""
+        yield
+
 
 class HFGenerator(Generator):
     """transformers' ``generate`` on the model itself, length-sorted batches with left padding.
@@ -108,9 +114,9 @@ class HFGenerator(Generator):
         return None
 
     @contextmanager
-    def _plain_layers(self, model: Any) -> Iterator[None]:
+    def inference(self, model: Any) -> Iterator[None]:
         """Swap each CPU 4-bit layer (and the peft LoRA layer around it) for its exact twin for the duration,
-        then put the originals back."""
+        then put the originals back (nested: the twins are in place already, nothing more is swapped)."""
         swaps: list[tuple[Any, str, Any]] = []
         try:
             if self.dequantize_on_cpu:
@@ -149,7 +155,7 @@ class HFGenerator(Generator):
             extra |= {"stop_strings": list(settings.stop), "tokenizer": tokenizer}
         out: dict[int, str] = {}
         try:
-            with self._plain_layers(model):
+            with self.inference(model):
                 for b in range(0, len(order), settings.batch_size):
                     rows = order[b : b + settings.batch_size]
                     enc = tokenizer(

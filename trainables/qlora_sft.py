@@ -19,6 +19,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -202,11 +203,15 @@ def compute_baselines(spec: ExperimentSpec, names: list[str]) -> Baselines:
 
 
 def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> dict[str, float]:
-    """One evaluation: ``task/*`` (plus ``task/weighted``), ``forget/*`` against the base, and ``objective``."""
-    task = score_task(spec, model, tok, ctx.examples, ctx.evaluators)
-    forget: dict[str, float] = {}
-    for m in ctx.measures:
-        forget.update(m.score(model, tok, ctx.baselines.values.get(m.name)))
+    """One evaluation: ``task/*`` (plus ``task/weighted``), ``forget/*`` against the base, and ``objective``.
+
+    Every forward runs on the model as the trial's generator runs it for inference (the same numbers: on CPU the
+    HF backend's dequantized twins of the 4-bit layers)."""
+    with ctx.generator.inference(model) if ctx.generator is not None else nullcontext():
+        task = score_task(spec, model, tok, ctx.examples, ctx.evaluators)
+        forget: dict[str, float] = {}
+        for m in ctx.measures:
+            forget.update(m.score(model, tok, ctx.baselines.values.get(m.name)))
     metric = task.get(spec.objective.metric)
     if metric is None:
         raise GridrunError(

@@ -94,6 +94,23 @@ def test_hf_backend_equals_the_old_generate_byte_for_byte(trained_like: tuple[An
     assert fast.generate(model, tok, prompts, GenerationSettings(max_new_tokens=24, batch_size=32)) == old
 
 
+def test_the_eval_rounds_other_forwards_give_the_same_numbers_inside_inference(
+    trained_like: tuple[Any, Any, list[str]],
+) -> None:
+    from forgetting.probe import probe_loss
+
+    model, tok, prompts = trained_like
+    ids = tok(" ".join(prompts), add_special_tokens=False)["input_ids"]
+    blocks = [ids[i : i + 48] for i in range(0, 48 * 6, 48)]
+    plain = probe_loss(model, blocks, batch_size=4)
+    gen = HFGenerator()
+    with gen.inference(model):
+        assert type(model.get_base_model().model.layers[0].mlp.up_proj).__name__ == "LoraOnDequantized"
+        twin = probe_loss(model, blocks, batch_size=4)
+    assert twin == plain  # bit for bit
+    assert type(model.get_base_model().model.layers[0].mlp.up_proj).__name__ == "Linear4bit"  # peft's, back
+
+
 def test_stop_strings_end_a_completion(trained_like: tuple[Any, Any, list[str]]) -> None:
     model, tok, prompts = trained_like
     full = HFGenerator().generate(model, tok, prompts[:4], GenerationSettings(max_new_tokens=24))
