@@ -111,9 +111,7 @@ def main() -> None:
         "repeats": args.reps,
         "eval_rounds": len(reference),
         "median": med,
-        "all": {
-            name: [{k: round(r[k], 3) for k in ("wall_s", "eval_s", "share")} for r in rs] for name, rs in runs.items()
-        },
+        "all": {name: [{k: round(r[k], 3) for k in _KEYS} for r in rs] for name, rs in runs.items()},
         "eval_speedup": round(med["before"]["eval_s"] / med["after"]["eval_s"], 3),
         "eval_cpu_speedup": round(med["before"]["eval_cpu_s"] / med["after"]["eval_cpu_s"], 3),
         "metrics_identical": True,

@@ -117,9 +117,12 @@ class HFGenerator(Generator):
     def inference(self, model: Any) -> Iterator[None]:
         """Swap each CPU 4-bit layer (and the peft LoRA layer around it) for its exact twin for the duration,
         then put the originals back (nested: the twins are in place already, nothing more is swapped)."""
+        import torch
+
         swaps: list[tuple[Any, str, Any]] = []
         try:
-            if self.dequantize_on_cpu:
+            # under autocast the ops run in other dtypes than the twins were checked against: leave the model be
+            if self.dequantize_on_cpu and not torch.is_autocast_enabled("cpu"):
                 replaced: set[int] = set()
                 for parent in list(model.modules()):  # parents before their children
                     if id(parent) in replaced:
