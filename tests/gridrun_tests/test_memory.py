@@ -27,7 +27,7 @@ from gridrun.memory import (
 )
 from gridrun.packing import check_fraction, pick_fraction, resolve_gpu
 from gridrun.spec import spec_from_dict, validate_dict
-from trainables.precision import autocast
+from trainables.precision import autocast, resolved_spec
 
 #: Published configs (config.json of Qwen/Qwen2.5-0.5B-Instruct and Qwen/Qwen2.5-7B-Instruct), the keys that matter.
 QWEN_05B = {
@@ -366,7 +366,8 @@ def test_the_trial_reports_its_estimate_next_to_its_peak(tiny_spec) -> None:
     run(tiny_spec, Baselines({"probe": ProbeBase(3.0)}), lambda m, d: reports.append(m), max_steps=4)
     config = model_config(tiny_spec)
     assert config is not None
-    expected = estimate_trial_memory(config, tiny_spec).allocated / 2**20
+    # the trial estimates what it computes in: auto resolved on its device (float32 on this CPU)
+    expected = estimate_trial_memory(config, resolved_spec(tiny_spec, "cpu")).allocated / 2**20
     assert reports and all(r["perf/mem_estimate_mb"] == pytest.approx(expected) for r in reports)
     assert all(r["perf/peak_mem_mb"] > 0 for r in reports)
 
