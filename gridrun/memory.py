@@ -222,17 +222,17 @@ def _layer_activation_bytes(
     lin = shape.linears()
     # RMSNorm upcasts its input to fp32 and keeps it and rsqrt; two per layer
     total = 2 * (4 * h + 4)
-    if attn == "eager":  # softmax kept in fp32, and a copy in the compute dtype when not fp32: span^2 per head
-        total += 4 * qd * low + nh * span * (4 + (low if low != 4 else 0))
+    if attn == "eager":  # q, k and v repeated to every head; softmax kept in fp32, and a copy in the compute dtype
+        total += 3 * qd * low + nh * span * (4 + (low if low != 4 else 0))  # when not fp32: span^2 per head
     elif attn == "flash_attention_2":  # q, output, k and v at their own heads (GQA in the kernel), logsumexp;
         total += (2 * qd + 2 * shape.kv_heads * shape.head_dim) * low + 4 * nh  # no mask (varlen rows)
     else:  # sdpa: q, output, k and v repeated to every head (a mask rules out the GQA kernels), logsumexp, and
         total += 4 * qd * low + 4 * nh + span * low  # the padding or block-causal mask, made additive in q's dtype
     total += 3 * i * act  # gate, up and silu(gate): the inputs of the activation and of the product
-    # the inputs of the projections that LoRA reads: normed (q/k/v), attention output (o, kept by sdpa already),
-    # normed (gate/up), the MLP product (down)
+    # the inputs of the projections that LoRA reads: normed (q/k/v), attention output (o, kept by sdpa and flash
+    # already, not by eager), normed (gate/up), the MLP product (down)
     group = {"q_proj": "n1", "k_proj": "n1", "v_proj": "n1", "o_proj": "att", "gate_proj": "n2", "up_proj": "n2"}
-    size = {"n1": h * act, "att": 0, "n2": h * act, "down": i * act}
+    size = {"n1": h * act, "att": qd * act if attn == "eager" else 0, "n2": h * act, "down": i * act}
     shared: set[str] = set()
     if spec.model.quantization == "int8":  # bitsandbytes' int8 matmul keeps every projection's input
         shared = set(size)

@@ -251,6 +251,9 @@ VARIANTS = [
     ("nf4", "bfloat16", {}),
     ("none", "float32", {"lora.target_modules": ["q_proj", "v_proj"], "lora.dropout": 0.0}),
     ("none", "float32", {"train.padding_free": True}),
+    ("none", "float32", {"model.attn_implementation": "eager"}),
+    ("none", "bfloat16", {"model.attn_implementation": "eager"}),
+    ("none", "float32", {"model.attn_implementation": "eager", "lora.dropout": 0.0}),
 ]
 
 
@@ -328,7 +331,8 @@ class _PeakTracker:
 
 
 @pytest.mark.parametrize(
-    ("quantization", "dtype", "over"), [*VARIANTS[:5], ("nf4", "bfloat16", {"model.gradient_checkpointing": True})]
+    ("quantization", "dtype", "over"),
+    [*VARIANTS[:5], VARIANTS[8], ("nf4", "bfloat16", {"model.gradient_checkpointing": True})],
 )
 def test_a_training_step_peaks_where_the_estimate_says(small_qwen, quantization, dtype, over) -> None:
     """Two accumulated micro-batches and an optimizer step, as the trainable runs them: the peak of what they
