@@ -236,3 +236,60 @@ def test_padding_free_rows_carry_flash_attentions_varlen_arguments(tiny_model_pa
     assert varlen["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 0, 1, 2, 3, 4, 5, 6]]
     assert varlen["cu_seq_lens_q"].tolist() == varlen["cu_seq_lens_k"].tolist() == [0, 5, 7, 14]
     assert varlen["max_length_q"] == varlen["max_length_k"] == 7
+
+
+def test_float16_trial_skips_overflowing_steps_without_stopping(tiny_spec, tiny_model_path) -> None:
+    """The trainable's float16 loop (CPU autocast has float16) with a real GradScaler started at a scale its
+    gradients overflow at (2^16 does not): those steps are skipped and the learning-rate schedule waits for them,
+    the loss stays finite (no non-finite-loss stop), and the trial trains on once the scale has come down."""
+    import importlib
+    import math
+
+    from forgetting import Baselines, ProbeBase
+    from gridrun.stopping import NonFiniteLoss
+    from trainables.qlora_sft import lr_schedule
+
+    qlora_sft = importlib.import_module("trainables.qlora_sft")
+    spec = tiny_spec.with_params(
+        {
+            "model.quantization": "none",
+            "model.compute_dtype": "float16",
+            "train.eval_every": 4,
+            "train.epochs": 2,
+            "data.eval_size": 2,  # float16 on CPU is slow: a small eval round
+            "evaluate.max_new_tokens": 4,
+            "forgetting.samples": 2,
+        }
+    )
+    scalers: list = []
+    steps: list[bool] = []
+
+    def scaler(s, device):
+        scalers.append(torch.amp.GradScaler(device, init_scale=2.0**20))
+        return scalers[-1]
+
+    def step(*args, **kwargs):
+        steps.append(precision.optimizer_step(*args, **kwargs))
+        return steps[-1]
+
+    reports: list[dict] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(qlora_sft, "grad_scaler", scaler)
+        mp.setattr(qlora_sft, "optimizer_step", step)
+        qlora_sft.run(spec, Baselines({"probe": ProbeBase(3.0)}), lambda m, d: reports.append(m), max_steps=4)
+    assert len(steps) == 4 and not steps[0] and any(steps)  # skipped at 2^20, taken once the scale came down
+    assert scalers[0].get_scale() < 2.0**20
+    # the report's learning rate is the schedule after the steps taken, the skipped ones not counted
+    total = 2 * 64 // spec.train.batch_size
+
+    def lr_after(n: int) -> float:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=spec.train.lr)
+        sched = lr_schedule(opt, spec.train.lr_scheduler, int(spec.train.warmup_ratio * total), total)
+        for _ in range(n):
+            sched.step()
+        return float(sched.get_last_lr()[0])
+
+    assert reports[0]["train/lr"] == pytest.approx(lr_after(sum(steps))) != pytest.approx(lr_after(4))
+    reasons: dict[str, str] = {}
+    assert all(math.isfinite(r["train/loss"]) for r in reports)
+    assert not any(NonFiniteLoss(reasons)("t", r) for r in reports) and len(reports) == 1
