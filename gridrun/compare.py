@@ -25,6 +25,7 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     from evaluators import GenerationSettings, build_evaluator, generate
     from trainables.base_scores import example_scores
     from trainables.data import load_task_data, render_prompt
+    from trainables.precision import autocast
 
     if n < 1:
         raise GridrunError(f"-n: must be at least 1, got {n}")
@@ -39,10 +40,12 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     prompts = [render_prompt(tok, r["prompt"], spec.data.template) for r in rows]
     ev = spec.evaluate
     settings = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-    before = generate(base, tok, prompts, settings)
+    with autocast(spec, base):  # the compute dtype the trial's eval rounds generated in
+        before = generate(base, tok, prompts, settings)
     with store.local_dir(checkpoint_dir(row)) as ckpt:  # on an object store: downloaded, then removed
         model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))
-    after = generate(model, tok, prompts, settings)
+    with autocast(spec, model):
+        after = generate(model, tok, prompts, settings)
     evaluators = [build_evaluator(name, settings, ev.options.get(name)) for name in ev.evaluators]
     examples = [{**r, "prompt": p} for r, p in zip(rows, prompts, strict=True)]
     scored = zip(example_scores(evaluators, before, examples), example_scores(evaluators, after, examples), strict=True)
