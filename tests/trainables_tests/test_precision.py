@@ -286,6 +286,7 @@ def test_float16_trial_skips_overflowing_steps_without_stopping(tiny_spec, tiny_
         opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=spec.train.lr)
         sched = lr_schedule(opt, spec.train.lr_scheduler, int(spec.train.warmup_ratio * total), total)
         for _ in range(n):
+            opt.step()  # no gradients: nothing moves, and torch sees the order it expects
             sched.step()
         return float(sched.get_last_lr()[0])
 
