@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["baseline_key", "cached_baselines", "fingerprint"]
 
-_VERSION = 5  # 3: probe from hub datasets, lm-eval scoring; 4: on the prepared model; 5: one entry per measure
+# 3: probe from hub datasets, lm-eval scoring; 4: on the prepared model; 5: one entry per measure; 6: 16-bit compute
+# under autocast, base weights not upcast under bfloat16, the attention kernel in the key
+_VERSION = 6
 
 #: compute(spec, measure names) -> their base values (runs where the trials run: a Ray task at launch).
 Compute = Callable[["ExperimentSpec", list[str]], Baselines]
@@ -52,14 +54,16 @@ def fingerprint(source: str) -> str:
 
 def baseline_key(spec: ExperimentSpec, measure: Measure) -> str:
     """The cache key of ``measure``'s base value for ``spec``'s model."""
-    m = spec.model
+    m, gpu = spec.model, spec.resources.gpu
     parts = {
         "v": _VERSION,
         "measure": measure.name,
         "model": fingerprint(m.name),
         "revision": m.revision,
         "quantization": m.quantization,
-        "compute_dtype": m.compute_dtype,
+        # auto is float32 on CPU trials and a 16-bit dtype on GPU ones: the numbers differ
+        "compute_dtype": m.compute_dtype if m.compute_dtype != "auto" else f"auto/{'cpu' if gpu == 0 else 'cuda'}",
+        "attn_implementation": m.attn_implementation,
         **measure.base_key(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]

@@ -25,6 +25,7 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     from evaluators import GenerationSettings, build_evaluator, build_generator
     from trainables.base_scores import example_scores
     from trainables.data import load_task_data, render_prompt
+    from trainables.precision import autocast
 
     if n < 1:
         raise GridrunError(f"-n: must be at least 1, got {n}")
@@ -41,10 +42,12 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     settings = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
     generator = build_generator(spec)  # the experiment's backend (evaluate.backend), as its trials generated
     try:
-        before = generator.generate(base, tok, prompts, settings)
+        with autocast(spec, base):  # the compute dtype the trial's eval rounds generated in
+            before = generator.generate(base, tok, prompts, settings)
         with store.local_dir(checkpoint_dir(row)) as ckpt:  # on an object store: downloaded, then removed
             model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))
-        after = generator.generate(model, tok, prompts, settings)
+        with autocast(spec, model):
+            after = generator.generate(model, tok, prompts, settings)
     finally:
         generator.close()
     evaluators = [build_evaluator(name, settings, ev.options.get(name)) for name in ev.evaluators]

@@ -32,19 +32,26 @@ def encode_example(tokenizer: Any, prompt_text: str, answer: str, max_len: int) 
     return {"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a}
 
 
-def collate(batch: list[dict[str, list[int]]], tokenizer: Any, padding_free: bool = False) -> dict[str, Any]:
+def collate(
+    batch: list[dict[str, list[int]]], tokenizer: Any, padding_free: bool = False, varlen: bool = False
+) -> dict[str, Any]:
     """Encoded examples → a model batch, by transformers' collators.
 
     Padded: right-padded ``input_ids`` and ``attention_mask``, labels padded with -100. Padding-free: the
     micro-batch concatenated into one row with ``position_ids`` restarting at every example and -100 at each
     boundary (transformers' flattening semantics); the model's attention then keeps examples apart (a
     block-causal mask built from the position ids), so no pad token is computed and the loss is the padded one.
+    ``varlen`` (FlashAttention-2) adds the collator's ``cu_seq_lens_q/k`` and ``max_length_q/k``, the kernel's
+    variable-length arguments, so it does not derive them from the position ids on the GPU at every layer.
     """
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     features = [{"input_ids": b["input_ids"], "labels": b["labels"]} for b in batch]
     if padding_free:
-        return dict(DataCollatorWithFlattening(return_tensors="pt", separator_id=IGNORE_INDEX)(features))
+        flatten = DataCollatorWithFlattening(
+            return_tensors="pt", separator_id=IGNORE_INDEX, return_flash_attn_kwargs=varlen
+        )
+        return dict(flatten(features))
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
     try:
         pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")

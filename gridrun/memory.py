@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gridrun.errors import GridrunError
+from gridrun.precision import resolve_attn, resolve_dtype
 from gridrun.spec import ExperimentSpec
 
 __all__ = [
@@ -179,8 +180,9 @@ def gib(n: float) -> str:
     return f"{n / GiB:.1f}"
 
 
-def _weight_bytes(shape: ModelShape, quantization: str, compute_bytes: int) -> tuple[int, int]:
-    """(projections, float parameters) in bytes as loaded and prepared for training."""
+def _weight_bytes(shape: ModelShape, quantization: str, compute_bytes: int, upcast: bool) -> tuple[int, int]:
+    """(projections, float parameters) in bytes as loaded and prepared for training (``upcast``: by peft's k-bit
+    preparation, which the trainable skips under bfloat16)."""
     tensors = [(i, o) for i, o in shape.linears().values()]
     if quantization == "nf4":
         per_layer = 0
@@ -193,6 +195,8 @@ def _weight_bytes(shape: ModelShape, quantization: str, compute_bytes: int) -> t
         linear = shape.layers * sum(i * o + 4 * o for i, o in tensors)  # int8 codes + one fp32 scale per row
     else:
         return shape.linear_params() * compute_bytes, shape.float_params() * compute_bytes
+    if not upcast:
+        return linear, shape.float_params() * compute_bytes
     # prepare_model_for_kbit_training casts every fp16/bf16 parameter that is not 4-bit to fp32; a 4-bit
     # layer's bias goes back to the compute dtype at its first forward
     bias = shape.bias_params() if quantization == "nf4" else 0
@@ -200,30 +204,35 @@ def _weight_bytes(shape: ModelShape, quantization: str, compute_bytes: int) -> t
 
 
 def _layer_activation_bytes(
-    shape: ModelShape, spec: ExperimentSpec, act: int, span: int, mask_bytes: int, eager: bool
+    shape: ModelShape, spec: ExperimentSpec, act: int, span: int, mask_bytes: int, attn: str, autocast: bool
 ) -> tuple[int, int]:
     """Bytes one decoder layer keeps for backward, per token, and how many fewer the first layer keeps (checked
     tensor by tensor against autograd's saved tensors in the tests).
 
     Args:
-        act: the residual stream's dtype size: fp32 under nf4/int8 (peft upcasts norms and embeddings, and
-            bitsandbytes casts each projection's output back to its input's dtype), else the compute dtype.
+        act: the residual stream's dtype size: fp32 under nf4/int8 with peft's upcast (bitsandbytes casts each
+            projection's output back to its input's dtype), else the compute dtype.
         span: the attention mask's row: the sequence, or a padding-free micro-batch's whole packed row.
+        attn: the attention kernel (transformers' attn_implementation).
+        autocast: 16-bit compute, whose autocast runs attention and every LoRA matmul in 16 bits.
     """
+    low = 2 if autocast else act  # what attention and the adapters' matmuls keep
     h, i, nh = shape.hidden, shape.intermediate, shape.heads
     qd = nh * shape.head_dim
     lin = shape.linears()
     # RMSNorm upcasts its input to fp32 and keeps it and rsqrt; two per layer
     total = 2 * (4 * h + 4)
-    if eager:  # softmax kept in fp32, and a copy in the compute dtype when that is not fp32: span^2 per head
-        total += 4 * qd * act + nh * span * (4 + (act if act != 4 else 0))
+    if attn == "eager":  # q, k and v repeated to every head; softmax kept in fp32, and a copy in the compute dtype
+        total += 3 * qd * low + nh * span * (4 + (low if low != 4 else 0))  # when not fp32: span^2 per head
+    elif attn == "flash_attention_2":  # q, output, k and v at their own heads (GQA in the kernel), logsumexp;
+        total += (2 * qd + 2 * shape.kv_heads * shape.head_dim) * low + 4 * nh  # no mask (varlen rows)
     else:  # sdpa: q, output, k and v repeated to every head (a mask rules out the GQA kernels), logsumexp, and
-        total += 4 * qd * act + 4 * nh + span * act  # the padding or block-causal mask, made additive in q's dtype
+        total += 4 * qd * low + 4 * nh + span * low  # the padding or block-causal mask, made additive in q's dtype
     total += 3 * i * act  # gate, up and silu(gate): the inputs of the activation and of the product
-    # the inputs of the projections that LoRA reads: normed (q/k/v), attention output (o, kept by sdpa already),
-    # normed (gate/up), the MLP product (down)
+    # the inputs of the projections that LoRA reads: normed (q/k/v), attention output (o, kept by sdpa and flash
+    # already, not by eager), normed (gate/up), the MLP product (down)
     group = {"q_proj": "n1", "k_proj": "n1", "v_proj": "n1", "o_proj": "att", "gate_proj": "n2", "up_proj": "n2"}
-    size = {"n1": h * act, "att": 0, "n2": h * act, "down": i * act}
+    size = {"n1": h * act, "att": qd * act if attn == "eager" else 0, "n2": h * act, "down": i * act}
     shared: set[str] = set()
     if spec.model.quantization == "int8":  # bitsandbytes' int8 matmul keeps every projection's input
         shared = set(size)
@@ -234,12 +243,13 @@ def _layer_activation_bytes(
         if name not in lin:
             continue
         fan_in = lin[name][0]
-        total += spec.lora.r * 4  # lora_B's input, fp32 as peft keeps adapters
-        if spec.lora.dropout > 0:  # a dropped-out copy in the adapter's fp32, and the mask (bool on CUDA)
-            total += fan_in * (4 + mask_bytes)
+        # lora_B's input: fp32 as peft keeps adapters, 16-bit under autocast
+        total += spec.lora.r * (2 if autocast else 4)
+        if spec.lora.dropout > 0:  # a dropped-out copy (fp32, or autocast's 16-bit cast), the mask (bool on CUDA)
+            total += fan_in * ((2 if autocast else 4) + mask_bytes)
             first += fan_in * mask_bytes if group.get(name) == "n1" else 0
-        elif act != 4:  # the input cast to the adapter's fp32, a copy per adapter
-            total += fan_in * 4
+        elif autocast or act != 4:  # peft's cast of the input to fp32, and autocast's back: a copy per adapter
+            total += fan_in * (2 if autocast else 4)
         else:
             shared.add(group.get(name, "down"))
     return total + sum(size[g] for g in shared), first
@@ -281,16 +291,19 @@ def estimate_trial_memory(config: Mapping[str, Any], spec: ExperimentSpec, devic
     """
     shape = ModelShape.from_config(config)
     q = spec.model.quantization
-    compute = 4 if spec.model.compute_dtype == "float32" else 2
-    act = 4 if q != "none" else compute  # the residual stream, and the logits (lm_head is fp32 under nf4/int8)
-    weights, floats = _weight_bytes(shape, q, compute)
+    dtype = resolve_dtype(spec.model, device)  # auto on a GPU: bfloat16 (every GPU of 40 GiB or more has it)
+    compute = 4 if dtype == "float32" else 2
+    upcast = q != "none" and dtype != "bfloat16"  # peft's k-bit preparation (trainables.model.add_lora)
+    act = 4 if upcast else compute  # the residual stream, and the logits (lm_head is fp32 when upcast)
+    weights, floats = _weight_bytes(shape, q, compute, upcast)
     n_lora = shape.lora_params(spec.lora.r, spec.lora.target_modules)
     b, seq = spec.train.batch_size, spec.data.max_seq_len
     tokens = b * seq  # every micro-batch as long as the longest example allowed (padded, or packed in one row)
     packed = spec.train.padding_free is True or (spec.train.padding_free == "auto" and device == "cuda")
-    eager = (config.get("attn_implementation") or config.get("_attn_implementation")) == "eager"
+    attn = resolve_attn(spec.model, device, dtype)  # the spec's kernel, passed to from_pretrained
     mask_bytes = 1 if device == "cuda" else 4  # dropout's mask: bool on CUDA, the input's float dtype on CPU
-    layer, first = _layer_activation_bytes(shape, spec, act, tokens if packed else seq, mask_bytes, eager)
+    autocast = dtype != "float32"
+    layer, first = _layer_activation_bytes(shape, spec, act, tokens if packed else seq, mask_bytes, attn, autocast)
     h = shape.hidden
     fixed = 4 * h + 4  # the final norm: its fp32 input and rsqrt
     if spec.model.gradient_checkpointing:  # each layer keeps its input; backward recomputes one layer at a time
@@ -298,10 +311,15 @@ def estimate_trial_memory(config: Mapping[str, Any], spec: ExperimentSpec, devic
     else:
         saved, recompute = tokens * (shape.layers * layer - first + fixed), 0
     saved += 2 * (tokens if packed else seq) * shape.head_dim * act  # rotary cos and sin, shared by the layers
+    if autocast and not spec.model.gradient_checkpointing:
+        # autocast's 16-bit copies of the adapters, but the first layer's q/k/v lora_A (no input grad there)
+        first_a = sum(spec.lora.r * h for t in ("q_proj", "k_proj", "v_proj") if t in spec.lora.target_modules)
+        saved += 2 * (n_lora - first_a)
     logits = tokens * shape.vocab * act  # kept by the output until the next micro-batch's, and through eval
     # backward starts with logits, log_softmax (fp32), its gradient and the logits' gradient (fp32) all alive
     loss = tokens * shape.vocab * (act + 12)
-    layer_backward = recompute + tokens * (3 * shape.intermediate + 3 * h) * act  # gradients through one layer
+    # gradients through one layer: fp32 where they meet the norms' and peft's casts to fp32, whatever autocast does
+    layer_backward = recompute + tokens * (3 * shape.intermediate + 3 * h) * 4
     ev, kind = _eval_bytes(shape, spec, act)
     return Estimate(
         weights=weights,

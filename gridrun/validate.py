@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 from gridrun.builtin import builtin_name, check_names
 from gridrun.errors import GridrunError
+from gridrun.precision import check_attn_implementation
 from gridrun.sources import check_hub_cache, hub_offline, input_sources, is_hub_id, resolve_hub_ids
 from gridrun.spec import ExperimentSpec
 from gridrun.storage import check_reachable, check_storage
@@ -146,6 +147,7 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
         check_lora_targets(spec)
     if spec.model.quantization != "none" and spec.resources.gpu == 0 and spec.model.compute_dtype == "float16":
         raise GridrunError("model.compute_dtype: float16 4/8-bit matmuls need a GPU; use float32 on CPU")
+    check_attn_implementation(spec.model, "cpu" if spec.resources.gpu == 0 else None)
     check_answer_formats(spec)
     check_memory(spec)
     check_tracking_uri(spec.tracking.uri, reach=False)  # scheme, form and local folder: no server needed

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from gridrun.spec import ExperimentSpec
+from trainables.precision import autocast
 
 __all__ = [
     "BASE_PREFIX",
@@ -151,7 +152,8 @@ def score_task(
     the one scoring both a trial's eval round and the base model's score run."""
     task: dict[str, float] = {}
     for ev in evaluators:
-        task.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, examples).items()})
+        with autocast(spec, model):  # generation and scoring in the trial's compute dtype
+            task.update({f"task/{k}": float(v) for k, v in ev.evaluate(model, tok, examples).items()})
     weights = spec.objective.weights
     if weights:
         task["task/weighted"] = sum(w * task.get(k, 0.0) for k, w in weights.items())

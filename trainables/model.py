@@ -10,6 +10,7 @@ from typing import Any
 from gridrun.builtin import resolve_model
 from gridrun.errors import GridrunError
 from gridrun.spec import LoraSpec, ModelSpec
+from trainables.precision import model_device, resolve
 
 __all__ = ["add_lora", "cap_gpu_memory", "load_base", "pick_device", "quiet_bnb_kernel_notice", "quiet_hf"]
 
@@ -89,8 +90,9 @@ def load_base(model: ModelSpec, device: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     path = resolve_model(model.name)
-    dtype = getattr(torch, model.compute_dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": device}}
+    precision = resolve(model, device)
+    dtype = getattr(torch, precision.dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": device}, "attn_implementation": precision.attn}
     if model.revision:
         kwargs["revision"] = model.revision
     if model.quantization == "nf4":
@@ -123,13 +125,22 @@ def load_base(model: ModelSpec, device: str) -> tuple[Any, Any]:
 
 
 def add_lora(base: Any, lora: LoraSpec, model: ModelSpec) -> Any:
-    """Wrap ``base`` with a fresh LoRA adapter (initialised from the current torch RNG state)."""
+    """Wrap ``base`` with a fresh LoRA adapter (initialised from the current torch RNG state).
+
+    Under 4/8-bit quantization peft's k-bit preparation upcasts the embeddings, norms and head to float32, which
+    keeps the residual stream in float32 whatever autocast does (bitsandbytes returns a projection's output in its
+    input's dtype). That stays for float32 and float16 compute (float16's range does not hold the residual stream
+    of every model); with bfloat16 (float32's range) the base stays as loaded, so the residual stream and the
+    logits are bfloat16: the norms still compute their statistics in float32 and the loss upcasts the logits.
+    """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if model.quantization != "none":
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=model.gradient_checkpointing)
-    elif model.gradient_checkpointing:
-        base.gradient_checkpointing_enable()
+    if model.quantization != "none" and resolve(model, model_device(base)).dtype != "bfloat16":
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    if model.gradient_checkpointing:
+        # transformers' current name (gradient_checkpointing_enable is deprecated) and torch's non-reentrant
+        # checkpoint: it needs no input that requires grad, and torch warns when use_reentrant is left unset
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     names = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
     missing = [t for t in lora.target_modules if t not in names]
     if missing:

@@ -32,6 +32,7 @@ from trainables import state
 from trainables.base_scores import base_for, gain_metrics, score_task, step0_base
 from trainables.data import collate, render_prompt, subsample
 from trainables.model import add_lora, cap_gpu_memory, load_base, pick_device, quiet_hf
+from trainables.precision import autocast, grad_scaler, optimizer_step, resolve, resolved_spec
 from trainables.tokenized import TrainSet, eval_records, examples, load_train_set
 
 __all__ = [
@@ -192,7 +193,8 @@ def compute_baselines(spec: ExperimentSpec, names: list[str]) -> Baselines:
         for m in measures:
             m.generator = generator
             m.setup(tok, [])
-            out[m.name] = m.compute_base(model, tok)
+            with autocast(spec, model):  # the numerics the trials' eval rounds run in
+                out[m.name] = m.compute_base(model, tok)
     finally:
         if generator is not None:
             generator.close()
@@ -211,7 +213,8 @@ def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> 
         task = score_task(spec, model, tok, ctx.examples, ctx.evaluators)
         forget: dict[str, float] = {}
         for m in ctx.measures:
-            forget.update(m.score(model, tok, ctx.baselines.values.get(m.name)))
+            with autocast(spec, model):
+                forget.update(m.score(model, tok, ctx.baselines.values.get(m.name)))
     metric = task.get(spec.objective.metric)
     if metric is None:
         raise GridrunError(
@@ -253,6 +256,7 @@ def run(
 
     # --- setup ----------------------------------------------------------------------------------------
     model, tok, device = setup_model(spec)
+    spec = resolved_spec(spec, device)  # auto compute dtype and attention kernel as they are here (the card's)
     model.train()
     encoded, full = setup_train_data(spec, tok)
     ctx = setup_eval(spec, tok, baseline)
@@ -268,13 +272,15 @@ def run(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     sched = lr_schedule(opt, tc.lr_scheduler, warmup, total_steps)
+    scaler = grad_scaler(spec, device)  # float16 only; a pass-through otherwise
     pos = state.Position(step=0, samples_seen=0)
     if restore is not None:
-        pos = state.load(restore, model, opt, sched)
+        pos = state.load(restore, model, opt, sched, scaler)
     else:
         set_seed(tc.seed)  # python, numpy, torch (and CUDA): data order and dropout
 
     padding_free = tc.padding_free if tc.padding_free != "auto" else device == "cuda"
+    varlen = padding_free and resolve(spec.model, device).attn == "flash_attention_2"
     lengths = list(encoded["length"]) if tc.group_by_length else None
     stream = state.SampleStream(n_train, tc.seed, lengths, tc.batch_size)
     last: dict[str, Any] = {}
@@ -290,16 +296,19 @@ def run(
         for m in range(0, len(idx), tc.batch_size):
             micro = idx[m : m + tc.batch_size]
             rows = examples(encoded, micro)
-            batch = {k: v.to(device) for k, v in collate(rows, tok, padding_free).items()}
-            out = model(**batch, use_cache=False)  # no KV cache in training (and packed rows need none)
+            batch = {
+                k: v.to(device) if hasattr(v, "to") else v for k, v in collate(rows, tok, padding_free, varlen).items()
+            }
+            with autocast(spec, model):
+                out = model(**batch, use_cache=False)  # no KV cache in training (and packed rows need none)
             # Weight micro-batches by size so a partial last step averages like a full one.
-            (out.loss * len(micro) / len(idx)).backward()
+            scaler.scale(out.loss * len(micro) / len(idx)).backward()
             step_loss += out.loss.item() * len(micro) / len(idx)
             tokens += sum(len(r["input_ids"]) for r in rows)
-        if tc.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-        opt.step()
-        sched.step()
+        # a float16 step the GradScaler skipped (inf in the scaled gradients) leaves the schedule where it is, as
+        # transformers' Trainer does; its loss is finite, so it is no non-finite-loss stop
+        if optimizer_step(opt, scaler, params, tc.max_grad_norm):
+            sched.step()
         opt.zero_grad(set_to_none=True)
         pos.step += 1
         pos.samples_seen += len(idx)
@@ -328,7 +337,7 @@ def run(
             }
             losses.clear()
             with tempfile.TemporaryDirectory(prefix="gridrun-ckpt-") as d:
-                state.save(Path(d), model, opt, sched, pos, spec, last)
+                state.save(Path(d), model, opt, sched, pos, spec, last, scaler)
                 report(last, Path(d))
             if not math.isfinite(step_loss):
                 break  # the non-finite-loss stopper ends the trial; nothing more to learn here

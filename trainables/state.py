@@ -101,8 +101,16 @@ def card(spec: ExperimentSpec, metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(
-    d: Path, model: Any, opt: Any, sched: Any, pos: Position, spec: ExperimentSpec, metrics: dict[str, Any]
+    d: Path,
+    model: Any,
+    opt: Any,
+    sched: Any,
+    pos: Position,
+    spec: ExperimentSpec,
+    metrics: dict[str, Any],
+    scaler: Any = None,
 ) -> None:
+    """Write the checkpoint folder (``scaler``: float16's GradScaler, whose scale a restored trial continues from)."""
     import torch
 
     model.save_pretrained(str(d / "adapter"))
@@ -112,14 +120,16 @@ def save(
             "scheduler": sched.state_dict(),
             "rng": _rng_state(),
             "position": asdict(pos),
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         },
         d / "trainer_state.pt",
     )
     (d / "gridrun_card.json").write_text(json.dumps(card(spec, metrics), indent=2, default=str))
 
 
-def load(d: Path, model: Any, opt: Any, sched: Any) -> Position:
-    """Restore adapter weights, optimizer, scheduler and RNG from ``d``; return the data position."""
+def load(d: Path, model: Any, opt: Any, sched: Any, scaler: Any = None) -> Position:
+    """Restore adapter weights, optimizer, scheduler, RNG (and the GradScaler's scale) from ``d``; return the data
+    position."""
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -132,5 +142,7 @@ def load(d: Path, model: Any, opt: Any, sched: Any) -> Position:
     st = torch.load(d / "trainer_state.pt", weights_only=False)
     opt.load_state_dict(st["optimizer"])
     sched.load_state_dict(st["scheduler"])
+    if scaler is not None and st.get("scaler"):
+        scaler.load_state_dict(st["scaler"])
     _set_rng_state(st["rng"])
     return Position(**st["position"])

@@ -51,10 +51,21 @@ class ModelSpec(_Section):
     quantization: Literal["nf4", "int8", "none"] = Field(
         "nf4", description="how the frozen base weights are loaded: bitsandbytes nf4 (QLoRA), int8, or none"
     )
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype of activations and LoRA weights (bfloat16 on modern GPUs)"
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="dtype the frozen base is loaded and computed in: forwards run under torch.autocast in it, "
+        "float16 with a GradScaler; LoRA weights and AdamW state stay float32. auto: bfloat16 on a GPU that has "
+        "it, float16 on one that does not, float32 on CPU",
     )
-    gradient_checkpointing: bool = Field(False, description="trade compute for memory on large models")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto",
+        description="attention kernel (transformers' attn_implementation); auto: flash_attention_2 where the "
+        "flash_attn package is installed and a GPU computes in bfloat16/float16, else sdpa. eager keeps every "
+        "layer's [batch, heads, seq, seq] scores",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="trade compute for memory on large models (non-reentrant activation checkpointing)"
+    )
 
 
 class LoraSpec(_Section):

@@ -72,9 +72,13 @@ def test_key_changes_with_what_changes_the_number(tiny_spec) -> None:
         ("forgetting.samples", 3),
         ("model.quantization", "none"),
         ("model.compute_dtype", "bfloat16"),
+        ("model.attn_implementation", "eager"),
         ("forgetting.probe", "other.txt"),
     ):
         assert _key(spec.with_params({path: value})) != key, path
+    # auto computes in float32 on CPU trials and in 16 bits on GPU ones
+    auto = spec.with_params({"model.compute_dtype": "auto"})
+    assert _key(auto.with_params({"resources.gpu": 0})) != _key(auto.with_params({"resources.gpu": 0.5}))
     # trial knobs do not change the base model's probe loss
     assert _key(spec.with_params({"train.lr": 0.5})) == key
     assert _key(spec.with_params({"lora.r": 64})) == key

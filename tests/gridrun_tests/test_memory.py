@@ -27,6 +27,7 @@ from gridrun.memory import (
 )
 from gridrun.packing import check_fraction, pick_fraction, resolve_gpu
 from gridrun.spec import spec_from_dict, validate_dict
+from trainables.precision import autocast, resolved_spec
 
 #: Published configs (config.json of Qwen/Qwen2.5-0.5B-Instruct and Qwen/Qwen2.5-7B-Instruct), the keys that matter.
 QWEN_05B = {
@@ -93,18 +94,23 @@ def test_weights_by_quantization_on_the_7b() -> None:
     floats, bias = 2 * 152064 * 3584 + 57 * 3584, 28 * (3584 + 2 * 512)  # embeddings, lm_head, norms; q/k/v biases
     nf4 = estimate_trial_memory(QWEN_7B, _spec(model={"quantization": "nf4", "compute_dtype": "bfloat16"}))
     assert 0.5159 < nf4.weights / linear < 0.5161  # 4 bits + a uint8 absmax per 64 + an fp32 per 256 absmax
-    assert nf4.float_weights == 4 * floats + 2 * bias  # prepare_model_for_kbit_training upcasts them to fp32
-    int8 = estimate_trial_memory(QWEN_7B, _spec(model={"quantization": "int8", "compute_dtype": "bfloat16"}))
+    assert nf4.float_weights == 2 * (floats + bias)  # bfloat16: kept as loaded, no k-bit upcast
+    fp16 = estimate_trial_memory(QWEN_7B, _spec(model={"quantization": "nf4", "compute_dtype": "float16"}))
+    assert fp16.float_weights == 4 * floats + 2 * bias  # prepare_model_for_kbit_training upcasts them to fp32
+    int8 = estimate_trial_memory(QWEN_7B, _spec(model={"quantization": "int8", "compute_dtype": "float16"}))
     assert int8.float_weights == 4 * (floats + bias)
     assert int8.weights == linear + 4 * 28 * (2 * 3584 + 2 * 512 + 2 * 18944 + 3584)  # + an fp32 scale per row
     bf16 = estimate_trial_memory(QWEN_7B, _spec(model={"quantization": "none", "compute_dtype": "bfloat16"}))
     assert (bf16.weights, bf16.float_weights) == (2 * linear, 2 * (floats + bias))
     tied = estimate_trial_memory(QWEN_05B, _spec(model={"quantization": "nf4", "compute_dtype": "bfloat16"}))
-    assert tied.float_weights == 4 * (151936 * 896 + 49 * 896) + 2 * 24 * (896 + 256)  # tied: embeddings once
+    assert tied.float_weights == 2 * (151936 * 896 + 49 * 896 + 24 * (896 + 256))  # tied: embeddings once
+    auto = estimate_trial_memory(QWEN_7B, _spec(model={"quantization": "nf4"}))  # auto: bfloat16 on a GPU
+    assert auto == nf4
 
 
 def test_activations_by_hand_on_the_05b() -> None:
-    """nf4 (fp32 residual stream), every projection adapted with dropout, padded micro-batches of 4 x 1024."""
+    """nf4 under bfloat16 autocast (a bfloat16 residual stream), every projection adapted with dropout, padded
+    micro-batches of 4 x 1024."""
     spec = _spec(
         model={"quantization": "nf4", "compute_dtype": "bfloat16"},
         lora={"r": 8, "dropout": 0.05},
@@ -114,22 +120,23 @@ def test_activations_by_hand_on_the_05b() -> None:
     h, i, s, t = 896, 4864, 1024, 4 * 1024
     per_layer = (
         2 * (4 * h + 4)  # two RMSNorms: fp32 input, rsqrt
-        + 4 * h * 4  # sdpa: q, output, k and v repeated to 14 heads
+        + 4 * h * 2  # sdpa: q, output, k and v repeated to 14 heads
         + 4 * 14  # logsumexp
-        + s * 4  # the additive padding mask
-        + 3 * i * 4  # gate, up, silu(gate)
-        + 7 * 8 * 4  # lora_B inputs
-        + (6 * h + i) * (4 + 1)  # dropout outputs (fp32) and bool masks
+        + s * 2  # the additive padding mask
+        + 3 * i * 2  # gate, up, silu(gate)
+        + 7 * 8 * 2  # lora_B inputs
+        + (6 * h + i) * (2 + 1)  # autocast's bfloat16 copies of the dropout outputs, and bool masks
     )
     first = 4 * h + 4 + 3 * h  # layer 0: no norm input, no q/k/v dropout masks (its input needs no gradient)
+    casts = 2 * (4_399_104 - 3 * 8 * 896)  # autocast's copies of the adapters, less layer 0's q/k/v lora_A
     est = estimate_trial_memory(QWEN_05B, spec)
-    assert est.activations == t * (24 * per_layer - first + 4 * h + 4) + 2 * s * 64 * 4
-    assert est.backward == t * 151936 * (4 + 12)  # logits, log_softmax, and their gradients, all fp32
+    assert est.activations == t * (24 * per_layer - first + 4 * h + 4) + 2 * s * 64 * 2 + casts
+    assert est.backward == t * 151936 * (2 + 12)  # bfloat16 logits; log_softmax and the gradients in fp32
     packed = estimate_trial_memory(QWEN_05B, spec.with_params({"train.padding_free": True}))
-    mask_growth = t * 24 * (t - s) * 4  # one packed row: its block-causal mask is tokens x tokens
-    assert packed.activations - est.activations == mask_growth + 2 * (t - s) * 64 * 4
+    mask_growth = t * 24 * (t - s) * 2  # one packed row: its block-causal mask is tokens x tokens
+    assert packed.activations - est.activations == mask_growth + 2 * (t - s) * 64 * 2
     checkpointed = estimate_trial_memory(QWEN_05B, spec.with_params({"model.gradient_checkpointing": True}))
-    assert checkpointed.activations == t * (24 * h * 4 + 4 * h + 4) + 2 * s * 64 * 4  # layer inputs only
+    assert checkpointed.activations == t * (24 * h * 2 + 4 * h + 4) + 2 * s * 64 * 2  # layer inputs only
     assert checkpointed.total < est.total
 
 
@@ -244,6 +251,9 @@ VARIANTS = [
     ("nf4", "bfloat16", {}),
     ("none", "float32", {"lora.target_modules": ["q_proj", "v_proj"], "lora.dropout": 0.0}),
     ("none", "float32", {"train.padding_free": True}),
+    ("none", "float32", {"model.attn_implementation": "eager"}),
+    ("none", "bfloat16", {"model.attn_implementation": "eager"}),
+    ("none", "float32", {"model.attn_implementation": "eager", "lora.dropout": 0.0}),
 ]
 
 
@@ -253,7 +263,9 @@ def test_weights_adapters_and_optimizer_state_are_the_real_tensors(small_qwen, q
 
     spec, model, tok, config = _trial(small_qwen, quantization, dtype, **over)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    model(**_batch(spec, tok), use_cache=False).loss.backward()
+    with autocast(spec, model):
+        loss = model(**_batch(spec, tok), use_cache=False).loss
+    loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     est = estimate_trial_memory(config, spec, device="cpu")
@@ -276,7 +288,7 @@ def test_activations_are_what_autograd_keeps(small_qwen, quantization, dtype, ov
         return t
 
     batch = _batch(spec, tok)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(spec, model):
         model(**batch, use_cache=False)
     tokens = spec.train.batch_size * spec.data.max_seq_len
     loss = tokens * 1006 * 4 + tokens * 8  # cross-entropy's log_softmax and its targets: Estimate.backward's
@@ -319,7 +331,8 @@ class _PeakTracker:
 
 
 @pytest.mark.parametrize(
-    ("quantization", "dtype", "over"), [*VARIANTS[:5], ("nf4", "bfloat16", {"model.gradient_checkpointing": True})]
+    ("quantization", "dtype", "over"),
+    [*VARIANTS[:5], VARIANTS[8], ("nf4", "bfloat16", {"model.gradient_checkpointing": True})],
 )
 def test_a_training_step_peaks_where_the_estimate_says(small_qwen, quantization, dtype, over) -> None:
     """Two accumulated micro-batches and an optimizer step, as the trainable runs them: the peak of what they
@@ -329,13 +342,16 @@ def test_a_training_step_peaks_where_the_estimate_says(small_qwen, quantization,
     spec, model, tok, config = _trial(small_qwen, quantization, dtype, **over)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
-    model(**_batch(spec, tok), use_cache=False).loss.backward()
+    with autocast(spec, model):  # as the trainable runs its forwards
+        loss = model(**_batch(spec, tok), use_cache=False).loss
+    loss.backward()
     opt.step()  # AdamW's state exists from the first step on (the static part, checked above)
     opt.zero_grad(set_to_none=True)
     tracker = _PeakTracker(set(_storages(_state_tensors(model, opt))))
     with tracker.mode:
         for _ in range(2):
-            out = model(**_batch(spec, tok), use_cache=False)
+            with autocast(spec, model):
+                out = model(**_batch(spec, tok), use_cache=False)
             out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -354,7 +370,8 @@ def test_the_trial_reports_its_estimate_next_to_its_peak(tiny_spec) -> None:
     run(tiny_spec, Baselines({"probe": ProbeBase(3.0)}), lambda m, d: reports.append(m), max_steps=4)
     config = model_config(tiny_spec)
     assert config is not None
-    expected = estimate_trial_memory(config, tiny_spec).allocated / 2**20
+    # the trial estimates what it computes in: auto resolved on its device (float32 on this CPU)
+    expected = estimate_trial_memory(config, resolved_spec(tiny_spec, "cpu")).allocated / 2**20
     assert reports and all(r["perf/mem_estimate_mb"] == pytest.approx(expected) for r in reports)
     assert all(r["perf/peak_mem_mb"] > 0 for r in reports)
 
@@ -384,7 +401,7 @@ def test_a_share_that_does_not_fit_is_refused_with_the_numbers() -> None:
     assert line.startswith(
         f"resources.gpu: 0.125 of a 80.0 GiB GPU is 10.0 GiB; a trial needs about {est.total / GiB:.1f}"
     )
-    assert "weights 3.1, embeddings/norms 4.1" in line and "CUDA context 0.5" in line and "\n" not in line
+    assert "weights 3.1, embeddings/norms 2.0" in line and "CUDA context 0.5" in line and "\n" not in line
 
 
 def test_the_allocator_cap_leaves_room_for_each_trials_cuda_context() -> None:
@@ -461,7 +478,7 @@ def test_validate_refuses_a_packing_that_cannot_fit(tmp_path: Path) -> None:
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "resources.gpu: 0.125 of a 80.0 GiB GPU is 10.0 GiB; a trial needs about" in lines[0]
     auto = run_cli(*args, "--set", "resources.gpu=auto", cwd=tmp_path)
-    assert auto.returncode == 0 and "gpu: auto takes 0.5 of a 80.0 GiB GPU" in auto.stdout
+    assert auto.returncode == 0 and "gpu: auto takes 0.3333 of a 80.0 GiB GPU" in auto.stdout  # three 7B trials
 
 
 def test_json_format_header_states_gridruns_own_estimate() -> None:
