@@ -137,10 +137,11 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     from gridrun.base_scores import baseline_entries, log_parent_base
     from gridrun.builtin import resolve_model
     from gridrun.checkpoints import CheckpointKeeper
+    from gridrun.mlflow_view import view_tag
     from gridrun.progress import ProgressPrinter
     from gridrun.spec.space import to_optuna
     from gridrun.stopping import StoppingState, StopReasons, TimeBudget, build_stopping
-    from gridrun.tracking import MLflowTracker, flatten, start_parent_run
+    from gridrun.tracking import MLflowTracker, flatten, set_experiment_tag, start_parent_run
     from gridrun.warm_start import earlier_trials
     from gridrun.writer import SPILL_FILE
 
@@ -178,6 +179,10 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             params=parent_params,
         )
         log_parent_base(spec.tracking.uri, parent, arms)
+        # the runs table as a user compares trials (MLflow keeps no default columns): a saved view the link opens
+        metrics = ["objective", spec.objective.metric, primary_metric(spec)]
+        view = view_tag(parent, f"gridrun {exp_name}", metrics, sorted(searched))
+        set_experiment_tag(spec.tracking.uri, exp_id, *view)
         meta = ExperimentMeta(
             spec=spec.model_dump(mode="json"),
             trial_spec=trial_spec.trial_dict(),

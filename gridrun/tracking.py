@@ -51,6 +51,7 @@ __all__ = [
     "mark_interrupted",
     "register_adapters",
     "run_name",
+    "set_experiment_tag",
     "start_parent_run",
     "summary_from_mlflow",
 ]
@@ -128,6 +129,11 @@ def start_parent_run(
         client.log_batch(run.info.run_id, params=items[i : i + 100])
     client.log_text(run.info.run_id, spec_yaml, "spec.yaml")
     return exp_id, run.info.run_id
+
+
+def set_experiment_tag(uri: str, experiment_id: str, key: str, value: str) -> None:
+    """Set one tag on the MLflow experiment (e.g. gridrun's saved runs-table view, :mod:`gridrun.mlflow_view`)."""
+    _client(uri).set_experiment_tag(experiment_id, key, value)
 
 
 class MLflowTracker(Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,32 @@ def tiny_model_path() -> Path:
     from gridrun.builtin.tiny_model import ensure_tiny_general
 
     return ensure_tiny_general()
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store whose schema is made once a session: MLflow runs its ~50 schema migrations
+    for every new store (seconds each time on a busy machine), which no test here is about. test_e2e's launch
+    still makes its store from nothing."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlruns.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the tables and the Default experiment
+    return path
+
+
+def copy_store(template: Path, folder: Path, name: str = "mlruns.db") -> str:
+    """``template`` copied to ``folder/name`` (what a launch there would create); returns its tracking URI."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, folder / name)
+    return f"sqlite:///{folder / name}"
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, mlflow_template: Path) -> str:
+    """``tmp_path/mlruns.db``, an empty MLflow store (the default ``sqlite:///mlruns.db`` of a command run in
+    ``tmp_path``), ready without its schema migrations; returns its URI."""
+    return copy_store(mlflow_template, tmp_path)
 
 
 #: Overrides that make a trial take seconds: small data, few evals, short generations.

@@ -71,6 +71,9 @@ def replay(config: dict[str, Any], spec: Any, delay_s: float = 0.0, checkpoints:
     """Report the recorded curve nearest to ``config``, one result per eval round; ``delay_s`` before each."""
     from ray import tune
 
+    from trainables.worker import quiet_teardown
+
+    quiet_teardown()  # as qlora_sft does in its worker
     s = spec.with_params(config)
     lr = s.train.lr
     rows = min(CURVES, key=lambda c: abs(math.log(c[0] / lr)))[1]

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.skipif(not _can_unshare(), reason="needs root and unshare(1) for a network namespace of its own")
-def test_a_lost_node_and_a_killed_driver_on_object_storage(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_a_lost_node_and_a_killed_driver_on_object_storage(
+    tmp_path: Path, tiny_model_path: Path, mlflow_store: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     from tests.cluster_drill import TRIALS

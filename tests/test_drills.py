@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import pytest
 
 from gridrun.tracking import MLflowTracker
-from tests.conftest import FORGETTING, TINY
+from tests.conftest import FORGETTING, TINY, copy_store
 from tests.replay_trainable import use_replay
 
 pytestmark = pytest.mark.slow
@@ -101,7 +101,7 @@ def _check_exact(uri: str, summary: dict[str, Any], keys: tuple[str, ...] = REPL
     return {"children": len(children), "points": points, "results": sum(len(r["curve"]) for r in summary["trials"])}
 
 
-def test_200_replayed_trials(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
+def test_200_replayed_trials(tmp_path: Path, tiny_model_path: Path, mlflow_store: str, monkeypatch) -> None:
     """200 trials (a recorded curve replayed in milliseconds) through gridrun's launch: the real Tuner, Optuna,
     ASHA, stoppers, keeper and tracker. 200 child runs with exact metric counts, and a driver whose memory stays
     flat once warmed up."""
@@ -226,7 +226,7 @@ OUTAGE_S = 40
 
 
 def test_an_mlflow_outage_costs_tune_nothing_and_loses_nothing(
-    tmp_path: Path, tiny_model_path: Path, monkeypatch, capfd
+    tmp_path: Path, tiny_model_path: Path, mlflow_template: Path, monkeypatch, capfd
 ) -> None:
     """A real `mlflow server` killed for about 40 s mid-run: no tracker callback takes over a second (Tune's loop,
     ASHA and checkpoints never wait), every metric Tune recorded is in MLflow exactly once when the server is back,
@@ -235,6 +235,7 @@ def test_an_mlflow_outage_costs_tune_nothing_and_loses_nothing(
     monkeypatch.setattr("gridrun.tracking.MLflowTracker", TimedTracker)
     TimedTracker.reset()
     server = MlflowServer(tmp_path)
+    copy_store(mlflow_template, tmp_path, "server.db")
     startup_s = server.start()
     spec = _spec(
         tmp_path,
@@ -365,6 +366,10 @@ def _kill_session(sid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+#: Seconds a replayed eval round takes in the Ctrl-C drills: a trial runs for seconds (16 rounds), so a Ctrl-C
+#: sent when the second trial is done lands mid-trial for the running ones
+REPLAY_S = 0.2
+
 CTRL_C = [
     *TINY,
     "data.train_size=64",
@@ -377,13 +382,13 @@ CTRL_C = [
 ]
 
 
-def test_ctrl_c_stops_cleanly_then_resume_continues(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_ctrl_c_stops_cleanly_then_resume_continues(tmp_path: Path, tiny_model_path: Path, mlflow_store: str) -> None:
     """One Ctrl-C: the running trials' child runs KILLED, the summary of the finished trials written, exit 130;
     `gridrun resume` continues. Two Ctrl-C: exit at once. The last resume finishes every trial, exactly."""
     from mlflow.tracking import MlflowClient
 
     sets = [a for o in CTRL_C for a in ("--set", o)]
-    launch = _replay_cli(tmp_path, 0.4, "launch", str(FORGETTING), *sets)
+    launch = _replay_cli(tmp_path, REPLAY_S, "launch", str(FORGETTING), *sets)
     out = Output(launch)
     try:
         out.wait_for("done (2/", 240)
@@ -410,7 +415,7 @@ def test_ctrl_c_stops_cleanly_then_resume_continues(tmp_path: Path, tiny_model_p
     assert client.get_run(ml["parent_run_id"]).info.status == "KILLED"
 
     # resume, and press Ctrl-C twice: the second exits at once
-    again = _replay_cli(tmp_path, 0.4, "resume", str(exp_dir), env={"REPLAY_HOLD_STOP_S": "120"})
+    again = _replay_cli(tmp_path, REPLAY_S, "resume", str(exp_dir), env={"REPLAY_HOLD_STOP_S": "120"})
     out2 = Output(again)
     try:
         out2.wait_for(" started: ", 240)  # a continued trial is running again
@@ -427,7 +432,7 @@ def test_ctrl_c_stops_cleanly_then_resume_continues(tmp_path: Path, tiny_model_p
     assert second_s < 5, second_s
     assert not left, f"processes left behind: {left}"
 
-    final = _replay_cli(tmp_path, 0.4, "resume", str(exp_dir))
+    final = _replay_cli(tmp_path, REPLAY_S, "resume", str(exp_dir))
     out3 = Output(final)
     try:
         rc3 = final.wait(timeout=300)
@@ -461,13 +466,13 @@ def _reasons_by_config(exp_dir: Path) -> dict[str, str]:
 
 
 def test_stop_reasons_after_ctrl_c_and_resume_equal_the_uninterrupted_runs(
-    tmp_path: Path, tiny_model_path: Path
+    tmp_path: Path, tiny_model_path: Path, mlflow_template: Path
 ) -> None:
     """The forgetting budget counts over-budget rounds across a Ctrl-C and `gridrun resume` (its state travels in
     Tune's snapshot through StoppingState): every trial's stop reason, in the summary, is the uninterrupted run's."""
     sets = [a for o in BUDGET for a in ("--set", o)]
-    (tmp_path / "whole").mkdir()
-    (tmp_path / "cut").mkdir()
+    copy_store(mlflow_template, tmp_path / "whole")
+    copy_store(mlflow_template, tmp_path / "cut")
     whole = _replay_cli(tmp_path / "whole", 0.05, "launch", str(FORGETTING), *sets)
     out0 = Output(whole)
     try:
@@ -477,7 +482,7 @@ def test_stop_reasons_after_ctrl_c_and_resume_equal_the_uninterrupted_runs(
     expected = _reasons_by_config(next((tmp_path / "whole" / "gridrun_results").iterdir()))
     assert any(r.startswith("forgetting budget") for r in expected.values()), expected  # the budget is exercised
 
-    launch = _replay_cli(tmp_path / "cut", 0.4, "launch", str(FORGETTING), *sets)
+    launch = _replay_cli(tmp_path / "cut", REPLAY_S, "launch", str(FORGETTING), *sets)
     out = Output(launch)
     try:
         out.wait_for("done (2/", 240)
@@ -486,7 +491,7 @@ def test_stop_reasons_after_ctrl_c_and_resume_equal_the_uninterrupted_runs(
     finally:
         _kill_session(launch.pid)
     exp_dir = next((tmp_path / "cut" / "gridrun_results").iterdir())
-    final = _replay_cli(tmp_path / "cut", 0.4, "resume", str(exp_dir))
+    final = _replay_cli(tmp_path / "cut", REPLAY_S, "resume", str(exp_dir))
     out2 = Output(final)
     try:
         assert final.wait(timeout=300) == 0, out2.text()[-3000:]
@@ -504,7 +509,7 @@ def _can_unshare() -> bool:
 
 
 @pytest.mark.skipif(not _can_unshare(), reason="needs root and unshare(1) for a network namespace of its own")
-def test_a_lost_worker_node_loses_no_trial(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_a_lost_worker_node_loses_no_trial(tmp_path: Path, tiny_model_path: Path, mlflow_store: str) -> None:
     """A two-node Ray cluster on loopback (in a network namespace where nothing else exists), the worker node
     killed mid-run: its trial is retried from its last checkpoint on the node that is left, every trial finishes,
     its MLflow run continues with no step missing or twice, and the summary says it was retried."""

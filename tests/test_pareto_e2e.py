@@ -12,7 +12,7 @@ from tests.conftest import FORGETTING, TINY, run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_pareto_mode_registers_the_front(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_pareto_mode_registers_the_front(tmp_path: Path, tiny_model_path: Path, mlflow_store: str) -> None:
     from mlflow.tracking import MlflowClient
 
     overrides = [

@@ -52,7 +52,7 @@ def test_every_real_study_has_an_offline_run() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_real_study_runs_end_to_end_on_standins(
-    study: str, tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+    study: str, tmp_path: Path, tiny_model_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
 

@@ -27,7 +27,7 @@ OVERRIDES = [
 ]
 
 
-def test_sigkill_then_resume(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_sigkill_then_resume(tmp_path: Path, tiny_model_path: Path, mlflow_store: str) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 

@@ -25,7 +25,11 @@ def _spec(tmp_path: Path, *overrides: str) -> Any:
 
 
 def test_constrained_then_warm_started_pareto(
-    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    tiny_model_path: Path,
+    mlflow_store: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from mlflow.tracking import MlflowClient
 

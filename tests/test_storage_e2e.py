@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FORGETTING, TINY, run_cli
+from tests.conftest import FORGETTING, TINY, copy_store, run_cli
 from tests.s3server import BUCKET, keys, pointed_at, s3_server
 
 pytestmark = pytest.mark.slow
@@ -20,8 +20,9 @@ STORAGE = f"s3://{BUCKET}/exp"
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory, tiny_model_path) -> Iterator[dict[str, Any]]:
+def experiment(tmp_path_factory, tiny_model_path, mlflow_template) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("s3e2e")
+    copy_store(mlflow_template, work)
     overrides = [*TINY, "search.num_trials=1", "scheduler.type=none", "forgetting.budget=null"]
     overrides += [f"tracking.storage={STORAGE}", f"tracking.uri=sqlite:///{work}/mlruns.db"]
     with s3_server() as env, pointed_at(env):  # the commands inherit this process's environment

@@ -28,7 +28,9 @@ OVERRIDES = [
 ]
 
 
-def test_time_budget_ends_the_search_and_records_the_running_trials(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_time_budget_ends_the_search_and_records_the_running_trials(
+    tmp_path: Path, tiny_model_path: Path, mlflow_store: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     r = run_cli("launch", str(FORGETTING), *(a for o in OVERRIDES for a in ("--set", o)), cwd=tmp_path, timeout=600)

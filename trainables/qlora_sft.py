@@ -182,7 +182,9 @@ def compute_baselines(spec: ExperimentSpec, names: list[str]) -> Baselines:
     import torch
 
     from evaluators import build_generator
+    from trainables.worker import quiet_teardown
 
+    quiet_teardown()
     quiet_hf()
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     model, tok, _ = setup_model(spec)
@@ -356,6 +358,9 @@ def qlora_sft(config: dict[str, Any], spec: ExperimentSpec, baseline: Baselines)
     import torch
     from ray import tune
 
+    from trainables.worker import quiet_teardown
+
+    quiet_teardown()  # Ray's SIGTERM at the worker's end must not print a traceback on a successful run
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" lines from every report drown the terminal
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")

@@ -11,6 +11,7 @@ from typing import Any
 
 from forgetting import primary_metric
 from gridrun.metrics import feasible, pareto_front, stop_reason
+from gridrun.mlflow_view import ui_url
 from gridrun.report.gains import add_gains, base_rows, gain_lines, rank_key
 from gridrun.storage import join
 
@@ -258,9 +259,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"MLflow: parent run {ml.get('parent_run_id')} in {ml.get('uri')}; open the UI with: "
             f"gridrun ui --tracking-uri {ml.get('uri')}"
         )
-        out.append(
-            f"  then: http://127.0.0.1:5000/#/experiments/{ml.get('experiment_id')}?workflowType=machine_learning"
-        )
+        out.append(f"  then: {ui_url(str(ml.get('experiment_id')), ml.get('parent_run_id'))}")
     if summary.get("experiment_dir"):
         out.append(f"experiment folder: {summary['experiment_dir']}")
     return "\n".join(out)
