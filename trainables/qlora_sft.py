@@ -25,6 +25,7 @@ from typing import Any
 
 from forgetting import Baselines, Measure, active_measures, cached_baselines, primary_metric
 from gridrun.errors import GridrunError
+from gridrun.losses import causal_lm_loss
 from gridrun.metrics import penalized
 from gridrun.spec import ExperimentSpec
 from trainables import state
@@ -270,10 +271,11 @@ def run(
             micro = idx[m : m + tc.batch_size]
             rows = examples(encoded, micro)
             batch = {k: v.to(device) for k, v in collate(rows, tok, padding_free).items()}
-            out = model(**batch, use_cache=False)  # no KV cache in training (and packed rows need none)
+            # the mean token loss of the micro-batch, the LM head a chunk of positions at a time (no KV cache)
+            loss = causal_lm_loss(model, batch)
             # Weight micro-batches by size so a partial last step averages like a full one.
-            (out.loss * len(micro) / len(idx)).backward()
-            step_loss += out.loss.item() * len(micro) / len(idx)
+            (loss * len(micro) / len(idx)).backward()
+            step_loss += loss.item() * len(micro) / len(idx)
             tokens += sum(len(r["input_ids"]) for r in rows)
         if tc.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
