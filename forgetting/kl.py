@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from forgetting._base import Measure, TaskPrompts, register_measure
 from forgetting.data import load_probe_texts, probe_blocks
 from gridrun.errors import GridrunError
-from gridrun.losses import CHUNK
+from gridrun.losses import KL_CHUNK
 
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
@@ -26,7 +26,7 @@ __all__ = ["KlMeasure", "mean_forward_kl"]
 
 
 def mean_forward_kl(
-    model: Any, sequences: list[list[int]], pad_id: int, batch_size: int = 8, chunk: int = CHUNK
+    model: Any, sequences: list[list[int]], pad_id: int, batch_size: int = 8, chunk: int = KL_CHUNK
 ) -> float:
     """Mean per-token KL(base ‖ tuned) over every position of ``sequences`` (token ids), where base is ``model``
     with its peft adapter disabled; ``chunk`` positions of both at a time go through the LM head."""

@@ -28,6 +28,7 @@ from typing import Any
 __all__ = [
     "CHUNK",
     "IGNORE_INDEX",
+    "KL_CHUNK",
     "causal_lm_loss",
     "forward_kl_sum",
     "hidden_states",
@@ -39,6 +40,8 @@ __all__ = [
 
 #: Scored positions per chunk of the LM head: one chunk's float32 logits of a 152k vocabulary are 0.3 GiB.
 CHUNK = 512
+#: The KL's chunk: it holds two float64 log-softmaxes and three float64 temporaries, about five float32 chunks.
+KL_CHUNK = CHUNK // 4
 IGNORE_INDEX = -100
 
 
@@ -137,7 +140,7 @@ def nll_sum(model: Any, inputs: Mapping[str, Any], labels: Any, chunk: int = CHU
     return -float(target_logprobs(model, inputs, targets, chunk).double().sum()), int((targets != IGNORE_INDEX).sum())
 
 
-def forward_kl_sum(model: Any, inputs: Mapping[str, Any], mask: Any, chunk: int = CHUNK) -> float:
+def forward_kl_sum(model: Any, inputs: Mapping[str, Any], mask: Any, chunk: int = KL_CHUNK) -> float:
     """Σ over positions where ``mask`` is set of KL(base ‖ tuned) between the next-token distributions of
     ``model`` with its peft adapter switched off (base) and on (tuned)."""
     import torch

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gridrun.errors import GridrunError
+from gridrun.losses import causal_lm_loss
 from gridrun.memory import (
     GiB,
     ModelShape,
@@ -22,6 +23,7 @@ from gridrun.memory import (
     estimate_memory,
     estimate_trial_memory,
     gib,
+    loss_bytes,
     model_config,
     oom_message,
 )
@@ -124,7 +126,12 @@ def test_activations_by_hand_on_the_05b() -> None:
     first = 4 * h + 4 + 3 * h  # layer 0: no norm input, no q/k/v dropout masks (its input needs no gradient)
     est = estimate_trial_memory(QWEN_05B, spec)
     assert est.activations == t * (24 * per_layer - first + 4 * h + 4) + 2 * s * 64 * 4
-    assert est.backward == t * 151936 * (4 + 12)  # logits, log_softmax, and their gradients, all fp32
+    # the chunked loss: the scored rows' gradient and indices kept; hidden states, rows, int64 ids/mask/labels/
+    # targets and 512 positions of log_softmax with two gradients (fp32) while it runs
+    scored = t - 4  # each example's last position predicts nothing
+    loss = t * (h * 4 + 32) + scored * (h * 4 + 8) + 512 * 151936 * 12
+    assert est.backward == max(scored * (h * 4 + 16) + loss, t * (3 * i + 3 * h) * 4)
+    assert est.backward < t * 151936 * 16 / 5  # a fifth of the full-sequence logits and their gradients
     packed = estimate_trial_memory(QWEN_05B, spec.with_params({"train.padding_free": True}))
     mask_growth = t * 24 * (t - s) * 4  # one packed row: its block-causal mask is tokens x tokens
     assert packed.activations - est.activations == mask_growth + 2 * (t - s) * 64 * 4
@@ -203,6 +210,11 @@ def _trial(folder: Path, quantization: str = "none", dtype: str = "float32", **o
     return spec, model, tok, json.loads((folder / "config.json").read_text())
 
 
+def _act(spec) -> int:
+    """The residual stream's bytes per value: fp32 under nf4/int8 (peft upcasts), else the compute dtype's."""
+    return 2 if (spec.model.quantization, spec.model.compute_dtype) == ("none", "bfloat16") else 4
+
+
 def _batch(spec, tok) -> dict:
     """A micro-batch as the trainable collates it: one example shorter (so there is padding), or all of them
     packed into one row of batch x max_seq_len tokens."""
@@ -277,9 +289,9 @@ def test_activations_are_what_autograd_keeps(small_qwen, quantization, dtype, ov
 
     batch = _batch(spec, tok)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(**batch, use_cache=False)
-    tokens = spec.train.batch_size * spec.data.max_seq_len
-    loss = tokens * 1006 * 4 + tokens * 8  # cross-entropy's log_softmax and its targets: Estimate.backward's
+        causal_lm_loss(model, batch)
+    scored = int((batch["labels"][:, 1:] != -100).sum())
+    loss = loss_bytes(ModelShape.from_config(config), 0, scored, _act(spec))[0]  # the loss's: Estimate.backward's
     kept_by_layers = sum(kept.values()) - loss
     assert abs(kept_by_layers - estimate_trial_memory(config, spec, device="cpu").activations) <= 16  # scalars
 
@@ -329,21 +341,26 @@ def test_a_training_step_peaks_where_the_estimate_says(small_qwen, quantization,
     spec, model, tok, config = _trial(small_qwen, quantization, dtype, **over)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
-    model(**_batch(spec, tok), use_cache=False).loss.backward()
+    causal_lm_loss(model, _batch(spec, tok)).backward()
     opt.step()  # AdamW's state exists from the first step on (the static part, checked above)
     opt.zero_grad(set_to_none=True)
     tracker = _PeakTracker(set(_storages(_state_tensors(model, opt))))
     with tracker.mode:
         for _ in range(2):
-            out = model(**_batch(spec, tok), use_cache=False)
-            out.loss.backward()
+            causal_lm_loss(model, _batch(spec, tok)).backward()  # as the trainable computes it: chunked
         opt.step()
         opt.zero_grad(set_to_none=True)
     est = estimate_trial_memory(config, spec, device="cpu")
+    # the estimate scores every position but each example's last; the padded example here scores 5 fewer
+    shape, tokens, act = ModelShape.from_config(config), spec.train.batch_size * spec.data.max_seq_len, _act(spec)
+    scored = int((_batch(spec, tok)["labels"][:, 1:] != -100).sum())
+    unscored = sum(loss_bytes(shape, tokens, tokens - spec.train.batch_size, act))
+    unscored -= sum(loss_bytes(shape, tokens, scored, act))
     if spec.model.gradient_checkpointing:
         assert tracker.peak <= est.train < 1.15 * tracker.peak
     else:
-        assert abs(tracker.peak - est.train) <= 16  # the loss scalars
+        assert abs(tracker.peak - (est.train - unscored)) <= 16  # the loss scalars
+        assert unscored < 0.1 * est.train
 
 
 def test_the_trial_reports_its_estimate_next_to_its_peak(tiny_spec) -> None:
@@ -461,7 +478,7 @@ def test_validate_refuses_a_packing_that_cannot_fit(tmp_path: Path) -> None:
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "resources.gpu: 0.125 of a 80.0 GiB GPU is 10.0 GiB; a trial needs about" in lines[0]
     auto = run_cli(*args, "--set", "resources.gpu=auto", cwd=tmp_path)
-    assert auto.returncode == 0 and "gpu: auto takes 0.5 of a 80.0 GiB GPU" in auto.stdout
+    assert auto.returncode == 0 and "gpu: auto takes 0.25 of a 80.0 GiB GPU" in auto.stdout
 
 
 def test_json_format_header_states_gridruns_own_estimate() -> None:
