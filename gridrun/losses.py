@@ -242,6 +242,7 @@ def causal_lm_loss(model: Any, batch: Mapping[str, Any], chunk: int = CHUNK) -> 
     fused = _fused(head, rows.device) if _plain_logits(_inner(model).config) else None
     if fused is not None:
         total = fused(head.weight, rows.to(head.weight.dtype), tgt, head.bias)
+        total = getattr(total, "loss", total[0] if isinstance(total, tuple) else total)  # newer versions: an output
     else:
         params = [p for p in head.parameters() if p.requires_grad]
         total = _chunked_ce().apply(rows, tgt, logits, chunk, *params)
