@@ -40,30 +40,28 @@ def loglikelihoods(model: Any, tokenizer: Any, requests: list[tuple[str, str]], 
     first; a causal model's real positions do not see the padding after them)."""
     import torch
 
+    from gridrun.losses import IGNORE_INDEX, scoring, target_logprobs
+
     encoded = [encode_pair(tokenizer, c, x) for c, x in requests]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(p.device for p in model.parameters())
     out = [0.0] * len(encoded)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for b in range(0, len(order), batch_size):
-                chunk = order[b : b + batch_size]
-                seqs = [(encoded[i][0] + encoded[i][1])[:-1] for i in chunk]
-                width = max(len(s) for s in seqs)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                for k, s in enumerate(seqs):
-                    ids[k, : len(s)] = torch.tensor(s)
-                logp = torch.log_softmax(model(input_ids=ids.to(device)).logits.float(), -1)
-                for k, i in enumerate(chunk):
-                    ctx, cont = encoded[i]
-                    start = len(ctx) - 1  # the position whose next-token distribution scores cont[0]
-                    tgt = torch.tensor(cont, device=logp.device)
-                    out[i] = float(logp[k, start : start + len(cont)].gather(-1, tgt[:, None]).sum())
-    finally:
-        model.train(was_training)
+    with scoring(model) as device:
+        for b in range(0, len(order), batch_size):
+            chunk = order[b : b + batch_size]
+            seqs = [(encoded[i][0] + encoded[i][1])[:-1] for i in chunk]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            targets = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+            for k, i in enumerate(chunk):
+                ctx, cont = encoded[i]
+                ids[k, : len(seqs[k])] = torch.tensor(seqs[k])
+                start = len(ctx) - 1  # the position whose next-token distribution scores cont[0]
+                targets[k, start : start + len(cont)] = torch.tensor(cont)
+            # only the continuations' positions reach the LM head
+            logp = target_logprobs(model, {"input_ids": ids.to(device)}, targets.to(device))
+            for k, i in enumerate(chunk):
+                out[i] = float(logp[k].sum())
     return out
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gridrun.errors import GridrunError
+from gridrun.losses import CHUNK, KL_CHUNK
 from gridrun.precision import resolve_attn, resolve_dtype
 from gridrun.spec import ExperimentSpec
 
@@ -39,6 +40,7 @@ __all__ = [
     "estimate_memory",
     "estimate_trial_memory",
     "gib",
+    "loss_bytes",
     "model_config",
     "oom_message",
 ]
@@ -53,9 +55,11 @@ CUDA_CONTEXT_BYTES = 512 * 2**20
 HEADROOM = 1.2
 #: Fractions ``gpu: auto`` chooses from: 1, 1/2, 1/3, ... 1/8 of a GPU.
 MAX_TRIALS_PER_GPU = 8
-#: forgetting.probe.probe_loss's batch and forgetting.mc.loglikelihoods' batch (fixed in the code, not the spec).
+#: forgetting.probe.probe_loss's, forgetting.mc.loglikelihoods' and forgetting.kl.mean_forward_kl's batches (fixed
+#: in the code, not the spec).
 PROBE_BATCH = 16
 MC_BATCH = 32
+KL_BATCH = 8
 #: Assumed longest multiple-choice request (context + choice): HellaSwag's, ARC's and WinoGrande's fit in it.
 MC_TOKENS = 256
 #: Evaluators that score teacher-forced answers instead of generating (no KV cache, full-length logits).
@@ -145,9 +149,9 @@ class Estimate:
     optimizer: int  # AdamW's exp_avg and exp_avg_sq
     grads: int
     activations: int  # what autograd keeps for backward over one micro-batch (layer inputs only, checkpointed)
-    backward: int  # on top of that, the larger of the loss's start of backward and one layer's backward
-    eval: int  # the eval round's largest working set (with the last training logits still held)
-    eval_kind: str  # which eval step that is: generation, answer_loss, probe, mc
+    backward: int  # on top of that, the larger of the chunked loss (what it keeps, its run) and one layer's backward
+    eval: int  # the eval round's largest working set
+    eval_kind: str  # which eval step that is: generation, answer_loss, probe, mc, kl
     context: int = CUDA_CONTEXT_BYTES
     params: int = 0
     lora_params: int = 0
@@ -255,30 +259,57 @@ def _layer_activation_bytes(
     return total + sum(size[g] for g in shared), first
 
 
+def _scoring_bytes(shape: ModelShape, tokens: int, act: int, forward: int) -> int:
+    """A scoring forward of ``tokens`` positions, every one scored at worst (gridrun.losses.target_logprobs): the
+    final hidden states with the token ids, targets and the result (int64, int64, fp32), then the larger of the
+    decoder's working set and the head's: the scored rows, their indices, targets and values, and one chunk's
+    logits in float32 with their log_softmax (a bf16 head's own logits are freed once cast)."""
+    chunk = min(CHUNK, tokens) * shape.vocab * 8
+    return tokens * (shape.hidden * act + 20) + max(forward, tokens * (shape.hidden * act + 28) + chunk)
+
+
 def _eval_bytes(shape: ModelShape, spec: ExperimentSpec, act: int) -> tuple[int, str]:
     """The eval round's largest working set (no gradients), beyond the static weights, and its name; the
     logits are in ``act``'s dtype too (lm_head is fp32 under nf4/int8)."""
-    logit = act
     h, i, v, layers = shape.hidden, shape.intermediate, shape.vocab, shape.layers
     kv = 2 * shape.kv_heads * shape.head_dim * act  # one token's K and V in one layer (fp32 under nf4/int8)
 
     def forward(tokens: int) -> int:  # one layer's working set without autograd (MLP intermediates dominate)
         return tokens * (4 * i + 6 * h) * act
 
+    def scoring(tokens: int) -> int:
+        return _scoring_bytes(shape, tokens, act, forward(tokens))
+
     ev, fg, seq = spec.evaluate, spec.forgetting, spec.data.max_seq_len
-    # logits [:, :-1].float().reshape → a contiguous fp32 copy, then log_softmax inside cross_entropy
-    steps = {"probe": PROBE_BATCH * fg.seq_len * v * (logit + 8) + forward(PROBE_BATCH * fg.seq_len)}
+    steps = {"probe": scoring(PROBE_BATCH * fg.seq_len)}
     if any(e not in SCORING_EVALUATORS for e in ev.evaluators):
         # prompts assumed no longer than training examples; greedy decoding keeps only the last position's logits
         length = seq + ev.max_new_tokens
         cache, mask = length * layers * kv, seq * length * act  # the padding mask made additive, one layer's
         steps["generation"] = ev.batch_size * (cache + mask) + forward(ev.batch_size * seq)
     if SCORING_EVALUATORS & set(ev.evaluators):
-        steps["answer_loss"] = ev.batch_size * seq * v * (logit + 8) + forward(ev.batch_size * seq)
-    if fg.mc:  # log_softmax(logits.float()): an fp32 copy only when the logits are not fp32 already
-        steps["mc"] = MC_BATCH * MC_TOKENS * v * (logit + 4 + (4 if logit != 4 else 0)) + forward(MC_BATCH * MC_TOKENS)
+        steps["answer_loss"] = scoring(ev.batch_size * seq)
+    if fg.mc:
+        steps["mc"] = scoring(MC_BATCH * MC_TOKENS)
+    if "kl" in fg.measures:  # base and tuned hidden states and rows, one chunk of both in float64 (five copies)
+        tokens = KL_BATCH * max(seq, fg.seq_len)
+        steps["kl"] = tokens * 2 * (2 * h * act + 8) + max(forward(tokens), min(KL_CHUNK, tokens) * v * (40 + act))
     kind = max(steps, key=lambda k: steps[k])
     return steps[kind], kind
+
+
+def loss_bytes(shape: ModelShape, tokens: int, scored: int, act: int) -> tuple[int, int]:
+    """(kept for backward, working set while it runs) of the chunked training loss (gridrun.losses.causal_lm_loss)
+    over a micro-batch of ``tokens`` positions, ``scored`` of them with a target.
+
+    It keeps the gradient of the scored hidden rows and their indices (int64 pairs). While it runs: the final
+    hidden states, the rows the head reads, the micro-batch's ids, mask and labels and the shifted targets, the
+    scored targets (int64), and one chunk of the head's backward: log_softmax, the nll's gradient and
+    log_softmax's, all fp32 (a bf16 head's own logits are freed once cast).
+    """
+    h = shape.hidden
+    head = min(CHUNK, scored) * shape.vocab * 12
+    return scored * (h * act + 16), tokens * (h * act + 32) + scored * (h * act + 8) + head
 
 
 def estimate_trial_memory(config: Mapping[str, Any], spec: ExperimentSpec, device: str = "cuda") -> Estimate:
@@ -311,14 +342,21 @@ def estimate_trial_memory(config: Mapping[str, Any], spec: ExperimentSpec, devic
     else:
         saved, recompute = tokens * (shape.layers * layer - first + fixed), 0
     saved += 2 * (tokens if packed else seq) * shape.head_dim * act  # rotary cos and sin, shared by the layers
+    # autocast's 16-bit copies of the adapters: its cache holds every one until the trainable's autocast block
+    # ends, after the loss (which runs inside it); autograd keeps all but the first layer's q/k/v lora_A (no
+    # input grad there) for backward too, without checkpointing
+    cached = 2 * n_lora if autocast else 0
     if autocast and not spec.model.gradient_checkpointing:
-        # autocast's 16-bit copies of the adapters, but the first layer's q/k/v lora_A (no input grad there)
         first_a = sum(spec.lora.r * h for t in ("q_proj", "k_proj", "v_proj") if t in spec.lora.target_modules)
         saved += 2 * (n_lora - first_a)
-    logits = tokens * shape.vocab * act  # kept by the output until the next micro-batch's, and through eval
-    # backward starts with logits, log_softmax (fp32), its gradient and the logits' gradient (fp32) all alive
-    loss = tokens * shape.vocab * (act + 12)
+        cached = 2 * first_a
+    # every position scored but each example's last (it predicts nothing): prompts masked, no padding at worst
+    kept, loss = loss_bytes(shape, tokens, tokens - b, act)
+    loss += cached
+    if autocast and act == 4:  # float16 over peft's fp32 head: autocast's 16-bit copy of it, kept by each chunk
+        loss += shape.vocab * h * 2
     # gradients through one layer: fp32 where they meet the norms' and peft's casts to fp32, whatever autocast does
+    # (the loss's kept gradient is spent by then: the head's backward ran in its forward)
     layer_backward = recompute + tokens * (3 * shape.intermediate + 3 * h) * 4
     ev, kind = _eval_bytes(shape, spec, act)
     return Estimate(
@@ -328,8 +366,8 @@ def estimate_trial_memory(config: Mapping[str, Any], spec: ExperimentSpec, devic
         optimizer=8 * n_lora,  # AdamW: exp_avg and exp_avg_sq in the parameters' fp32
         grads=4 * n_lora,  # kept across micro-batches (gradient accumulation) until zero_grad
         activations=saved,
-        backward=max(loss, logits + layer_backward),
-        eval=logits + ev,
+        backward=max(kept + loss, layer_backward),
+        eval=ev,
         eval_kind=kind,
         params=shape.params(),
         lora_params=n_lora,

@@ -26,6 +26,7 @@ from typing import Any
 
 from forgetting import Baselines, Measure, active_measures, cached_baselines, primary_metric
 from gridrun.errors import GridrunError
+from gridrun.losses import causal_lm_loss
 from gridrun.metrics import penalized
 from gridrun.spec import ExperimentSpec
 from trainables import state
@@ -301,11 +302,15 @@ def run(
             batch = {
                 k: v.to(device) if hasattr(v, "to") else v for k, v in collate(rows, tok, padding_free, varlen).items()
             }
+            # the mean token loss of the micro-batch, the LM head a chunk of positions at a time (no KV cache);
+            # under autocast the head's matmul runs in 16 bits, its log-softmax and loss in float32
             with autocast(spec, model):
-                out = model(**batch, use_cache=False)  # no KV cache in training (and packed rows need none)
-            # Weight micro-batches by size so a partial last step averages like a full one.
-            scaler.scale(out.loss * len(micro) / len(idx)).backward()
-            step_loss += out.loss.item() * len(micro) / len(idx)
+                loss = causal_lm_loss(model, batch)
+            # Weight micro-batches by size so a partial last step averages like a full one. The scale multiplies
+            # the loss after the chunked loss ran its head's backward: its backward multiplies the kept gradients
+            # by the incoming one, so the scaled gradient reaches the head and the decoder alike.
+            scaler.scale(loss * len(micro) / len(idx)).backward()
+            step_loss += loss.item() * len(micro) / len(idx)
             tokens += sum(len(r["input_ids"]) for r in rows)
         # a float16 step the GradScaler skipped (inf in the scaled gradients) leaves the schedule where it is, as
         # transformers' Trainer does; its loss is finite, so it is no non-finite-loss stop

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gridrun.errors import GridrunError
+from gridrun.losses import causal_lm_loss
 from gridrun.memory import (
     GiB,
     ModelShape,
@@ -22,6 +23,7 @@ from gridrun.memory import (
     estimate_memory,
     estimate_trial_memory,
     gib,
+    loss_bytes,
     model_config,
     oom_message,
 )
@@ -131,7 +133,14 @@ def test_activations_by_hand_on_the_05b() -> None:
     casts = 2 * (4_399_104 - 3 * 8 * 896)  # autocast's copies of the adapters, less layer 0's q/k/v lora_A
     est = estimate_trial_memory(QWEN_05B, spec)
     assert est.activations == t * (24 * per_layer - first + 4 * h + 4) + 2 * s * 64 * 2 + casts
-    assert est.backward == t * 151936 * (2 + 12)  # bfloat16 logits; log_softmax and the gradients in fp32
+    # the chunked loss: the scored rows' gradient (bfloat16) and indices kept; hidden states, rows (bfloat16),
+    # int64 ids/mask/labels/targets and 512 positions of log_softmax with two gradients (fp32) while it runs
+    scored = t - 4  # each example's last position predicts nothing
+    loss = t * (h * 2 + 32) + scored * (h * 2 + 8) + 512 * 151936 * 12
+    cached = 2 * 3 * 8 * 896  # autocast's cached copies of layer 0's q/k/v lora_A, alive through the loss
+    # one layer's backward: gradients in fp32 where they meet the norms' and peft's casts
+    assert est.backward == max(scored * (h * 2 + 16) + loss + cached, t * (3 * i + 3 * h) * 4)
+    assert est.backward < t * 151936 * 14 / 5  # a fifth of the bf16 full-sequence logits and their fp32 gradients
     packed = estimate_trial_memory(QWEN_05B, spec.with_params({"train.padding_free": True}))
     mask_growth = t * 24 * (t - s) * 2  # one packed row: its block-causal mask is tokens x tokens
     assert packed.activations - est.activations == mask_growth + 2 * (t - s) * 64 * 2
@@ -208,6 +217,13 @@ def _trial(folder: Path, quantization: str = "none", dtype: str = "float32", **o
     model, tok, _ = setup_model(spec)
     model.train()
     return spec, model, tok, json.loads((folder / "config.json").read_text())
+
+
+def _act(spec) -> int:
+    """The residual stream's bytes per value: fp32 under nf4/int8 with float16/float32 compute (peft upcasts),
+    else the compute dtype's (bfloat16 skips the upcast; the spec's dtype is an explicit one here, on CPU)."""
+    dtype, quantized = spec.model.compute_dtype, spec.model.quantization != "none"
+    return 4 if dtype in ("float32", "auto") or (quantized and dtype != "bfloat16") else 2
 
 
 def _batch(spec, tok) -> dict:
@@ -289,9 +305,9 @@ def test_activations_are_what_autograd_keeps(small_qwen, quantization, dtype, ov
 
     batch = _batch(spec, tok)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(spec, model):
-        model(**batch, use_cache=False)
-    tokens = spec.train.batch_size * spec.data.max_seq_len
-    loss = tokens * 1006 * 4 + tokens * 8  # cross-entropy's log_softmax and its targets: Estimate.backward's
+        causal_lm_loss(model, batch)
+    scored = int((batch["labels"][:, 1:] != -100).sum())
+    loss = loss_bytes(ModelShape.from_config(config), 0, scored, _act(spec))[0]  # the loss's: Estimate.backward's
     kept_by_layers = sum(kept.values()) - loss
     assert abs(kept_by_layers - estimate_trial_memory(config, spec, device="cpu").activations) <= 16  # scalars
 
@@ -342,8 +358,8 @@ def test_a_training_step_peaks_where_the_estimate_says(small_qwen, quantization,
     spec, model, tok, config = _trial(small_qwen, quantization, dtype, **over)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
-    with autocast(spec, model):  # as the trainable runs its forwards
-        loss = model(**_batch(spec, tok), use_cache=False).loss
+    with autocast(spec, model):  # as the trainable runs its forwards: the loss chunked
+        loss = causal_lm_loss(model, _batch(spec, tok))
     loss.backward()
     opt.step()  # AdamW's state exists from the first step on (the static part, checked above)
     opt.zero_grad(set_to_none=True)
@@ -351,15 +367,21 @@ def test_a_training_step_peaks_where_the_estimate_says(small_qwen, quantization,
     with tracker.mode:
         for _ in range(2):
             with autocast(spec, model):
-                out = model(**_batch(spec, tok), use_cache=False)
-            out.loss.backward()
+                loss = causal_lm_loss(model, _batch(spec, tok))  # as the trainable computes it: chunked
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     est = estimate_trial_memory(config, spec, device="cpu")
+    # the estimate scores every position but each example's last; the padded example here scores 5 fewer
+    shape, tokens, act = ModelShape.from_config(config), spec.train.batch_size * spec.data.max_seq_len, _act(spec)
+    scored = int((_batch(spec, tok)["labels"][:, 1:] != -100).sum())
+    unscored = sum(loss_bytes(shape, tokens, tokens - spec.train.batch_size, act))
+    unscored -= sum(loss_bytes(shape, tokens, scored, act))
     if spec.model.gradient_checkpointing:
         assert tracker.peak <= est.train < 1.15 * tracker.peak
     else:
-        assert abs(tracker.peak - est.train) <= 16  # the loss scalars
+        assert abs(tracker.peak - (est.train - unscored)) <= 16  # the loss scalars
+        assert unscored < 0.1 * est.train
 
 
 def test_the_trial_reports_its_estimate_next_to_its_peak(tiny_spec) -> None:
@@ -478,7 +500,7 @@ def test_validate_refuses_a_packing_that_cannot_fit(tmp_path: Path) -> None:
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "resources.gpu: 0.125 of a 80.0 GiB GPU is 10.0 GiB; a trial needs about" in lines[0]
     auto = run_cli(*args, "--set", "resources.gpu=auto", cwd=tmp_path)
-    assert auto.returncode == 0 and "gpu: auto takes 0.3333 of a 80.0 GiB GPU" in auto.stdout  # three 7B trials
+    assert auto.returncode == 0 and "gpu: auto takes 0.1667 of a 80.0 GiB GPU" in auto.stdout
 
 
 def test_json_format_header_states_gridruns_own_estimate() -> None:
