@@ -203,6 +203,29 @@ def noise_floor(table: Table, spec: Any, target: float, grid: int, default_runs:
     }
     out["reruns"] = _reruns(table, target)
     out["same_grid_other_batch_order"] = _paired(table, target)
+    out["demo_values_by_tolerance"] = _tolerances(table)
+    return out
+
+
+def _tolerances(table: Table) -> dict[str, Any]:
+    """The demo's search on this table and the previous recording, at tolerances around 2%: which configs count
+    as found, and what the search needs to find one (100 seeds, 1000-1099)."""
+    out: dict[str, Any] = {}
+    for name, t in (("this table", table), ("previous recording", load_table(PREVIOUS) if PREVIOUS.is_file() else {})):
+        if not t:
+            continue
+        best = max(r["objective"] for rows in t.values() for r in rows)
+        grid = sum(int(rows[-1]["samples_seen"]) for rows in t.values())
+        curves = [curve(simulate(demo_spec([*BASE, f"search.seed={s}"]), t)) for s in range(1000, 1100)]
+        for tol in (0.02, 0.03, 0.05):
+            line = best - tol * abs(best)
+            xs = [first_compute(c, line) / grid for c in curves]
+            out[f"{name}, within {tol:.0%}"] = {
+                "configs": sorted(str(k) for k, rows in t.items() if max(r["objective"] for r in rows) >= line),
+                "within_15pct_grid": sum(x <= LIMIT for x in xs) / len(xs),
+                "within_25pct_grid": sum(x <= 0.25 for x in xs) / len(xs),
+                "compute_over_grid": _percentiles(xs),
+            }
     return out
 
 
