@@ -1,13 +1,17 @@
 """Training throughput of gridrun's trainable vs a plain HF Trainer + peft, and the demo's eval share.
 
 Side by side in one invocation, one torch thread each (what a cpu=1 trial gets):
-  gridrun — ``trainables.qlora_sft.run`` on the demo spec (builtin tiny model, nf4, LoRA on every projection),
-            one eval round at the very end (not timed: perf/tokens_per_s counts training time only)
+  gridrun — ``trainables.qlora_sft.run`` on the demo spec with gridrun's default settings (builtin tiny model,
+            nf4, LoRA on every projection, length-grouped batches), one eval round at the very end (not timed:
+            perf/tokens_per_s counts training time only); also ``ungrouped`` (train.group_by_length=false, the
+            default before) and ``padding_free`` (ungrouped, packed rows)
   trainer — ``transformers.Trainer`` on the same prepared model (the same setup function), the same encoded
             examples, batch size, learning rate, schedule and number of optimizer steps, padding by
-            DataCollatorForSeq2Seq, no evaluation, no checkpoints, no logging
-Both train the same tokens; tokens/s = tokens trained / training seconds. Then the demo trial itself (its shipped
-spec, the centre of its search space) is run and its eval share is measured: the seconds of its eval rounds
+            DataCollatorForSeq2Seq, no evaluation, no checkpoints, no logging: with its default sampler, and
+            ``trainer_grouped`` with its length-grouped one (train_sampling_strategy="group_by_length"), the
+            like-for-like comparison of the grouped default
+All train the same number of examples; tokens/s = tokens trained / training seconds. Then the demo trial itself
+(its shipped spec, the centre of its search space) is run and its eval share is measured: the seconds of its eval rounds
 (perf/eval_s summed) over the trial's wall time. Results: bench/results/throughput.json.
 
     python bench/throughput.py            # ~3 minutes
@@ -34,7 +38,8 @@ from bench.machine import steal_s  # noqa: E402
 DEMO = ROOT / "search_spaces" / "forgetting.yaml"
 
 
-def _spec(train_size: int, padding_free: bool | str = "auto", group_by_length: bool = False):
+def _spec(train_size: int, padding_free: bool | str = "auto", group_by_length: bool | None = None):
+    """The demo spec sized for the benchmark; ``group_by_length`` None keeps gridrun's default."""
     from gridrun.spec import load_spec
 
     overrides = [
@@ -43,8 +48,9 @@ def _spec(train_size: int, padding_free: bool | str = "auto", group_by_length: b
         "train.eval_every=100000",
         "train.warmup_ratio=0",
         f"train.padding_free={str(padding_free).lower()}",
-        f"train.group_by_length={str(group_by_length).lower()}",
     ]
+    if group_by_length is not None:
+        overrides.append(f"train.group_by_length={str(group_by_length).lower()}")
     return load_spec(DEMO, overrides)
 
 
@@ -56,7 +62,7 @@ def _gridrun(spec, baseline) -> dict:
     return {"tokens_per_s": last["perf/tokens_per_s"], "wall_s": time.perf_counter() - t0, "steps": last["step"]}
 
 
-def _trainer(spec, steps: int) -> dict:
+def _trainer(spec, steps: int, grouped: bool = False) -> dict:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from trainables.qlora_sft import setup_model, setup_train_data
@@ -79,11 +85,12 @@ def _trainer(spec, steps: int) -> dict:
         dataloader_num_workers=0,
         disable_tqdm=True,
         seed=spec.train.seed,
+        train_sampling_strategy="group_by_length" if grouped else "random",
     )
     collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
     trainer = Trainer(model=model, args=args, train_dataset=encoded, data_collator=collator)
     out = trainer.train()
-    tokens = sum(encoded.select(range(min(len(encoded), steps * spec.train.batch_size)))["length"])
+    tokens = sum(encoded.select(range(min(len(encoded), steps * spec.train.batch_size)))["length"])  # 1 epoch: all
     return {"tokens_per_s": tokens / out.metrics["train_runtime"], "wall_s": out.metrics["train_runtime"]}
 
 
@@ -125,15 +132,18 @@ def main() -> None:
     reps = 1 if args.quick else args.reps
     spec = _spec(size)
     baseline = cached_baselines(spec, compute_baselines)[0]
-    runs: dict[str, list[float]] = {"gridrun": [], "trainer": [], "padding_free": [], "grouped": []}
+    variants = ("gridrun", "trainer", "ungrouped", "padding_free", "trainer_grouped")
+    runs: dict[str, list[float]] = {k: [] for k in variants}
     steps = 0
     for _ in range(reps):  # interleaved, so a busy spell of the machine hits every variant alike
         ours = _gridrun(spec, baseline)
         steps = ours["steps"]
         runs["gridrun"].append(ours["tokens_per_s"])
         runs["trainer"].append(_trainer(spec, steps)["tokens_per_s"])
-        runs["padding_free"].append(_gridrun(_spec(size, padding_free=True), baseline)["tokens_per_s"])
-        runs["grouped"].append(_gridrun(_spec(size, group_by_length=True), baseline)["tokens_per_s"])
+        runs["ungrouped"].append(_gridrun(_spec(size, group_by_length=False), baseline)["tokens_per_s"])
+        padded_free = _spec(size, padding_free=True, group_by_length=False)
+        runs["padding_free"].append(_gridrun(padded_free, baseline)["tokens_per_s"])
+        runs["trainer_grouped"].append(_trainer(spec, steps, grouped=True)["tokens_per_s"])
     med = {k: statistics.median(v) for k, v in runs.items()}
     result = {
         "device": f"cpu: {platform.processor() or platform.machine()}",
@@ -143,9 +153,11 @@ def main() -> None:
         "repeats": reps,
         "tokens_per_s_median": {k: round(v, 1) for k, v in med.items()},
         "tokens_per_s_all": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+        "defaults": {"train.group_by_length": spec.train.group_by_length, "train.padding_free": "auto (off on CPU)"},
         "ratio_gridrun_vs_trainer": round(med["gridrun"] / med["trainer"], 3),
-        "ratio_grouped_vs_trainer": round(med["grouped"] / med["trainer"], 3),
-        "ratio_padding_free_vs_padded": round(med["padding_free"] / med["gridrun"], 3),
+        "ratio_gridrun_vs_trainer_grouped": round(med["gridrun"] / med["trainer_grouped"], 3),
+        "ratio_ungrouped_vs_trainer": round(med["ungrouped"] / med["trainer"], 3),
+        "ratio_padding_free_vs_padded": round(med["padding_free"] / med["ungrouped"], 3),
         "steal_s": round(steal_s() - steal0, 1),
     }
     if not args.quick:

@@ -9,6 +9,8 @@ curve is recorded to its end, so any scheduler can be replayed over it. Each eva
 
     python bench/replay/record.py                      # the committed grid (about 30 minutes on 2 cores)
     python bench/replay/record.py --limit 2 --out /tmp/t.csv   # time two configs first
+    python bench/replay/record.py --set train.seed=1 --only '[{"train.lr": 0.0008326, "lora.r": 16,
+        "data.sample_ratio": 0.625}]' --out bench/replay/reruns/seed1.csv   # re-runs with another training seed
 """
 
 from __future__ import annotations
@@ -126,7 +128,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "table.csv", help="CSV written (appended: resumable)")
     ap.add_argument("--workers", type=int, default=2, help="configs run at once (one core each)")
     ap.add_argument("--limit", type=int, default=None, help="record only the first N configs not yet done")
-    ap.add_argument("--only", type=str, default=None, help="one config as JSON, e.g. '{\"train.lr\": 1e-3, ...}'")
+    ap.add_argument(
+        "--only", type=str, default=None, help="a config or a list of them as JSON, e.g. '{\"train.lr\": 1e-3, ...}'"
+    )
     ap.add_argument("--set", dest="extra", action="append", default=[], help="a further spec override")
     args = ap.parse_args()
 
@@ -143,7 +147,8 @@ def main() -> None:
     if args.out.is_file():
         with args.out.open() as f:
             done = {(float(r["train.lr"]), int(r["lora.r"]), float(r["data.sample_ratio"])) for r in csv.DictReader(f)}
-    configs = [json.loads(args.only)] if args.only else grid()
+    only = json.loads(args.only) if args.only else None
+    configs = (only if isinstance(only, list) else [only]) if only else grid()
     todo = [c for c in configs if (c["train.lr"], c["lora.r"], c["data.sample_ratio"]) not in done]
     todo.sort(key=lambda c: -c["data.sample_ratio"])  # the long ones first: the pool ends with short ones
     todo = todo[: args.limit] if args.limit else todo
@@ -162,6 +167,7 @@ def main() -> None:
 
     print(f"[record] {len(todo)} configs to run ({len(done)} done), {args.workers} at a time", flush=True)
     new = not args.out.is_file()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with (

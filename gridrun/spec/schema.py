@@ -160,9 +160,10 @@ class TrainSpec(_Section):
     eval_every: int = Field(16, gt=0, description="optimizer steps between eval rounds (one more at the end)")
     seed: int = Field(0, ge=0, lt=2**32, description="seed for LoRA init, data order, dropout")
     group_by_length: bool = Field(
-        False,
+        True,
         description="batch examples of similar length together (transformers' length-grouped order), so less "
-        "padding is computed; the order stays seeded and exactly resumable",
+        "padding is computed (1.4x training throughput on the demo); the order stays seeded and exactly resumable; "
+        "false: a plain shuffle",
     )
     padding_free: bool | Literal["auto"] = Field(
         "auto",
