@@ -25,8 +25,8 @@ from tests.s3server import BUCKET, client, keys, s3_server
 STORAGE = f"s3://{BUCKET}/exp"
 
 
-def _checkpoints(env: dict[str, str]) -> dict[str, list[int]]:
-    """Trial folder -> the pid that wrote each checkpoint still in the bucket, oldest first."""
+def _checkpoints(env: dict[str, str]) -> dict[str, list[tuple[int, int]]]:
+    """Trial folder -> (pid that wrote it, samples seen there) of each checkpoint still in the bucket, oldest first."""
     s3 = client(env)
     out: dict[str, list[int]] = {}
     for key in keys(env, prefix="exp/"):
@@ -34,7 +34,8 @@ def _checkpoints(env: dict[str, str]) -> dict[str, list[int]]:
         if len(parts) == 5 and parts[3].startswith("checkpoint_") and parts[4] == "position.json":
             with contextlib.suppress(Exception):  # an object being replaced: the next poll reads it
                 body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-                out.setdefault(parts[2], []).append(int(json.loads(body)["pid"]))
+                pos = json.loads(body)
+                out.setdefault(parts[2], []).append((int(pos["pid"]), int(pos["samples_seen"])))
     return out
 
 
@@ -65,18 +66,20 @@ def main(work: Path) -> dict:
             procs.append(launch)
 
             def on_worker_node() -> tuple[str, int] | None:
-                for trial, pids in _checkpoints(s3env).items():
-                    if len(pids) >= 2 and os.getsid(pids[-1]) == worker.pid:
-                        return trial, len(pids)
+                for trial, saved in _checkpoints(s3env).items():
+                    if len(saved) >= 2 and os.getsid(saved[-1][0]) == worker.pid:
+                        return trial, len(saved)
                 return None
 
             trial, n = _until(on_worker_node, 240, "a trial with two checkpoints in the bucket, on the worker node")
             _kill_session(worker.pid)
             out.update(killed_trial_dir=trial, killed_after_checkpoints=n, worker_killed_at_s=_s(t0))
+            out["worker_checkpoint_samples"] = sorted(n for _, n in _checkpoints(s3env).get(trial, []))
 
             def on_head() -> int | None:
-                pids = _checkpoints(s3env).get(trial, [])
-                on = [p for p in pids if _sid(p) == head.pid]
+                on = [n for p, n in _checkpoints(s3env).get(trial, []) if _sid(p) == head.pid]
+                if on:  # what the trial had seen at its first checkpoint on the head: it went on from where?
+                    out["head_first_checkpoint_samples"] = min(on)
                 return len(on) or None
 
             out["head_checkpoints_before_driver_kill"] = _until(on_head, 240, f"trial {trial} going on on the head")
