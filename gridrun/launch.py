@@ -60,7 +60,7 @@ def _resolve_gpu(
 ) -> tuple[ExperimentSpec, ExperimentSpec]:
     """``resources.gpu: auto`` → a fraction from the estimate and the GPU's size (0 without GPUs); an explicit
     fraction checked against them. The resolved spec is what the trials, the baseline and resume get."""
-    from gridrun.memory import model_config
+    from gridrun.model_config import model_config
     from gridrun.packing import resolve_gpu
 
     gpus = float(total.get("GPU", 0))

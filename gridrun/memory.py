@@ -17,12 +17,10 @@ its allocator, and the line it fails with when it outgrows its share (``gridrun.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import product
-from pathlib import Path
 from typing import Any
 
 from gridrun.errors import GridrunError
@@ -36,13 +34,10 @@ __all__ = [
     "Estimate",
     "GiB",
     "ModelShape",
-    "allocator_fraction",
     "estimate_memory",
     "estimate_trial_memory",
     "gib",
     "loss_bytes",
-    "model_config",
-    "oom_message",
 ]
 
 GiB = 2**30
@@ -387,49 +382,3 @@ def estimate_memory(config: Mapping[str, Any], spec: ExperimentSpec) -> Estimate
     combos = product(*[[v for _, v in d.extremes()] for d in dists.values()])
     estimates = [estimate_trial_memory(config, spec.with_params(dict(zip(dists, c, strict=True)))) for c in combos]
     return max(estimates, key=lambda e: e.total)
-
-
-def model_config(spec: ExperimentSpec, hub: bool = False) -> dict[str, Any] | None:
-    """The model's config as a dict, reading no weights: the builtin model's (its recipe when not built yet), a
-    local folder's ``config.json``, a hub model's from the local cache, or (``hub``) from the hub. None when
-    it cannot be had offline."""
-    from gridrun.builtin import builtin_name
-
-    name = spec.model.name
-    if builtin_name(name):
-        from gridrun.builtin.tiny_model import RECIPE, cache_root, recipe_hash
-
-        built = cache_root() / "models" / f"tiny-general-{recipe_hash()}" / "config.json"
-        if built.is_file():
-            return dict(json.loads(built.read_text()))
-        keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-        recipe = {k: RECIPE[k] for k in (*keys, "num_key_value_heads")}
-        return {**recipe, "tie_word_embeddings": True, "model_type": "qwen2"}
-    folder = Path(name).expanduser()
-    if (folder / "config.json").is_file():
-        return dict(json.loads((folder / "config.json").read_text()))
-    if folder.exists():
-        return None
-    try:
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(name, revision=spec.model.revision, local_files_only=not hub)
-    except (OSError, ValueError):
-        return None
-    return dict(cfg.to_dict())
-
-
-def allocator_fraction(fraction: float, gpu_bytes: int) -> float:
-    """What ``torch.cuda.set_per_process_memory_fraction`` gets for a share: the share less the CUDA context,
-    which lives outside torch's allocator, so the trials packed on one GPU fit side by side."""
-    return max(0.01, (fraction * gpu_bytes - CUDA_CONTEXT_BYTES) / gpu_bytes)
-
-
-def oom_message(fraction: float, gpu_bytes: int, estimate: int | None, peak: int, detail: str = "") -> str:
-    """The one line a trial that outgrew its GPU share fails with (its neighbours keep running)."""
-    est = f"estimated {gib(estimate)} GiB" if estimate else "no estimate"
-    return (
-        f"resources.gpu: the trial ran out of its share of the GPU, {fraction:g} of {gib(gpu_bytes)} GiB = "
-        f"{gib(fraction * gpu_bytes)} GiB ({est}, measured peak {gib(peak)} GiB{'; ' + detail if detail else ''}); "
-        "give it a larger fraction (or gpu: auto), or lower train.batch_size, data.max_seq_len or evaluate.batch_size"
-    )

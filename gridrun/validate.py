@@ -332,7 +332,8 @@ def check_memory(spec: ExperimentSpec, deep: bool = False, hub: bool = False) ->
         deep: also ask this machine's GPU for its size (``resources.gpu_memory_gb`` otherwise).
         hub: read a hub model's config from the hub (else from the local cache only).
     """
-    from gridrun.memory import estimate_memory, gib, model_config
+    from gridrun.memory import estimate_memory, gib
+    from gridrun.model_config import model_config
     from gridrun.packing import check_fraction, pick_fraction
 
     gpu = spec.resources.gpu

@@ -76,7 +76,7 @@ def cap_gpu_memory(gpu: float | str) -> int:
     OutOfMemoryError instead of its neighbours. A whole GPU (or more) is not capped. Returns the GPU's memory."""
     import torch
 
-    from gridrun.memory import allocator_fraction
+    from gridrun.gpu_share import allocator_fraction
 
     total = int(torch.cuda.get_device_properties(0).total_memory)
     if gpu != "auto" and 0 < float(gpu) < 1:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
-import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from gridrun.spec import ExperimentSpec
 from trainables import state
 from trainables.base_scores import base_for, gain_metrics, score_task, step0_base
 from trainables.data import collate, render_prompt, subsample
+from trainables.gpu_memory import mem_estimate, oom_error, peak_mem_mb
 from trainables.model import add_lora, cap_gpu_memory, load_base, pick_device, quiet_hf
 from trainables.precision import autocast, grad_scaler, optimizer_step, resolve, resolved_spec
 from trainables.tokenized import TrainSet, eval_records, examples, load_train_set
@@ -43,7 +42,6 @@ __all__ = [
     "eval_round",
     "evaluate_adapter",
     "lr_schedule",
-    "oom_error",
     "qlora_sft",
     "run",
     "setup_eval",
@@ -66,41 +64,6 @@ def lr_schedule(optimizer: Any, kind: str, warmup: int, total: int) -> Any:
     from transformers import get_scheduler
 
     return get_scheduler(SCHEDULES[kind], optimizer, num_warmup_steps=warmup, num_training_steps=total)
-
-
-def _peak_mem_mb(device: str) -> float:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _mem_estimate(spec: ExperimentSpec, config: dict[str, Any]) -> dict[str, float]:
-    """``perf/mem_estimate_mb``: the estimated peak of torch's allocator on a GPU, next to ``perf/peak_mem_mb``
-    (empty where the model's config is not a dense decoder's)."""
-    from gridrun.memory import estimate_trial_memory
-
-    try:
-        return {"perf/mem_estimate_mb": estimate_trial_memory(config, spec).allocated / 2**20}
-    except GridrunError:
-        return {}
-
-
-def oom_error(spec: ExperimentSpec, message: str, gpu_bytes: int, peak: int) -> GridrunError:
-    """The one-line error of a trial that ran out of its GPU share: the share, the estimate, the measured peak
-    and torch's 'Tried to allocate ...'."""
-    from gridrun.memory import estimate_trial_memory, model_config, oom_message
-
-    gpu = spec.resources.gpu
-    config = model_config(spec)
-    try:
-        estimate = estimate_trial_memory(config, spec).total if config else None
-    except GridrunError:
-        estimate = None
-    asked = re.search(r"Tried to allocate [\d.]+ \w+", message)
-    detail = asked.group(0) if asked else ""
-    return GridrunError(oom_message(1.0 if gpu == "auto" else min(gpu, 1.0), gpu_bytes, estimate, peak, detail))
 
 
 # ----------------------------------------------------------------------------------------------------- setup
@@ -264,7 +227,7 @@ def run(
     encoded, full = setup_train_data(spec, tok)
     ctx = setup_eval(spec, tok, baseline)
     ctx.baselines.task.update(step0_base(spec, model, tok, ctx))  # before a restore: scores the untrained adapter
-    mem_estimate = _mem_estimate(spec, model.config.to_dict())
+    estimated = mem_estimate(spec, model.config.to_dict())
 
     n_train = len(encoded)
     per_step = tc.batch_size * tc.grad_accum
@@ -338,8 +301,8 @@ def run(
                 "data/eval_samples": len(ctx.examples),
                 "progress": pos.samples_seen / total_samples,
                 "perf/tokens_per_s": tokens / train_time if train_time else 0.0,
-                "perf/peak_mem_mb": _peak_mem_mb(device),
-                **mem_estimate,
+                "perf/peak_mem_mb": peak_mem_mb(device),
+                **estimated,
                 "perf/eval_s": time.perf_counter() - t1,
             }
             losses.clear()

@@ -15,18 +15,17 @@ from typing import Any
 import pytest
 
 from gridrun.errors import GridrunError
+from gridrun.gpu_share import allocator_fraction, oom_message
 from gridrun.losses import causal_lm_loss
 from gridrun.memory import (
     GiB,
     ModelShape,
-    allocator_fraction,
     estimate_memory,
     estimate_trial_memory,
     gib,
     loss_bytes,
-    model_config,
-    oom_message,
 )
+from gridrun.model_config import model_config
 from gridrun.packing import check_fraction, pick_fraction, resolve_gpu
 from gridrun.spec import spec_from_dict, validate_dict
 from trainables.precision import autocast, resolved_spec
@@ -462,7 +461,7 @@ def test_launch_resolves_auto_to_cpu_trials_without_gpus(tiny_spec) -> None:
 
 
 def test_oom_line_names_the_share_the_estimate_and_the_peak(tiny_spec) -> None:
-    from trainables.qlora_sft import oom_error
+    from trainables.gpu_memory import oom_error
 
     spec = tiny_spec.with_params({"resources.gpu": 0.25})
     torch_says = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB"
