@@ -49,6 +49,9 @@ class Measure(ABC):
     lower_is_better: ClassVar[bool] = True
     Base: ClassVar[type | None] = None
     Options: ClassVar[type[BaseModel] | None] = None
+    #: The measure switches the adapter off (peft's ``disable_adapter``) to see the base: it needs peft's own LoRA
+    #: layers in the model, so it never runs on a generator's inference view (whose twins peft cannot switch).
+    switches_adapter: ClassVar[bool] = False
 
     def __init__(self, spec: ExperimentSpec) -> None:
         self.spec = spec

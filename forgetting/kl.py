@@ -58,6 +58,7 @@ class KlMeasure(Measure):
     """``forget/kl_task`` (the trial's eval prompts) and ``forget/kl_probe`` (the probe blocks); 0 is the base."""
 
     metric = "forget/kl_task"
+    switches_adapter = True
 
     def __init__(self, spec: ExperimentSpec) -> None:
         super().__init__(spec)

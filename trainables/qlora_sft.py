@@ -175,12 +175,16 @@ def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> 
 
     Every forward runs on the model as the trial's generator runs it for inference (the same numbers: on CPU the
     HF backend's dequantized twins of the 4-bit layers)."""
-    with ctx.generator.inference(model) if ctx.generator is not None else nullcontext():
+
+    def view() -> Any:
+        return ctx.generator.inference(model) if ctx.generator is not None else nullcontext()
+
+    with view():
         task = score_task(spec, model, tok, ctx.examples, ctx.evaluators)
-        forget: dict[str, float] = {}
-        for m in ctx.measures:
-            with autocast(spec, model):
-                forget.update(m.score(model, tok, ctx.baselines.values.get(m.name)))
+    forget: dict[str, float] = {}
+    for m in ctx.measures:
+        with nullcontext() if m.switches_adapter else view(), autocast(spec, model):
+            forget.update(m.score(model, tok, ctx.baselines.values.get(m.name)))
     metric = task.get(spec.objective.metric)
     if metric is None:
         raise GridrunError(

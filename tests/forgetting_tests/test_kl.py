@@ -82,6 +82,25 @@ def test_the_measure_in_an_eval_round_and_as_primary(kl_spec) -> None:
     assert m["objective"] == pytest.approx(want) != penalized(m[spec.objective.metric], m["forget/delta"], 2.0)
 
 
+def test_in_an_eval_round_on_a_4bit_cpu_model_it_sees_the_base(tiny_spec, tiny_model_path) -> None:
+    """nf4 on CPU, where eval rounds run on the HF generator's dequantized twins of the LoRA layers: peft cannot
+    switch those off, so ``kl`` runs on peft's own layers and equals the measure computed outside any eval round
+    (inside the twins' view it read the tuned model against itself: about 0)."""
+    from trainables.qlora_sft import compute_baselines, eval_round, setup_eval, setup_model
+
+    spec = tiny_spec.with_params({"forgetting.measures": ["kl"], "model.quantization": "nf4", "lora.dropout": 0.0})
+    model, tok, _ = setup_model(spec)
+    ctx = setup_eval(spec, tok, compute_baselines(spec, ["probe"]))
+    assert ctx.generator is not None and ctx.generator.dequantize_on_cpu  # the twins are in play
+    _train_adapter(model)
+    m = eval_round(spec, model, tok, ctx)
+    kl = next(x for x in ctx.measures if x.name == "kl")
+    alone = kl.score(model, tok, None)
+    assert alone["forget/kl_probe"] > 1e-3
+    assert m["forget/kl_probe"] == pytest.approx(alone["forget/kl_probe"], rel=1e-9)
+    assert m["forget/kl_task"] == pytest.approx(alone["forget/kl_task"], rel=1e-9)
+
+
 def test_a_model_without_an_adapter_is_one_line(kl_spec) -> None:
     from gridrun.errors import GridrunError
     from trainables.model import load_base
