@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 __all__ = [
@@ -150,12 +150,15 @@ def forward_kl_sum(model: Any, inputs: Mapping[str, Any], mask: Any, chunk: int 
         with model.disable_adapter():
             base = hidden_states(model, inputs)[where]
         tuned = hidden_states(model, inputs)[where]
-        _, logits = _head(model)
+        head, logits = _head(model)
+        # the head's own adapter off too, where LoRA targets lm_head; a plain Linear head has none, and switching
+        # the adapter off walks the whole model, so it is done per chunk only where the head has one
+        off = nullcontext if type(head) is torch.nn.Linear else model.disable_adapter
         total = torch.zeros((), dtype=torch.float64, device=tuned.device)
         for s in _chunks(len(tuned), chunk):
             # float64: in float32, log-probabilities carry ~1e-6 of rounding each, as large as the KL of a barely
             # trained adapter; a chunk at a time keeps the cost of the wider type small
-            with model.disable_adapter():  # the head's own adapter too, where LoRA targets lm_head
+            with off():
                 lp = torch.log_softmax(logits(base[s]).double(), -1)
             lq = torch.log_softmax(logits(tuned[s]).double(), -1)
             total += (lp.exp() * (lp - lq)).sum()
