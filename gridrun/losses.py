@@ -222,6 +222,12 @@ def _fused(head: Any, device: Any) -> Any:
 
     if device.type != "cuda" or type(head) is not torch.nn.Linear:
         return None
+    return _liger_loss()
+
+
+@functools.cache
+def _liger_loss() -> Any:
+    """Liger's loss module, made once per process (every micro-batch asks), or None where Liger is not installed."""
     try:
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
     except ImportError:
