@@ -89,6 +89,7 @@ class HFGenerator(Generator):
     def __init__(self, dequantize_on_cpu: bool = True) -> None:
         self.dequantize_on_cpu = dequantize_on_cpu
         self._dequantized: weakref.WeakKeyDictionary[Any, tuple[int, Any]] = weakref.WeakKeyDictionary()
+        self._viewing: set[int] = set()  # models inside ``inference`` now
 
     def _dequantize(self, layer: Any) -> Any:
         """``layer``'s dequantized twin, made once (the base is frozen; a reloaded weight is dequantized again)."""
@@ -116,10 +117,14 @@ class HFGenerator(Generator):
     @contextmanager
     def inference(self, model: Any) -> Iterator[None]:
         """Swap each CPU 4-bit layer (and the peft LoRA layer around it) for its exact twin for the duration,
-        then put the originals back (nested: the twins are in place already, nothing more is swapped)."""
+        then put the originals back (nested: the twins are in place already, nothing is walked or swapped)."""
         import torch
 
+        if id(model) in self._viewing:  # nested: the twins are in place already, nothing more to swap
+            yield
+            return
         swaps: list[tuple[Any, str, Any]] = []
+        self._viewing.add(id(model))
         try:
             # under autocast the ops run in other dtypes than the twins were checked against: leave the model be
             if self.dequantize_on_cpu and not torch.is_autocast_enabled("cpu"):
@@ -137,6 +142,7 @@ class HFGenerator(Generator):
         finally:
             for parent, child_name, child in reversed(swaps):
                 setattr(parent, child_name, child)
+            self._viewing.discard(id(model))
 
     def generate(self, model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
         """Prompts are tokenized without added special tokens, exactly as in training, and generated in batches
@@ -148,7 +154,8 @@ class HFGenerator(Generator):
         if not prompts:
             return []
         was_training = model.training
-        model.eval()
+        if was_training:  # a switch walks every module (transformers re-kernelizes): none when already in eval mode
+            model.eval()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         device = next(p.device for p in model.parameters())
         lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
@@ -183,7 +190,8 @@ class HFGenerator(Generator):
                     for i, text in zip(rows, texts, strict=True):
                         out[i] = cut_at_stop(text, settings.stop)
         finally:
-            model.train(was_training)
+            if was_training:
+                model.train()
         return [out[i] for i in range(len(prompts))]
 
 
