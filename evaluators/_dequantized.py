@@ -24,9 +24,18 @@ class DequantizedLinear(torch.nn.Module):
         w = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype)
         self.weight = torch.nn.Parameter(w, requires_grad=False)
         self.bias = None if layer.bias is None else torch.nn.Parameter(layer.bias.detach().to(dtype), False)
+        # plain attributes, read at every call (a decode step makes hundreds) without nn.Module's __getattr__
+        self.tensors = (w, None if self.bias is None else self.bias.data)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+        return _linear(x, *self.tensors)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x.to(w.dtype), w, b).to(x.dtype)``; where the dtypes agree each ``.to`` returns its input itself,
+    so skipping the call changes nothing but a dispatch."""
+    y = torch.nn.functional.linear(x if x.dtype == w.dtype else x.to(w.dtype), w, b)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def swappable_4bit(module: Any) -> bool:
@@ -62,14 +71,18 @@ class LoraOnDequantized(torch.nn.Module):
         self.base, self.scaling = base, scaling
         self.fold = math.frexp(scaling)[0] == 0.5  # a power of two (mantissa exactly 1/2)
         a = lora_a.weight.detach()
+        # plain attributes (no nn.Module lookup per call); the base twin's tensors used directly, not its module
         self.a = a * scaling if self.fold else a
         self.b = lora_b.weight.detach()
+        self.bt = self.b.t()
+        self.tensors = base.tensors
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base(x)  # a fresh tensor (F.linear's output): adding into it in place changes nothing else
-        h = torch.nn.functional.linear(x.to(self.a.dtype), self.a)
-        if self.fold and result.dtype == self.b.dtype:
-            result.view(-1, result.shape[-1]).addmm_(h.view(-1, h.shape[-1]), self.b.t())
+        result = _linear(x, *self.tensors)  # a fresh tensor (F.linear's): adding into it in place changes nothing else
+        a = self.a
+        h = torch.nn.functional.linear(x if x.dtype == a.dtype else x.to(a.dtype), a)
+        if self.fold and result.dtype == a.dtype:
+            result.view(-1, result.shape[-1]).addmm_(h.view(-1, h.shape[-1]), self.bt)
             return result
         out = torch.nn.functional.linear(h, self.b)
         if not self.fold:
