@@ -90,6 +90,7 @@ class HFGenerator(Generator):
         self.dequantize_on_cpu = dequantize_on_cpu
         self._dequantized: weakref.WeakKeyDictionary[Any, tuple[int, Any]] = weakref.WeakKeyDictionary()
         self._viewing: set[int] = set()  # models inside ``inference`` now
+        self._encoded: tuple[Any, tuple[Any, ...], list[tuple[list[int], Any]]] | None = None
 
     def _dequantize(self, layer: Any) -> Any:
         """``layer``'s dequantized twin, made once (the base is frozen; a reloaded weight is dequantized again)."""
@@ -144,6 +145,23 @@ class HFGenerator(Generator):
                 setattr(parent, child_name, child)
             self._viewing.discard(id(model))
 
+    def _batches(self, tokenizer: Any, prompts: list[str], batch_size: int) -> list[tuple[list[int], Any]]:
+        """The prompts' rows in length-sorted batches (longest first) and each batch tokenized with left padding;
+        remembered for the last prompts asked (a trial's eval round asks for the same prompts every round)."""
+        key = (tuple(prompts), batch_size)
+        if self._encoded is not None and self._encoded[0] is tokenizer and self._encoded[1] == key:
+            return self._encoded[2]
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        batches = []
+        for b in range(0, len(order), batch_size):
+            rows = order[b : b + batch_size]
+            texts = [prompts[i] for i in rows]
+            enc = tokenizer(texts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
+            batches.append((rows, enc))
+        self._encoded = (tokenizer, key, batches)
+        return batches
+
     def generate(self, model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
         """Prompts are tokenized without added special tokens, exactly as in training, and generated in batches
         of similar length (longest first: the left padding each row carries is small) with the tokenizer's left
@@ -158,23 +176,13 @@ class HFGenerator(Generator):
             model.eval()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         device = next(p.device for p in model.parameters())
-        lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         extra: dict[str, Any] = {"cache_implementation": "static"} if device.type == "cuda" else {}
         if settings.stop:
             extra |= {"stop_strings": list(settings.stop), "tokenizer": tokenizer}
         out: dict[int, str] = {}
         try:
             with self.inference(model):
-                for b in range(0, len(order), settings.batch_size):
-                    rows = order[b : b + settings.batch_size]
-                    enc = tokenizer(
-                        [prompts[i] for i in rows],
-                        add_special_tokens=False,
-                        padding=True,
-                        padding_side="left",
-                        return_tensors="pt",
-                    )
+                for rows, enc in self._batches(tokenizer, prompts, settings.batch_size):
                     with torch.no_grad():
                         gen = model.generate(
                             input_ids=enc["input_ids"].to(device),
