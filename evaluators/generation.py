@@ -89,6 +89,8 @@ class HFGenerator(Generator):
     def __init__(self, dequantize_on_cpu: bool = True) -> None:
         self.dequantize_on_cpu = dequantize_on_cpu
         self._dequantized: weakref.WeakKeyDictionary[Any, tuple[int, Any]] = weakref.WeakKeyDictionary()
+        self._viewing: set[int] = set()  # models inside ``inference`` now
+        self._encoded: tuple[Any, tuple[Any, ...], list[tuple[list[int], Any]]] | None = None
 
     def _dequantize(self, layer: Any) -> Any:
         """``layer``'s dequantized twin, made once (the base is frozen; a reloaded weight is dequantized again)."""
@@ -116,10 +118,14 @@ class HFGenerator(Generator):
     @contextmanager
     def inference(self, model: Any) -> Iterator[None]:
         """Swap each CPU 4-bit layer (and the peft LoRA layer around it) for its exact twin for the duration,
-        then put the originals back (nested: the twins are in place already, nothing more is swapped)."""
+        then put the originals back (nested: the twins are in place already, nothing is walked or swapped)."""
         import torch
 
+        if id(model) in self._viewing:  # nested: the twins are in place already, nothing more to swap
+            yield
+            return
         swaps: list[tuple[Any, str, Any]] = []
+        self._viewing.add(id(model))
         try:
             # under autocast the ops run in other dtypes than the twins were checked against: leave the model be
             if self.dequantize_on_cpu and not torch.is_autocast_enabled("cpu"):
@@ -137,6 +143,24 @@ class HFGenerator(Generator):
         finally:
             for parent, child_name, child in reversed(swaps):
                 setattr(parent, child_name, child)
+            self._viewing.discard(id(model))
+
+    def _batches(self, tokenizer: Any, prompts: list[str], batch_size: int) -> list[tuple[list[int], Any]]:
+        """The prompts' rows in length-sorted batches (longest first) and each batch tokenized with left padding;
+        remembered for the last prompts asked (a trial's eval round asks for the same prompts every round)."""
+        key = (tuple(prompts), batch_size)
+        if self._encoded is not None and self._encoded[0] is tokenizer and self._encoded[1] == key:
+            return self._encoded[2]
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        batches = []
+        for b in range(0, len(order), batch_size):
+            rows = order[b : b + batch_size]
+            texts = [prompts[i] for i in rows]
+            enc = tokenizer(texts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
+            batches.append((rows, enc))
+        self._encoded = (tokenizer, key, batches)
+        return batches
 
     def generate(self, model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
         """Prompts are tokenized without added special tokens, exactly as in training, and generated in batches
@@ -148,26 +172,17 @@ class HFGenerator(Generator):
         if not prompts:
             return []
         was_training = model.training
-        model.eval()
+        if was_training:  # a switch walks every module (transformers re-kernelizes): none when already in eval mode
+            model.eval()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         device = next(p.device for p in model.parameters())
-        lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         extra: dict[str, Any] = {"cache_implementation": "static"} if device.type == "cuda" else {}
         if settings.stop:
             extra |= {"stop_strings": list(settings.stop), "tokenizer": tokenizer}
         out: dict[int, str] = {}
         try:
             with self.inference(model):
-                for b in range(0, len(order), settings.batch_size):
-                    rows = order[b : b + settings.batch_size]
-                    enc = tokenizer(
-                        [prompts[i] for i in rows],
-                        add_special_tokens=False,
-                        padding=True,
-                        padding_side="left",
-                        return_tensors="pt",
-                    )
+                for rows, enc in self._batches(tokenizer, prompts, settings.batch_size):
                     with torch.no_grad():
                         gen = model.generate(
                             input_ids=enc["input_ids"].to(device),
@@ -183,7 +198,8 @@ class HFGenerator(Generator):
                     for i, text in zip(rows, texts, strict=True):
                         out[i] = cut_at_stop(text, settings.stop)
         finally:
-            model.train(was_training)
+            if was_training:
+                model.train()
         return [out[i] for i in range(len(prompts))]
 
 

@@ -78,12 +78,14 @@ def scoring(model: Any) -> Iterator[Any]:
     import torch
 
     was_training = model.training
-    model.eval()
+    if was_training:  # a switch walks every module (transformers re-kernelizes): none when already in eval mode
+        model.eval()
     try:
         with torch.no_grad():
             yield next(p.device for p in model.parameters())
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
 
 
 def hidden_states(model: Any, inputs: Mapping[str, Any]) -> Any:

@@ -179,12 +179,28 @@ def eval_round(spec: ExperimentSpec, model: Any, tok: Any, ctx: EvalContext) -> 
     def view() -> Any:
         return ctx.generator.inference(model) if ctx.generator is not None else nullcontext()
 
-    with view():
-        task = score_task(spec, model, tok, ctx.examples, ctx.evaluators)
+    # eval mode once for the round: transformers re-kernelizes a model at every train/eval switch (a walk over every
+    # module), and generation and each scoring pass would otherwise switch there and back; the inference view (the
+    # generator's twins) is entered once for all that runs on it, and left for the measures that switch the adapter
+    was_training = model.training
+    model.eval()
+    scores: dict[int, dict[str, float]] = {}
+    try:
+        with view():
+            task = score_task(spec, model, tok, ctx.examples, ctx.evaluators)
+            for i, m in enumerate(ctx.measures):
+                if not m.switches_adapter:
+                    with autocast(spec, model):
+                        scores[i] = m.score(model, tok, ctx.baselines.values.get(m.name))
+        for i, m in enumerate(ctx.measures):
+            if m.switches_adapter:
+                with autocast(spec, model):
+                    scores[i] = m.score(model, tok, ctx.baselines.values.get(m.name))
+    finally:
+        model.train(was_training)
     forget: dict[str, float] = {}
-    for m in ctx.measures:
-        with nullcontext() if m.switches_adapter else view(), autocast(spec, model):
-            forget.update(m.score(model, tok, ctx.baselines.values.get(m.name)))
+    for i in range(len(ctx.measures)):  # in the measures' order, as before
+        forget.update(scores[i])
     metric = task.get(spec.objective.metric)
     if metric is None:
         raise GridrunError(

@@ -111,6 +111,33 @@ def test_the_eval_rounds_other_forwards_give_the_same_numbers_inside_inference(
     assert type(model.get_base_model().model.layers[0].mlp.up_proj).__name__ == "Linear4bit"  # peft's, back
 
 
+@pytest.mark.parametrize("scaling", [2.0, 1.0, 0.25, 16 / 6])
+def test_the_lora_twin_equals_peft_bit_for_bit(trained_like: tuple[Any, Any, list[str]], scaling: float) -> None:
+    """The twin folds a power-of-two scaling into A and adds into the base's output in place (addmm_); any other
+    scaling goes the unfolded way: both give peft's numbers exactly, on a decode-shaped and a prefill-shaped input."""
+    import torch
+
+    from evaluators._dequantized import LoraOnDequantized
+
+    model, _, _ = trained_like
+    layer = model.get_base_model().model.layers[1].mlp.up_proj
+    adapter = layer.active_adapters[0]
+    kept = layer.scaling[adapter]
+    gen = torch.Generator().manual_seed(1)
+    model.eval()
+    try:
+        layer.scaling[adapter] = scaling
+        twin = HFGenerator()._twin(layer)
+        assert isinstance(twin, LoraOnDequantized) and twin.fold == (scaling in (2.0, 1.0, 0.25))
+        with torch.no_grad():
+            for shape in ((32, 1, 128), (4, 37, 128)):
+                x = torch.randn(shape, generator=gen)
+                assert torch.equal(twin(x), layer(x))
+    finally:
+        layer.scaling[adapter] = kept
+        model.train()
+
+
 def test_stop_strings_end_a_completion(trained_like: tuple[Any, Any, list[str]]) -> None:
     model, tok, prompts = trained_like
     full = HFGenerator().generate(model, tok, prompts[:4], GenerationSettings(max_new_tokens=24))
