@@ -509,7 +509,7 @@ def main() -> None:
                 k: suggest_cost(v, table, range(5)) for k, v in candidates.items() if k in ("demo values", "sampler=gp")
             },
         }
-    out[f"wall_s_{args.stage}"] = round(time.perf_counter() - t0, 1)
+    out[f"wall_s_{screen_key if args.stage == 'screen' else args.stage}"] = round(time.perf_counter() - t0, 1)
     done = json.loads(args.out.read_text()) if args.out.is_file() else {}  # read again: others may have written
     done["default_goal"] = _finite(out)
     args.out.write_text(json.dumps(done, indent=2) + "\n")
