@@ -125,7 +125,7 @@ def _forced(name: str, kwargs: dict[str, Any], tpe_class: Any) -> Any:
             share = float(kw.pop("gamma"))
             kw["gamma"] = lambda n: min(math.ceil(share * n), 25)
         if name == "gp":
-            sampler = optuna.samplers.GPSampler(
+            sampler: Any = optuna.samplers.GPSampler(
                 seed=seed, n_startup_trials=n_startup_trials, warn_independent_sampling=False, **kw
             )
         elif name == "cmaes":
@@ -196,7 +196,7 @@ def to_target(lever: list[str], table: Table, seeds: range, targets: tuple[float
     name, kwargs = _sampler_kwargs(lever)
     tpe_class = optuna.samplers.TPESampler
     if name != "tpe" or kwargs:
-        optuna.samplers.TPESampler = _forced(name, kwargs, tpe_class)  # type: ignore[misc,assignment]
+        optuna.samplers.TPESampler = _forced(name, kwargs, tpe_class)  # type: ignore[misc]
     try:
         out: list[list[float]] = [[] for _ in targets]
         for s in seeds:
@@ -230,7 +230,7 @@ def suggest_cost(lever: list[str], table: Table, seeds: range) -> dict[str, Any]
     per_trial: dict[int, list[float]] = {}
     GridrunOptunaSearch.suggest = timed  # type: ignore[method-assign]
     if name != "tpe" or kwargs:
-        optuna.samplers.TPESampler = _forced(name, kwargs, tpe_class)  # type: ignore[misc,assignment]
+        optuna.samplers.TPESampler = _forced(name, kwargs, tpe_class)  # type: ignore[misc]
     try:
         for s in seeds:
             times.clear()
