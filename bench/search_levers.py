@@ -19,7 +19,8 @@ own searcher, ASHA and stoppers in Tune's call order) on ``bench/replay/table.cs
    order), which says how far a re-run moves a config's best.
 
 ``tpe.<kwarg>=<value>`` levers change an argument gridrun fixes in ``TPESampler`` (multivariate, group,
-constant_liar, ...), forced through a wrapped sampler class for the bench only.
+constant_liar, ...), and ``sampler=gp|cmaes|oracle`` levers build another sampler in its place, forced for the
+bench only (``bench/forced_samplers.py``).
 
     python bench/search_levers.py                 # ~30 min on a shared 2-core machine
     python bench/search_levers.py --tune-seeds 20 --held-out 40   # a quick look
@@ -47,6 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.forced_samplers import forcing, sampler_kwargs  # noqa: E402
 from bench.replay.record import demo_spec  # noqa: E402
 from bench.replay.simulate import simulate  # noqa: E402
 from bench.replay.trainable import Table, load_table, nearest  # noqa: E402
@@ -101,131 +103,24 @@ SAMPLER_LEVERS: list[list[str]] = [
 ]
 
 
-def _sampler_kwargs(lever: list[str]) -> tuple[str, dict[str, Any]]:
-    """The sampler a lever forces (``tpe`` if none) and the arguments it passes it."""
-    import yaml
-
-    name, kwargs = "tpe", {}
-    for o in lever:
-        k, v = o.split("=", 1)
-        if k == "sampler":
-            name = v
-        elif k.split(".")[0] in ("tpe", "gp", "cmaes", "oracle"):
-            kwargs[k.split(".", 1)[1]] = yaml.safe_load(v)
-    return name, kwargs
-
-
-def _forced(name: str, kwargs: dict[str, Any], tpe_class: Any) -> Any:
-    """A stand-in for ``TPESampler`` that ``gridrun.searcher.build_searcher`` calls with the spec's seed and
-    startup trials (and TPE's own multivariate and constant liar, which the other samplers do not take)."""
-    import optuna
-
-    def make(seed: int | None = None, n_startup_trials: int = 10, **tpe: Any) -> Any:
-        kw = dict(kwargs)
-        qmc = kw.pop("startup", None) == "qmc"
-        if "gamma" in kw:  # the share of trials TPE counts as good, capped as Optuna's default caps it
-            share = float(kw.pop("gamma"))
-            kw["gamma"] = lambda n: min(math.ceil(share * n), 25)
-        if name == "gp":
-            sampler: Any = optuna.samplers.GPSampler(
-                seed=seed, n_startup_trials=n_startup_trials, warn_independent_sampling=False, **kw
-            )
-        elif name == "cmaes":
-            sampler = optuna.samplers.CmaEsSampler(
-                seed=seed, n_startup_trials=n_startup_trials, warn_independent_sampling=False, **kw
-            )
-        elif name == "oracle":  # the table's best cell, every trial once the random startup trials are done
-            best = optuna.samplers.PartialFixedSampler(kw["params"], optuna.samplers.RandomSampler(seed=seed))
-            return _started_by()(optuna.samplers.RandomSampler(seed=seed), best, n_startup_trials)
-        else:
-            sampler = tpe_class(seed=seed, n_startup_trials=n_startup_trials, **{**tpe, **kw})
-        if not qmc:
-            return sampler
-        # a scrambled Sobol start in place of a random one: neither sampler takes one for its startup trials
-        first = optuna.samplers.QMCSampler(
-            seed=seed, scramble=True, warn_independent_sampling=False, warn_asynchronous_seeding=False
-        )
-        return _started_by()(first, sampler, n_startup_trials)
-
-    return make
-
-
-def _started_by() -> type:
-    """``_StartedBy`` as an Optuna sampler (made on first use: the bench imports Optuna lazily)."""
-    import optuna
-
-    return type("StartedBy", (_StartedBy, optuna.samplers.BaseSampler), {})
-
-
-class _StartedBy:
-    """TPE whose first ``n`` trials come from another sampler (QMC): Optuna's TPE draws its startup trials at
-    random and takes no other; forwarding the sampler interface is all this does."""
-
-    def __init__(self, first: Any, then: Any, n: int) -> None:
-        self.first, self.then, self.n = first, then, n
-
-    def _pick(self, study: Any) -> Any:
-        from optuna.trial import TrialState
-
-        done = len(study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True))
-        return self.first if done < self.n else self.then
-
-    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
-        return self._pick(study).infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study: Any, trial: Any, space: Any) -> Any:
-        return self._pick(study).sample_relative(study, trial, space)
-
-    def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
-        return self._pick(study).sample_independent(study, trial, name, dist)
-
-    def before_trial(self, study: Any, trial: Any) -> None:
-        self.first.before_trial(study, trial)
-        self.then.before_trial(study, trial)
-
-    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-        self.first.after_trial(study, trial, state, values)
-        self.then.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.first.reseed_rng()
-        self.then.reseed_rng()
-
-
 def to_target(lever: list[str], table: Table, seeds: range, targets: tuple[float, ...], grid: int) -> list[list[float]]:
     """Compute (a share of the grid's) until each target (within 2% of the best, ...) is reached, per target and
     seed (inf: never)."""
-    import optuna
-
-    overrides = [o for o in lever if o.split("=")[0].split(".")[0] not in ("sampler", "tpe", "gp", "cmaes")]
-    name, kwargs = _sampler_kwargs(lever)
-    if name == "oracle":
-        key = max(table, key=lambda k: max(r["objective"] for r in table[k]))
-        kwargs["params"] = dict(zip(("train.lr", "lora.r", "data.sample_ratio"), key, strict=True))
-    tpe_class = optuna.samplers.TPESampler
-    if name != "tpe" or kwargs:
-        optuna.samplers.TPESampler = _forced(name, kwargs, tpe_class)  # type: ignore[misc]
-    try:
-        out: list[list[float]] = [[] for _ in targets]
+    out: list[list[float]] = [[] for _ in targets]
+    with forcing(lever, table) as overrides:
         for s in seeds:
             c = curve(simulate(demo_spec([*BASE, *overrides, f"search.seed={s}"]), table))
             for xs, target in zip(out, targets, strict=True):
                 xs.append(first_compute(c, target) / grid)
-        return out
-    finally:
-        optuna.samplers.TPESampler = tpe_class  # type: ignore[misc]
+    return out
 
 
 def suggest_cost(lever: list[str], table: Table, seeds: range) -> dict[str, Any]:
     """Seconds per ``searcher.suggest`` in a 16-trial search (the driver waits on it before a trial starts; a
     GP refits on every suggest): per trial index, the median over ``seeds``, and the slowest."""
-    import optuna
-
     from gridrun.searcher import GridrunOptunaSearch
 
-    overrides = [o for o in lever if o.split("=")[0].split(".")[0] not in ("sampler", "tpe", "gp", "cmaes")]
-    name, kwargs = _sampler_kwargs(lever)
-    tpe_class, suggest = optuna.samplers.TPESampler, GridrunOptunaSearch.suggest
+    suggest = GridrunOptunaSearch.suggest
     times: list[float] = []
 
     def timed(self: Any, trial_id: str) -> Any:
@@ -237,17 +132,15 @@ def suggest_cost(lever: list[str], table: Table, seeds: range) -> dict[str, Any]
 
     per_trial: dict[int, list[float]] = {}
     GridrunOptunaSearch.suggest = timed  # type: ignore[method-assign]
-    if name != "tpe" or kwargs:
-        optuna.samplers.TPESampler = _forced(name, kwargs, tpe_class)  # type: ignore[misc]
     try:
-        for s in seeds:
-            times.clear()
-            simulate(demo_spec([*BASE, *overrides, f"search.seed={s}"]), table)
-            for i, t in enumerate(times):
-                per_trial.setdefault(i, []).append(t)
+        with forcing(lever, table) as overrides:
+            for s in seeds:
+                times.clear()
+                simulate(demo_spec([*BASE, *overrides, f"search.seed={s}"]), table)
+                for i, t in enumerate(times):
+                    per_trial.setdefault(i, []).append(t)
     finally:
         GridrunOptunaSearch.suggest = suggest  # type: ignore[method-assign]
-        optuna.samplers.TPESampler = tpe_class  # type: ignore[misc]
     every = [t for ts in per_trial.values() for t in ts]
     return {
         "seeds": len(seeds),
@@ -323,7 +216,7 @@ def _key(s: dict[str, Any]) -> tuple[float, float]:
 def _pairable(a: list[str], b: list[str]) -> bool:
     """Two levers make a pair unless they set one knob twice or pass TPE's arguments to another sampler."""
     knobs = [o.split("=")[0] for o in (*a, *b)]
-    name, _ = _sampler_kwargs([*a, *b])
+    name, _ = sampler_kwargs([*a, *b])
     return len(set(knobs)) == len(knobs) and not (name != "tpe" and any(k.startswith("tpe.") for k in knobs))
 
 
