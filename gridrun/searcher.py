@@ -64,6 +64,12 @@ def build_searcher(spec: Any, searched: dict[str, Any], warm: list[Any] | None =
         sampler: Any = optuna.samplers.RandomSampler(seed=s.seed)
     elif s.sampler == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=s.seed)
+    elif s.sampler == "gp":
+        # Optuna's GP reads each mode's needs off the study itself: several values (log EHVI), the constraint
+        # told by set_constraint (constrained EI), and the trials still running (q-batch EI), so nothing to pass
+        sampler = optuna.samplers.GPSampler(
+            seed=s.seed, n_startup_trials=s.n_startup_trials, warn_independent_sampling=False
+        )
     else:
         sampler = optuna.samplers.TPESampler(
             seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True, constant_liar=True
