@@ -1,6 +1,7 @@
 """Drills: lose nothing and stall nothing. 200 replayed trials through the real launch path; an MLflow server
-killed for 40 s mid-run; Ctrl-C then `gridrun resume`; a Ray worker node killed mid-run (in a network namespace
-of its own, where only loopback exists). Each checks exact counts against Tune's own record of every result.
+killed mid-run for longer than the writer's exit patience; Ctrl-C then `gridrun resume`; a Ray worker node killed
+mid-run (in a network namespace of its own, where only loopback exists). Each checks exact counts against Tune's
+own record of every result.
 """
 
 from __future__ import annotations
@@ -32,12 +33,19 @@ REPLAYED = ("objective", "samples_seen", "progress", "task/format_success", "for
 
 
 class TimedTracker(MLflowTracker):
-    """The real tracker, timing each callback Tune makes on its event loop and counting finished trials."""
+    """The real tracker, timing each callback Tune makes on its event loop and counting finished trials; its exit
+    patience (``drain_s``) is ``drain_patience_s`` when a test sets it."""
 
+    drain_patience_s: ClassVar[float | None] = None
     slowest: ClassVar[dict[str, float]] = {}
     results: ClassVar[int] = 0
     finished: ClassVar[int] = 0
     end_rss_mib: ClassVar[float] = 0.0  # the driver's RSS when Tune's loop ended (before summary and plots)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if TimedTracker.drain_patience_s is not None:
+            self.drain_s = TimedTracker.drain_patience_s
 
     @classmethod
     def reset(cls) -> None:
@@ -195,6 +203,9 @@ class MlflowServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # MLflow 3 starts a job runner beside the server by default (GenAI jobs, none here): off, the server
+            # answered in 12-13 s instead of 19-20 s on this busy machine
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             start_new_session=True,
         )
         while time.monotonic() - t0 < deadline_s:
@@ -221,18 +232,24 @@ def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.1)  # polling a condition, bounded by the timeout
 
 
-#: Seconds the tracking server is unreachable: killed, then started again so that it answers after about this long.
-OUTAGE_S = 40
+#: Seconds after it died that the tracking server is started again (it answers that long plus its own start-up
+#: later: 15 to 30 s), longer than the writer's exit patience in this drill (DRAIN_S)
+RESTART_AFTER_S = 10
+#: The tracker's patience at the end for an unreachable MLflow (``MLflowTracker(drain_s=...)``, 30 s by default):
+#: shorter here so that an outage longer than it fits in a shorter run
+DRAIN_S = 5.0
 
 
 def test_an_mlflow_outage_costs_tune_nothing_and_loses_nothing(
     tmp_path: Path, tiny_model_path: Path, mlflow_template: Path, monkeypatch, capfd
 ) -> None:
-    """A real `mlflow server` killed for about 40 s mid-run: no tracker callback takes over a second (Tune's loop,
-    ASHA and checkpoints never wait), every metric Tune recorded is in MLflow exactly once when the server is back,
-    adapters are uploaded, and MLflow prints no "View run" lines of its own."""
-    use_replay(monkeypatch, delay_s=0.7, checkpoints=True)
+    """A real `mlflow server` killed mid-run for longer than the writer's exit patience (15 to 30 s): no tracker
+    callback takes over a second (Tune's loop, ASHA and checkpoints never wait), every metric Tune recorded is in
+    MLflow exactly once when the server is back, adapters are uploaded, and MLflow prints no "View run" lines of
+    its own."""
+    use_replay(monkeypatch, delay_s=0.5, checkpoints=True)
     monkeypatch.setattr("gridrun.tracking.MLflowTracker", TimedTracker)
+    monkeypatch.setattr(TimedTracker, "drain_patience_s", DRAIN_S)
     TimedTracker.reset()
     server = MlflowServer(tmp_path)
     copy_store(mlflow_template, tmp_path, "server.db")
@@ -243,7 +260,7 @@ def test_an_mlflow_outage_costs_tune_nothing_and_loses_nothing(
         "search.num_trials=16",
         "data.train_size=64",
         "train.epochs=2",
-        "train.eval_every=1",  # 4 to 16 eval rounds a trial, 0.7 s each: about a minute in all
+        "train.eval_every=1",  # 4 to 16 eval rounds a trial, 0.5 s each: about 40 s in all
         "scheduler.type=none",
         "forgetting.budget=null",
     )
@@ -256,9 +273,9 @@ def test_an_mlflow_outage_costs_tune_nothing_and_loses_nothing(
             killed = time.monotonic()
             timeline["killed_after_results"] = TimedTracker.results
             # the outage itself (the drill's scenario, not a wait for a condition): the server is started again
-            # OUTAGE_S - 5 s after it died, so it answers OUTAGE_S - 5 s plus its own start-up later (about
-            # OUTAGE_S on an idle machine; a restart's start-up varies under load, so it is not subtracted)
-            time.sleep(OUTAGE_S - 5)
+            # RESTART_AFTER_S after it died, so it answers that long plus its own start-up later (a restart's
+            # start-up varies under load, so it is not subtracted)
+            time.sleep(RESTART_AFTER_S)
             server.start()
             timeline["down_s"] = round(time.monotonic() - killed, 1)
             timeline["results_during_outage"] = TimedTracker.results - timeline["killed_after_results"]
@@ -294,7 +311,7 @@ def test_an_mlflow_outage_costs_tune_nothing_and_loses_nothing(
         "slowest_callback_s": {k: round(v, 4) for k, v in TimedTracker.slowest.items()},
     }
     print(json.dumps(report))
-    assert timeline["down_s"] >= OUTAGE_S - 5, timeline
+    assert timeline["down_s"] >= RESTART_AFTER_S > DRAIN_S, timeline  # longer than the writer's exit patience
     assert timeline["results_during_outage"] > 10, timeline  # trials went on reporting while MLflow was away
     assert timeline["finished_when_back"] < 16, timeline  # and it came back mid-run
     assert max(TimedTracker.slowest.values()) < 1.0, TimedTracker.slowest
@@ -367,86 +384,11 @@ def _kill_session(sid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-#: Seconds a replayed eval round takes in the Ctrl-C drills: a trial runs for seconds (16 rounds), so a Ctrl-C
-#: sent when the second trial is done lands mid-trial for the running ones
+#: Seconds a replayed eval round takes in the Ctrl-C drills: a trial runs for seconds (up to 16 rounds), so a
+#: Ctrl-C sent when the second trial is done lands mid-trial for the running ones
 REPLAY_S = 0.2
 
-CTRL_C = [
-    *TINY,
-    "data.train_size=64",
-    "train.epochs=2",
-    "train.eval_every=1",
-    "search.num_trials=6",
-    "search.max_concurrent=2",
-    "scheduler.type=none",
-    "forgetting.budget=null",
-]
-
-
-def test_ctrl_c_stops_cleanly_then_resume_continues(tmp_path: Path, tiny_model_path: Path, mlflow_store: str) -> None:
-    """One Ctrl-C: the running trials' child runs KILLED, the summary of the finished trials written, exit 130;
-    `gridrun resume` continues. Two Ctrl-C: exit at once. The last resume finishes every trial, exactly."""
-    from mlflow.tracking import MlflowClient
-
-    sets = [a for o in CTRL_C for a in ("--set", o)]
-    launch = _replay_cli(tmp_path, REPLAY_S, "launch", str(FORGETTING), *sets)
-    out = Output(launch)
-    try:
-        out.wait_for("done (2/", 240)
-        os.killpg(launch.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-        t0 = time.monotonic()
-        rc = launch.wait(timeout=120)
-        stop_s = time.monotonic() - t0
-    finally:
-        _kill_session(launch.pid)
-    assert rc == 130, out.text()[-3000:]
-    exp_dir = next((tmp_path / "gridrun_results").iterdir())
-    summary = json.loads((exp_dir / "gridrun_summary.json").read_text())
-    unfinished = set(summary["interrupted"]["unfinished"])
-    finished = {r["trial_id"] for r in summary["trials"]}
-    assert len(finished) >= 2 and unfinished and not finished & unfinished
-    assert all(r["status"] == "TERMINATED" for r in summary["trials"])
-    assert f"gridrun resume {exp_dir}" in out.text()
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
-    ml = summary["mlflow"]
-    runs = client.search_runs([ml["experiment_id"]], f"tags.mlflow.parentRunId = '{ml['parent_run_id']}'")
-    status = {r.data.tags["gridrun.trial_id"]: r.info.status for r in runs}
-    assert {status[t] for t in finished} == {"FINISHED"}
-    assert {s for t, s in status.items() if t not in finished} == {"KILLED"}, status  # the running ones
-    assert client.get_run(ml["parent_run_id"]).info.status == "KILLED"
-
-    # resume, and press Ctrl-C twice: the second exits at once
-    again = _replay_cli(tmp_path, REPLAY_S, "resume", str(exp_dir), env={"REPLAY_HOLD_STOP_S": "120"})
-    out2 = Output(again)
-    try:
-        out2.wait_for(" started: ", 240)  # a continued trial is running again
-        os.killpg(again.pid, signal.SIGINT)
-        out2.wait_for("the clean stop is held", 30)  # Tune is stopping cleanly, slowly ...
-        os.killpg(again.pid, signal.SIGINT)  # ... and is told not to
-        t0 = time.monotonic()
-        rc2 = again.wait(timeout=30)
-        second_s = time.monotonic() - t0
-        left = _session_gone(again.pid, 60)  # Ray's processes die with the driver
-    finally:
-        _kill_session(again.pid)
-    assert rc2 == 130 and "interrupted twice" in out2.text(), out2.text()[-3000:]
-    assert second_s < 5, second_s
-    assert not left, f"processes left behind: {left}"
-
-    final = _replay_cli(tmp_path, REPLAY_S, "resume", str(exp_dir))
-    out3 = Output(final)
-    try:
-        rc3 = final.wait(timeout=300)
-    finally:
-        _kill_session(final.pid)
-    assert rc3 == 0, out3.text()[-3000:]
-    summary = json.loads((exp_dir / "gridrun_summary.json").read_text())
-    assert "interrupted" not in summary and len(summary["trials"]) == 6
-    counts = _check_exact(f"sqlite:///{tmp_path}/mlruns.db", summary)
-    assert client.get_run(ml["parent_run_id"]).info.status == "FINISHED"
-    print(json.dumps({"graceful_stop_s": round(stop_s, 1), "second_ctrl_c_exit_s": round(second_s, 2), **counts}))
-
-
+#: The Ctrl-C drills' search: 6 replayed trials, 2 at a time, under a forgetting budget that stops some of them
 BUDGET = [
     *TINY,
     "data.train_size=64",
@@ -454,11 +396,100 @@ BUDGET = [
     "train.eval_every=1",
     "search.num_trials=6",
     "search.max_concurrent=2",
-    "search.sampler=random",  # the same configs in the same order in both runs, whatever the timing
+    "search.sampler=random",  # the same configs in the same order in every run, whatever the timing
     "scheduler.type=none",
     "forgetting.budget=0.25",
     "forgetting.patience=2",
 ]
+
+
+@pytest.fixture(scope="module")
+def ctrl_c_drill(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path, mlflow_template: Path
+) -> dict[str, Any]:
+    """The scenario both Ctrl-C drills assert on, run once (each asserts its part): `gridrun launch` of the BUDGET
+    search, one Ctrl-C once its second trial is done; `gridrun resume`, Ctrl-C twice while the clean stop is held;
+    a last `gridrun resume` to the end. Returns what each step left (exit codes, consoles, seconds; the summary and
+    MLflow's run statuses as the first stop left them); the experiment folder holds the last resume's record."""
+    from mlflow.tracking import MlflowClient
+
+    work = tmp_path_factory.mktemp("ctrl-c")
+    drill: dict[str, Any] = {"uri": copy_store(mlflow_template, work)}
+    sets = [a for o in BUDGET for a in ("--set", o)]
+    launch = _replay_cli(work, REPLAY_S, "launch", str(FORGETTING), *sets)
+    out = Output(launch)
+    try:
+        out.wait_for("done (2/", 240)
+        os.killpg(launch.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        t0 = time.monotonic()
+        drill["rc"] = launch.wait(timeout=120)
+        drill["stop_s"] = time.monotonic() - t0
+    finally:
+        _kill_session(launch.pid)
+    drill["text"] = out.text()
+    assert drill["rc"] == 130, drill["text"][-3000:]  # the rest of the scenario needs a clean first stop
+    exp_dir = drill["exp_dir"] = next((work / "gridrun_results").iterdir())
+    summary = drill["summary"] = json.loads((exp_dir / "gridrun_summary.json").read_text())
+    client = MlflowClient(drill["uri"])
+    ml = summary["mlflow"]
+    runs = client.search_runs([ml["experiment_id"]], f"tags.mlflow.parentRunId = '{ml['parent_run_id']}'")
+    drill["status"] = {r.data.tags["gridrun.trial_id"]: r.info.status for r in runs}
+    drill["parent_status"] = client.get_run(ml["parent_run_id"]).info.status
+
+    # resume, and press Ctrl-C twice: the second exits at once
+    again = _replay_cli(work, REPLAY_S, "resume", str(exp_dir), env={"REPLAY_HOLD_STOP_S": "120"})
+    out2 = Output(again)
+    try:
+        out2.wait_for(" started: ", 240)  # a continued trial is running again
+        os.killpg(again.pid, signal.SIGINT)
+        out2.wait_for("the clean stop is held", 30)  # Tune is stopping cleanly, slowly ...
+        os.killpg(again.pid, signal.SIGINT)  # ... and is told not to
+        t0 = time.monotonic()
+        drill["rc2"] = again.wait(timeout=30)
+        drill["second_s"] = time.monotonic() - t0
+        drill["left"] = _session_gone(again.pid, 60)  # Ray's processes die with the driver
+    finally:
+        _kill_session(again.pid)
+    drill["text2"] = out2.text()
+
+    final = _replay_cli(work, 0.05, "resume", str(exp_dir))  # nothing is interrupted from here on: rounds faster
+    out3 = Output(final)
+    try:
+        drill["rc3"] = final.wait(timeout=300)
+    finally:
+        _kill_session(final.pid)
+    drill["text3"] = out3.text()
+    drill["final_parent_status"] = client.get_run(ml["parent_run_id"]).info.status
+    return drill
+
+
+def test_ctrl_c_stops_cleanly_then_resume_continues(ctrl_c_drill: dict[str, Any]) -> None:
+    """One Ctrl-C: the running trials' child runs KILLED, the summary of the finished trials written, exit 130;
+    `gridrun resume` continues. Two Ctrl-C: exit at once. The last resume finishes every trial, exactly."""
+    drill = ctrl_c_drill
+    assert drill["rc"] == 130, drill["text"][-3000:]
+    exp_dir, summary = drill["exp_dir"], drill["summary"]
+    unfinished = set(summary["interrupted"]["unfinished"])
+    finished = {r["trial_id"] for r in summary["trials"]}
+    assert len(finished) >= 2 and unfinished and not finished & unfinished
+    assert all(r["status"] == "TERMINATED" for r in summary["trials"])
+    assert f"gridrun resume {exp_dir}" in drill["text"]
+    status = drill["status"]
+    assert {status[t] for t in finished} == {"FINISHED"}
+    assert {s for t, s in status.items() if t not in finished} == {"KILLED"}, status  # the running ones
+    assert drill["parent_status"] == "KILLED"
+
+    assert drill["rc2"] == 130 and "interrupted twice" in drill["text2"], drill["text2"][-3000:]
+    assert drill["second_s"] < 5, drill["second_s"]
+    assert not drill["left"], f"processes left behind: {drill['left']}"
+
+    assert drill["rc3"] == 0, drill["text3"][-3000:]
+    summary = json.loads((exp_dir / "gridrun_summary.json").read_text())
+    assert "interrupted" not in summary and len(summary["trials"]) == 6
+    counts = _check_exact(drill["uri"], summary)
+    assert drill["final_parent_status"] == "FINISHED"
+    stops = {"graceful_stop_s": round(drill["stop_s"], 1), "second_ctrl_c_exit_s": round(drill["second_s"], 2)}
+    print(json.dumps({**stops, **counts}))
 
 
 def _reasons_by_config(exp_dir: Path) -> dict[str, str]:
@@ -467,13 +498,13 @@ def _reasons_by_config(exp_dir: Path) -> dict[str, str]:
 
 
 def test_stop_reasons_after_ctrl_c_and_resume_equal_the_uninterrupted_runs(
-    tmp_path: Path, tiny_model_path: Path, mlflow_template: Path
+    tmp_path: Path, tiny_model_path: Path, mlflow_template: Path, ctrl_c_drill: dict[str, Any]
 ) -> None:
     """The forgetting budget counts over-budget rounds across a Ctrl-C and `gridrun resume` (its state travels in
-    Tune's snapshot through StoppingState): every trial's stop reason, in the summary, is the uninterrupted run's."""
+    Tune's snapshot through StoppingState): every trial's stop reason, in the summary after the Ctrl-C drill's
+    interruptions and resumes, is the uninterrupted run's."""
     sets = [a for o in BUDGET for a in ("--set", o)]
     copy_store(mlflow_template, tmp_path / "whole")
-    copy_store(mlflow_template, tmp_path / "cut")
     whole = _replay_cli(tmp_path / "whole", 0.05, "launch", str(FORGETTING), *sets)
     out0 = Output(whole)
     try:
@@ -483,22 +514,10 @@ def test_stop_reasons_after_ctrl_c_and_resume_equal_the_uninterrupted_runs(
     expected = _reasons_by_config(next((tmp_path / "whole" / "gridrun_results").iterdir()))
     assert any(r.startswith("forgetting budget") for r in expected.values()), expected  # the budget is exercised
 
-    launch = _replay_cli(tmp_path / "cut", REPLAY_S, "launch", str(FORGETTING), *sets)
-    out = Output(launch)
-    try:
-        out.wait_for("done (2/", 240)
-        os.killpg(launch.pid, signal.SIGINT)  # mid-trial: the running ones may be one round over budget
-        assert launch.wait(timeout=120) == 130, out.text()[-3000:]
-    finally:
-        _kill_session(launch.pid)
-    exp_dir = next((tmp_path / "cut" / "gridrun_results").iterdir())
-    final = _replay_cli(tmp_path / "cut", REPLAY_S, "resume", str(exp_dir))
-    out2 = Output(final)
-    try:
-        assert final.wait(timeout=300) == 0, out2.text()[-3000:]
-    finally:
-        _kill_session(final.pid)
-    got = _reasons_by_config(exp_dir)
+    drill = ctrl_c_drill  # mid-trial Ctrl-C: the running ones may be one round over budget
+    assert drill["rc"] == 130, drill["text"][-3000:]
+    assert drill["rc3"] == 0, drill["text3"][-3000:]
+    got = _reasons_by_config(drill["exp_dir"])
     assert len(got) == 6 and set(got) <= set(expected), (got, expected)
     assert got == {k: expected[k] for k in got}
 

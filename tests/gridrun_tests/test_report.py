@@ -83,3 +83,18 @@ def test_pareto_labels_are_full_ids_and_do_not_overlap() -> None:
     boxes = [t.get_window_extent(renderer) for t in ax.texts]
     overlapping = [(a, b) for a, b in itertools.combinations(range(len(boxes)), 2) if boxes[a].overlaps(boxes[b])]
     assert overlapping == []
+
+
+def test_pareto_labels_beyond_max_labels_are_the_front_and_the_best() -> None:
+    """200 trials piled in one spot (a replayed load test's): only the front and the best trial are labelled,
+    every point is still drawn."""
+    from gridrun.report.plots import MAX_LABELS, pareto_figure
+
+    ids = [f"{i:08x}" for i in range(200)]
+    trials = [{"trial_id": t, "task": 0.5 + 1e-4 * (i % 7), "forget_delta": 0.01} for i, t in enumerate(ids)]
+    summary = {"name": "s", "objective_metric": "task/em", "trials": trials, "pareto_front": ids[:3]}
+    summary["best"] = {"trial_id": ids[10]}
+    assert len(trials) > MAX_LABELS
+    ax = pareto_figure(summary).axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == sorted([*ids[:3], ids[10]])
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 200 + 1  # every trial, and the best one's ring
