@@ -1,7 +1,6 @@
 """Drills: lose nothing and stall nothing. 200 replayed trials through the real launch path; an MLflow server
-killed mid-run for longer than the writer's exit patience; Ctrl-C then `gridrun resume`; a Ray worker node killed
-mid-run (in a network namespace of its own, where only loopback exists). Each checks exact counts against Tune's
-own record of every result.
+killed for 40 s mid-run; Ctrl-C then `gridrun resume`; a Ray worker node killed mid-run (in a network namespace
+of its own, where only loopback exists). Each checks exact counts against Tune's own record of every result.
 """
 
 from __future__ import annotations
@@ -33,19 +32,12 @@ REPLAYED = ("objective", "samples_seen", "progress", "task/format_success", "for
 
 
 class TimedTracker(MLflowTracker):
-    """The real tracker, timing each callback Tune makes on its event loop and counting finished trials; its exit
-    patience (``drain_s``) is ``drain_patience_s`` when a test sets it."""
+    """The real tracker, timing each callback Tune makes on its event loop and counting finished trials."""
 
-    drain_patience_s: ClassVar[float | None] = None
     slowest: ClassVar[dict[str, float]] = {}
     results: ClassVar[int] = 0
     finished: ClassVar[int] = 0
     end_rss_mib: ClassVar[float] = 0.0  # the driver's RSS when Tune's loop ended (before summary and plots)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if TimedTracker.drain_patience_s is not None:
-            self.drain_s = TimedTracker.drain_patience_s
 
     @classmethod
     def reset(cls) -> None:
@@ -232,24 +224,19 @@ def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.1)  # polling a condition, bounded by the timeout
 
 
-#: Seconds after it died that the tracking server is started again (it answers that long plus its own start-up
-#: later: 15 to 30 s), longer than the writer's exit patience in this drill (DRAIN_S)
-RESTART_AFTER_S = 10
-#: The tracker's patience at the end for an unreachable MLflow (``MLflowTracker(drain_s=...)``, 30 s by default):
-#: shorter here so that an outage longer than it fits in a shorter run
-DRAIN_S = 5.0
+#: Seconds the tracking server is unreachable (issue 12's scenario): killed, then started again so that it answers
+#: after about this long
+OUTAGE_S = 40
 
 
 def test_an_mlflow_outage_costs_tune_nothing_and_loses_nothing(
     tmp_path: Path, tiny_model_path: Path, mlflow_template: Path, monkeypatch, capfd
 ) -> None:
-    """A real `mlflow server` killed mid-run for longer than the writer's exit patience (15 to 30 s): no tracker
-    callback takes over a second (Tune's loop, ASHA and checkpoints never wait), every metric Tune recorded is in
-    MLflow exactly once when the server is back, adapters are uploaded, and MLflow prints no "View run" lines of
-    its own."""
-    use_replay(monkeypatch, delay_s=0.5, checkpoints=True)
+    """A real `mlflow server` killed for about 40 s mid-run: no tracker callback takes over a second (Tune's loop,
+    ASHA and checkpoints never wait), every metric Tune recorded is in MLflow exactly once when the server is back,
+    adapters are uploaded, and MLflow prints no "View run" lines of its own."""
+    use_replay(monkeypatch, delay_s=0.7, checkpoints=True)
     monkeypatch.setattr("gridrun.tracking.MLflowTracker", TimedTracker)
-    monkeypatch.setattr(TimedTracker, "drain_patience_s", DRAIN_S)
     TimedTracker.reset()
     server = MlflowServer(tmp_path)
     copy_store(mlflow_template, tmp_path, "server.db")
@@ -260,7 +247,7 @@ def test_an_mlflow_outage_costs_tune_nothing_and_loses_nothing(
         "search.num_trials=16",
         "data.train_size=64",
         "train.epochs=2",
-        "train.eval_every=1",  # 4 to 16 eval rounds a trial, 0.5 s each: about 40 s in all
+        "train.eval_every=1",  # 4 to 16 eval rounds a trial, 0.7 s each: about a minute in all
         "scheduler.type=none",
         "forgetting.budget=null",
     )
@@ -273,9 +260,9 @@ def test_an_mlflow_outage_costs_tune_nothing_and_loses_nothing(
             killed = time.monotonic()
             timeline["killed_after_results"] = TimedTracker.results
             # the outage itself (the drill's scenario, not a wait for a condition): the server is started again
-            # RESTART_AFTER_S after it died, so it answers that long plus its own start-up later (a restart's
-            # start-up varies under load, so it is not subtracted)
-            time.sleep(RESTART_AFTER_S)
+            # OUTAGE_S - 5 s after it died, so it answers OUTAGE_S - 5 s plus its own start-up later (about
+            # OUTAGE_S on an idle machine; a restart's start-up varies under load, so it is not subtracted)
+            time.sleep(OUTAGE_S - 5)
             server.start()
             timeline["down_s"] = round(time.monotonic() - killed, 1)
             timeline["results_during_outage"] = TimedTracker.results - timeline["killed_after_results"]
@@ -311,7 +298,7 @@ def test_an_mlflow_outage_costs_tune_nothing_and_loses_nothing(
         "slowest_callback_s": {k: round(v, 4) for k, v in TimedTracker.slowest.items()},
     }
     print(json.dumps(report))
-    assert timeline["down_s"] >= RESTART_AFTER_S > DRAIN_S, timeline  # longer than the writer's exit patience
+    assert timeline["down_s"] >= OUTAGE_S - 5, timeline
     assert timeline["results_during_outage"] > 10, timeline  # trials went on reporting while MLflow was away
     assert timeline["finished_when_back"] < 16, timeline  # and it came back mid-run
     assert max(TimedTracker.slowest.values()) < 1.0, TimedTracker.slowest
