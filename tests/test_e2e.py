@@ -50,6 +50,18 @@ def test_launch_runs_every_trial_and_prints_the_summary(experiment) -> None:
         assert set(t["params"]) == {"train.lr", "lora.r", "data.sample_ratio"}
 
 
+def test_trial_folders_hold_tunes_result_files_and_no_tensorboard_events(experiment) -> None:
+    """Tune's per-trial results stay (progress.csv, result.json: its ResultGrid reads them); its TensorBoard event
+    files, which nothing reads and whose import cost every launch seconds, are not written."""
+    trials = [p for p in Path(experiment["summary"]["experiment_dir"]).iterdir() if p.name.startswith("qlora_sft_")]
+    assert len(trials) == 4
+    for folder in trials:
+        names = {p.name for p in folder.iterdir()}
+        assert {"progress.csv", "result.json"} <= names, names
+        assert not any(n.startswith("events.out.tfevents") for n in names), names
+        assert len((folder / "progress.csv").read_text().splitlines()) >= 2  # a header and a row per report
+
+
 def test_mlflow_holds_parent_children_curves_and_adapters(experiment) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient

@@ -26,7 +26,9 @@ TIMES: dict[str, float] = {}
 
 
 @pytest.mark.parametrize("study", sorted(STUDIES))
-def test_tiny_study_runs_end_to_end(study: str, tmp_path: Path, tiny_model_path: Path, mlflow_store: str) -> None:
+def test_tiny_study_runs_end_to_end(
+    study: str, tmp_path: Path, tiny_model_path: Path, mlflow_store: str, on_cluster: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     path = ROOT / "search_spaces" / "tiny" / study
@@ -34,7 +36,7 @@ def test_tiny_study_runs_end_to_end(study: str, tmp_path: Path, tiny_model_path:
         pytest.fail(f"missing {path}")
     t0 = time.perf_counter()
     sets = [a for o in ["search.num_trials=2", *SMALLER.get(study, [])] for a in ("--set", o)]
-    r = run_cli("launch", str(path), *sets, cwd=tmp_path, timeout=900)
+    r = run_cli("launch", str(path), *sets, "--set", on_cluster, cwd=tmp_path, timeout=900)
     TIMES[study] = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(next((tmp_path / "gridrun_results").glob("*/gridrun_summary.json")).read_text())
