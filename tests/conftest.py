@@ -107,11 +107,11 @@ def _session_pids(sid: int) -> list[int]:
 def ray_cluster(tmp_path_factory) -> Iterator[str]:
     """A Ray head on 127.0.0.1 for the whole session, which launches join through ``resources.address`` (the
     ``on_cluster`` fixture); returns its address. A local start costs every launch seconds of Ray's own processes
-    starting and stopping, which no test that joins is about (test_e2e and test_storage_e2e keep starting their
-    own). Loopback only, as gridrun's local start: Ray's local-only switch keeps it from swapping 127.0.0.1 for
-    the interface address. Token authentication with the user's token (``ray get-auth-token --generate`` makes
-    one where none is). Stopped at the session's end by its session id, never with ``ray stop`` (which stops
-    every Ray on the machine)."""
+    starting and stopping, which no test that joins is about (test_storage_e2e and the drills keep the local
+    start: their trials need their own environment). Loopback only, as gridrun's local start: Ray's local-only
+    switch keeps it from swapping 127.0.0.1 for the interface address. Token authentication with the user's
+    token (``ray get-auth-token --generate`` makes one where none is). Stopped at the session's end by its session
+    id, never with ``ray stop`` (which stops every Ray on the machine)."""
     import socket
     import tempfile
 
@@ -159,7 +159,8 @@ def ray_cluster(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture
 def on_cluster(ray_cluster: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The override that makes a launch join the session's Ray cluster, the way a user joins one
-    (``resources.address=host:port``); this process and the commands it runs get the cluster's token mode."""
+    """The override that makes a ``gridrun launch`` command join the session's Ray cluster, the way a user joins one
+    (``resources.address=host:port``); the commands this test runs get the cluster's token mode. Not for a launch
+    in the test's own process: Ray reads the token mode once, when it is first imported."""
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     return f"resources.address={ray_cluster}"

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory, tiny_model_path) -> dict:
+def experiment(tmp_path_factory, tiny_model_path, ray_cluster) -> dict:
+    """One launch every test here reads. It joins the session's Ray cluster (test_storage_e2e keeps a local start);
+    its MLflow store is made from nothing."""
     work = tmp_path_factory.mktemp("e2e")
     overrides = [
         *TINY,
@@ -26,8 +28,11 @@ def experiment(tmp_path_factory, tiny_model_path) -> dict:
         "forgetting.budget=1.0",
         "forgetting.patience=1",
     ]
+    overrides.append(f"resources.address={ray_cluster}")
     args = ["launch", str(FORGETTING)] + [a for o in overrides for a in ("--set", o)]
-    r = run_cli(*args, cwd=work, timeout=600)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "token")  # as on_cluster does for one test: the cluster's token mode
+        r = run_cli(*args, cwd=work, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     exp_dirs = list((work / "gridrun_results").iterdir())
     assert len(exp_dirs) == 1
