@@ -123,10 +123,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from gridrun.report import format_summary, load_summary
-    from gridrun.tracking import summary_from_mlflow
     from gridrun.validate import absolute_uri, check_store_exists, check_tracking_uri
 
     if args.from_mlflow:
+        from gridrun.tracking import summary_from_mlflow  # imports Ray Tune (seconds): only where it is needed
+
         uri = absolute_uri(args.tracking_uri)
         check_store_exists(uri)  # read-only: never create an empty store here
         check_tracking_uri(uri)

@@ -17,6 +17,8 @@ __all__ = ["compare", "format_comparison"]
 def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) -> list[dict[str, Any]]:
     """``[{prompt, reference, base, adapter, base_score, adapter_score}]`` for the first ``n`` evaluation prompts
     of the experiment (each completion scored alone by the experiment's evaluators)."""
+    if n < 1:  # before anything loads: a mistyped argument costs no model load
+        raise GridrunError(f"-n: must be at least 1, got {n}")
     from trainables.model import load_base, pick_device, quiet_hf
 
     quiet_hf()  # before peft imports bitsandbytes, which warns about optional CPU kernels on import
@@ -27,8 +29,6 @@ def compare(experiment_dir: str | Path, trial: str | None = None, n: int = 8) ->
     from trainables.data import load_task_data, render_prompt
     from trainables.precision import autocast
 
-    if n < 1:
-        raise GridrunError(f"-n: must be at least 1, got {n}")
     store.check_storage(str(experiment_dir), "experiment folder")
     exp = store.location(experiment_dir)
     meta = ExperimentMeta.read(exp)

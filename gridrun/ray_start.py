@@ -4,9 +4,11 @@ address and listen on every interface), or a cluster's address; its resources ch
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 from collections.abc import Iterator
+from urllib.parse import urlparse
 
 from gridrun.errors import GridrunError
 from gridrun.spec import ExperimentSpec
@@ -42,6 +44,20 @@ def _loopback_only() -> Iterator[None]:
             os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = env_before
 
 
+def _on_loopback(address: str) -> bool:
+    """A cluster address (``host:port``) on this machine's loopback: a head started with
+    ``--node-ip-address=127.0.0.1``, which Ray would otherwise look for at the interface address (and never find)."""
+    if "://" in address:  # ray:// is Ray Client's own connection, made to the host as given
+        return False
+    host = urlparse(f"tcp://{address}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def other_local_rays() -> list[int]:
     """The Ray instances already running on this machine, by the pid of each one's GCS server process."""
     import psutil
@@ -61,6 +77,8 @@ def start_ray(spec: ExperimentSpec) -> dict[str, float]:
     # Tune keeps every checkpoint's record in each experiment snapshot (the CheckpointKeeper does retention):
     # keep only the score in those records, so snapshots stay small and quick to upload.
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
+    # Tune's result files are listed by launch and resume (launch._file_loggers), its TensorBoard files left out
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Ray turns token authentication on for a local cluster (good) and says so at every start (noise).
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     import optuna
@@ -68,7 +86,8 @@ def start_ray(spec: ExperimentSpec) -> dict[str, float]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if spec.resources.address:
-        ray.init(address=spec.resources.address, log_to_driver=True, logging_level=logging.WARNING)
+        with _loopback_only() if _on_loopback(spec.resources.address) else contextlib.nullcontext():
+            ray.init(address=spec.resources.address, log_to_driver=True, logging_level=logging.WARNING)
     else:
         others = len(other_local_rays())
         if others:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,80 @@ def data_section(task: str, **overrides: object):
     from gridrun.spec import DataSpec
 
     return DataSpec.model_validate({"task": task, "train_size": 64, "eval_size": 4, **overrides})
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Every process in session ``sid`` (a Ray node started in a session of its own: its servers and workers)."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid:
+                out.append(p.pid)
+        except (OSError, psutil.Error):
+            continue
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory) -> Iterator[str]:
+    """A Ray head on 127.0.0.1 for the whole session, which launches join through ``resources.address`` (the
+    ``on_cluster`` fixture); returns its address. A local start costs every launch seconds of Ray's own processes
+    starting and stopping, which no test that joins is about (test_storage_e2e and the drills keep the local
+    start: their trials need their own environment). Loopback only, as gridrun's local start: Ray's local-only
+    switch keeps it from swapping 127.0.0.1 for the interface address. Token authentication with the user's
+    token (``ray get-auth-token --generate`` makes one where none is). Stopped at the session's end by its session
+    id, never with ``ray stop`` (which stops every Ray on the machine)."""
+    import socket
+    import tempfile
+
+    import psutil
+
+    ray = str(Path(sys.executable).parent / "ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {
+        **os.environ,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's local-only switch: every address on 127.0.0.1
+        "RAY_AUTH_MODE": "token",
+        # the trials' Arrow copies of local data sets (the tests' stand-ins), not the user's cache
+        "HF_DATASETS_CACHE": str(tmp_path_factory.mktemp("ray-hf-datasets")),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True, check=True, timeout=60)
+    temp = tempfile.mkdtemp(prefix="grt", dir="/tmp")  # short: Ray's socket paths live under it
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    args = ["--head", "--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--port={port}"]
+    with log.open("w") as f:
+        head = subprocess.Popen(
+            [ray, "start", *args, "--include-dashboard=false", f"--temp-dir={temp}"],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its servers and workers stay in this session: the teardown stops exactly them
+        )
+    try:
+        if head.wait(timeout=180) != 0:  # `ray start` returns once the node is up
+            pytest.fail(f"ray start --head failed:\n{log.read_text()[-3000:]}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        # SIGKILL: the cluster holds nothing to keep, and its GCS server outlives a SIGTERM by Ray's grace period
+        procs = []
+        for pid in _session_pids(head.pid):
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                proc.kill()
+                procs.append(proc)
+        psutil.wait_procs(procs, timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def on_cluster(ray_cluster: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The override that makes a ``gridrun launch`` command join the session's Ray cluster, the way a user joins one
+    (``resources.address=host:port``); the commands this test runs get the cluster's token mode. Not for a launch
+    in the test's own process: Ray reads the token mode once, when it is first imported."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    return f"resources.address={ray_cluster}"

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory, tiny_model_path) -> dict:
+def experiment(tmp_path_factory, tiny_model_path, ray_cluster) -> dict:
+    """One launch every test here reads. It joins the session's Ray cluster (test_storage_e2e keeps a local start);
+    its MLflow store is made from nothing."""
     work = tmp_path_factory.mktemp("e2e")
     overrides = [
         *TINY,
@@ -26,8 +28,11 @@ def experiment(tmp_path_factory, tiny_model_path) -> dict:
         "forgetting.budget=1.0",
         "forgetting.patience=1",
     ]
+    overrides.append(f"resources.address={ray_cluster}")
     args = ["launch", str(FORGETTING)] + [a for o in overrides for a in ("--set", o)]
-    r = run_cli(*args, cwd=work, timeout=600)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "token")  # as on_cluster does for one test: the cluster's token mode
+        r = run_cli(*args, cwd=work, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     exp_dirs = list((work / "gridrun_results").iterdir())
     assert len(exp_dirs) == 1
@@ -48,6 +53,18 @@ def test_launch_runs_every_trial_and_prints_the_summary(experiment) -> None:
     for t in s["trials"]:
         assert t["trial_id"] in out and t["stop_reason"]
         assert set(t["params"]) == {"train.lr", "lora.r", "data.sample_ratio"}
+
+
+def test_trial_folders_hold_tunes_result_files_and_no_tensorboard_events(experiment) -> None:
+    """Tune's per-trial results stay (progress.csv, result.json: its ResultGrid reads them); its TensorBoard event
+    files, which nothing reads and whose import cost every launch seconds, are not written."""
+    trials = [p for p in Path(experiment["summary"]["experiment_dir"]).iterdir() if p.name.startswith("qlora_sft_")]
+    assert len(trials) == 4
+    for folder in trials:
+        names = {p.name for p in folder.iterdir()}
+        assert {"progress.csv", "result.json"} <= names, names
+        assert not any(n.startswith("events.out.tfevents") for n in names), names
+        assert len((folder / "progress.csv").read_text().splitlines()) >= 2  # a header and a row per report
 
 
 def test_mlflow_holds_parent_children_curves_and_adapters(experiment) -> None:

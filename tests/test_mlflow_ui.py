@@ -109,7 +109,9 @@ def mlflow_server(tmp_path: Path, mlflow_template: Path):
         proc.wait(timeout=30)
 
 
-def test_experiment_page_shows_the_child_runs(mlflow_server: str, tmp_path: Path, tiny_model_path: Path) -> None:
+def test_experiment_page_shows_the_child_runs(
+    mlflow_server: str, tmp_path: Path, tiny_model_path: Path, on_cluster: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     overrides = [*TINY, "search.num_trials=2", "tracking.experiment=ui-check"]
@@ -119,6 +121,8 @@ def test_experiment_page_shows_the_child_runs(mlflow_server: str, tmp_path: Path
         "--tracking-uri",
         mlflow_server,
         *[a for o in overrides for a in ("--set", o)],
+        "--set",
+        on_cluster,
         cwd=tmp_path,
         timeout=600,
     )

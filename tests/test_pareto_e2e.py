@@ -12,7 +12,9 @@ from tests.conftest import FORGETTING, TINY, run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_pareto_mode_registers_the_front(tmp_path: Path, tiny_model_path: Path, mlflow_store: str) -> None:
+def test_pareto_mode_registers_the_front(
+    tmp_path: Path, tiny_model_path: Path, mlflow_store: str, on_cluster: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     overrides = [
@@ -23,7 +25,8 @@ def test_pareto_mode_registers_the_front(tmp_path: Path, tiny_model_path: Path, 
         "search.space.train.lr.high=0.03",
         "tracking.experiment=pareto-tiny",
     ]
-    r = run_cli("launch", str(FORGETTING), *[a for o in overrides for a in ("--set", o)], cwd=tmp_path, timeout=600)
+    sets = [a for o in overrides for a in ("--set", o)]
+    r = run_cli("launch", str(FORGETTING), *sets, "--set", on_cluster, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     exp_dir = next((tmp_path / "gridrun_results").iterdir())
     s = json.loads((exp_dir / "gridrun_summary.json").read_text())

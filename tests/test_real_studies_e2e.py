@@ -52,7 +52,12 @@ def test_every_real_study_has_an_offline_run() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_real_study_runs_end_to_end_on_standins(
-    study: str, tmp_path: Path, tiny_model_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+    study: str,
+    tmp_path: Path,
+    tiny_model_path: Path,
+    mlflow_store: str,
+    monkeypatch: pytest.MonkeyPatch,
+    on_cluster: str,
 ) -> None:
     import mlflow
 
@@ -70,7 +75,7 @@ def test_real_study_runs_end_to_end_on_standins(
     assert r.stdout.splitlines()[-1].startswith(f"ok: {raw['name']} — ") and "not checked offline" not in r.stdout
 
     t0 = time.perf_counter()
-    r = run_cli("launch", str(path), cwd=tmp_path, timeout=600)
+    r = run_cli("launch", str(path), "--set", on_cluster, cwd=tmp_path, timeout=600)
     took = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr[-3000:]
     (summary_file,) = (tmp_path / "gridrun_results").glob("*/gridrun_summary.json")

@@ -20,13 +20,23 @@ STUDIES = {
     "forgetting.yaml": ["task/answer_loss", "task/answer_ppl", "forget/mc_accuracy", "forget/mc_delta"],
 }
 #: Smaller runs where a study's shipped size is for learning, not for what this test checks (its metrics land):
-#: json's two passes over 384 examples (where the tiny model learns the format) become one over 128, one eval round
-SMALLER = {"json_format.yaml": ["data.train_size=128", "train.epochs=1"]}
+#: json's two passes over 384 examples (where the tiny model learns the format) become one over 128, one eval round;
+#: code, gsm8k and squad train on half their rows (one eval round: every eval set, so every metric, stays whole);
+#: forgetting's 128 rows become 64 (one or two eval rounds, by the sampled ratio)
+SMALLER = {
+    "json_format.yaml": ["data.train_size=128", "train.epochs=1"],
+    "code.yaml": ["data.train_size=40"],
+    "gsm8k.yaml": ["data.train_size=48"],
+    "squad.yaml": ["data.train_size=48"],
+    "forgetting.yaml": ["data.train_size=64"],
+}
 TIMES: dict[str, float] = {}
 
 
 @pytest.mark.parametrize("study", sorted(STUDIES))
-def test_tiny_study_runs_end_to_end(study: str, tmp_path: Path, tiny_model_path: Path, mlflow_store: str) -> None:
+def test_tiny_study_runs_end_to_end(
+    study: str, tmp_path: Path, tiny_model_path: Path, mlflow_store: str, on_cluster: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     path = ROOT / "search_spaces" / "tiny" / study
@@ -34,7 +44,7 @@ def test_tiny_study_runs_end_to_end(study: str, tmp_path: Path, tiny_model_path:
         pytest.fail(f"missing {path}")
     t0 = time.perf_counter()
     sets = [a for o in ["search.num_trials=2", *SMALLER.get(study, [])] for a in ("--set", o)]
-    r = run_cli("launch", str(path), *sets, cwd=tmp_path, timeout=900)
+    r = run_cli("launch", str(path), *sets, "--set", on_cluster, cwd=tmp_path, timeout=900)
     TIMES[study] = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(next((tmp_path / "gridrun_results").glob("*/gridrun_summary.json")).read_text())

@@ -209,3 +209,22 @@ def test_another_ray_on_this_machine_is_counted(tmp_path) -> None:
     finally:
         p.kill()
         p.wait()
+
+
+@pytest.mark.parametrize(
+    ("address", "loopback"),
+    [
+        ("127.0.0.1:6379", True),
+        ("localhost:6379", True),
+        ("[::1]:6379", True),
+        ("10.0.0.5:6379", False),
+        ("head.cluster.local:6379", False),
+        ("ray://127.0.0.1:10001", False),  # Ray Client connects to the host as given
+    ],
+)
+def test_a_cluster_on_loopback_is_joined_on_loopback(address: str, loopback: bool) -> None:
+    """Ray swaps a given 127.0.0.1 for the interface address, where a head started on loopback is not found (the
+    join retried forever): such an address is joined with Ray's local-only switch on, as a local start is."""
+    from gridrun.ray_start import _on_loopback
+
+    assert _on_loopback(address) is loopback
