@@ -99,6 +99,11 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
     check_names(spec.model.name, spec.data.task, spec.forgetting.probe, spec.data.eval, mc_custom)
     check_evaluator_names(spec.evaluate.evaluators)
     check_backend(spec)  # vLLM installed (found, not imported: validate stays fast), a GPU, a quantization it does
+    if spec.evaluate.backend == "vllm":  # every rank a trial may train, not only the first trial's
+        from evaluators.vllm_backend import lora_rank_cap
+
+        searched = spec.search.space.get("lora.r")
+        lora_rank_cap(max([spec.lora.r, *(int(v) for _, v in (searched.extremes() if searched else []))]))
     unknown_opts = set(spec.evaluate.options) - set(spec.evaluate.evaluators)
     if unknown_opts:
         raise GridrunError(

@@ -219,3 +219,9 @@ def test_backend_field_and_validate(tiny_spec: Any, monkeypatch: pytest.MonkeyPa
     gpu = load_spec(FORGETTING, [*TINY, "evaluate.backend=vllm", "resources.gpu=0.5", "model.quantization=int8"])
     with pytest.raises(GridrunError, match=r"^evaluate\.backend: vllm quantizes a base in flight to 4-bit only"):
         check_spec(gpu)
+    big = load_spec(
+        FORGETTING, [*TINY, "evaluate.backend=vllm", "resources.gpu=0.5", "search.space.lora.r.choices=[8,1024]"]
+    )
+    with pytest.raises(GridrunError, match=r"^lora\.r: vLLM serves LoRA ranks up to 512, got 1024; use evaluate") as e:
+        check_spec(big)  # a searched rank past vLLM's cap fails in validate, not in the trial that draws it
+    assert "\n" not in str(e.value)
