@@ -29,11 +29,12 @@ OVERRIDES = [
 
 
 def test_time_budget_ends_the_search_and_records_the_running_trials(
-    tmp_path: Path, tiny_model_path: Path, mlflow_store: str
+    tmp_path: Path, tiny_model_path: Path, mlflow_store: str, on_cluster: str
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    r = run_cli("launch", str(FORGETTING), *(a for o in OVERRIDES for a in ("--set", o)), cwd=tmp_path, timeout=600)
+    sets = [a for o in [*OVERRIDES, on_cluster] for a in ("--set", o)]  # joins the session's Ray cluster
+    r = run_cli("launch", str(FORGETTING), *sets, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "time budget 20s spent: running trials finish their current round" in r.stderr
     exp_dir = next((tmp_path / "gridrun_results").iterdir())
