@@ -128,3 +128,27 @@ class _StartedBy:
     def reseed_rng(self) -> None:
         self.first.reseed_rng()
         self.then.reseed_rng()
+
+
+@contextlib.contextmanager
+def timed_suggests() -> Iterator[list[float]]:
+    """Seconds each ``GridrunOptunaSearch.suggest`` takes while the block runs (the driver waits on it before a
+    trial starts; a GP refits on every suggest), appended to the list it yields; the method is restored after."""
+    import time
+
+    from gridrun.searcher import GridrunOptunaSearch
+
+    suggest, times = GridrunOptunaSearch.suggest, []
+
+    def timed(self: Any, trial_id: str) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return suggest(self, trial_id)
+        finally:
+            times.append(time.perf_counter() - t0)
+
+    GridrunOptunaSearch.suggest = timed  # type: ignore[method-assign]
+    try:
+        yield times
+    finally:
+        GridrunOptunaSearch.suggest = suggest  # type: ignore[method-assign]

@@ -68,27 +68,18 @@ def _job(mode: str, name: str, seeds: list[int], path: str) -> list[dict[str, An
     import optuna
     import torch
 
-    from gridrun.searcher import GridrunOptunaSearch
+    from bench.forced_samplers import timed_suggests
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)  # one thread per worker process, as Optuna advises for GPSampler run in parallel
     table = load_table(path)
-    suggest, times = GridrunOptunaSearch.suggest, []
-
-    def timed(self: Any, trial_id: str) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return suggest(self, trial_id)
-        finally:
-            times.append(time.perf_counter() - t0)
-
-    GridrunOptunaSearch.suggest = timed  # type: ignore[method-assign]
     out = []
-    for s in seeds:
-        times.clear()
-        results, _ = run(STRATEGIES[mode][name], table, s)
-        out.append({"results": results, "suggest_s": list(times)})
+    with timed_suggests() as times:
+        for s in seeds:
+            times.clear()
+            results, _ = run(STRATEGIES[mode][name], table, s)
+            out.append({"results": results, "suggest_s": list(times)})
     return out
 
 

@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.forced_samplers import forcing, sampler_kwargs  # noqa: E402
+from bench.forced_samplers import forcing, sampler_kwargs, timed_suggests  # noqa: E402
 from bench.replay.record import demo_spec  # noqa: E402
 from bench.replay.simulate import simulate  # noqa: E402
 from bench.replay.trainable import Table, load_table, nearest  # noqa: E402
@@ -118,29 +118,13 @@ def to_target(lever: list[str], table: Table, seeds: range, targets: tuple[float
 def suggest_cost(lever: list[str], table: Table, seeds: range) -> dict[str, Any]:
     """Seconds per ``searcher.suggest`` in a 16-trial search (the driver waits on it before a trial starts; a
     GP refits on every suggest): per trial index, the median over ``seeds``, and the slowest."""
-    from gridrun.searcher import GridrunOptunaSearch
-
-    suggest = GridrunOptunaSearch.suggest
-    times: list[float] = []
-
-    def timed(self: Any, trial_id: str) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return suggest(self, trial_id)
-        finally:
-            times.append(time.perf_counter() - t0)
-
     per_trial: dict[int, list[float]] = {}
-    GridrunOptunaSearch.suggest = timed  # type: ignore[method-assign]
-    try:
-        with forcing(lever, table) as overrides:
-            for s in seeds:
-                times.clear()
-                simulate(demo_spec([*BASE, *overrides, f"search.seed={s}"]), table)
-                for i, t in enumerate(times):
-                    per_trial.setdefault(i, []).append(t)
-    finally:
-        GridrunOptunaSearch.suggest = suggest  # type: ignore[method-assign]
+    with forcing(lever, table) as overrides, timed_suggests() as times:
+        for s in seeds:
+            times.clear()
+            simulate(demo_spec([*BASE, *overrides, f"search.seed={s}"]), table)
+            for i, t in enumerate(times):
+                per_trial.setdefault(i, []).append(t)
     every = [t for ts in per_trial.values() for t in ts]
     return {
         "seeds": len(seeds),
