@@ -82,18 +82,35 @@ class StopReasons(MutableMapping[str, str]):
 
 class ForgettingBudget(Stopper):
     """Stop a trial whose forgetting metric (``forgetting.primary``'s) stays above ``budget`` for ``patience``
-    consecutive evaluations."""
+    consecutive evaluations.
+
+    The count follows the trial's position (``samples_seen``), not the number of results seen: a trial restored
+    from a checkpoint (after a Ctrl-C, a lost node, a killed driver) reports the rounds after that checkpoint
+    again, and Tune's snapshot of this stopper can be a round ahead of the checkpoint it restores. Counting
+    calls, the replayed round counted twice and the budget stopped the trial a round early; each round's verdict
+    is kept by position instead, and a result at or before a recorded position replaces the rounds from there.
+    """
 
     def __init__(self, metric: str, budget: float, patience: int, reasons: MutableMapping[str, str]) -> None:
         self.metric, self.budget, self.patience, self.reasons = metric, budget, patience, reasons
-        self._over: dict[str, int] = {}
+        self._rounds: dict[str, list[tuple[float | None, bool]]] = {}  # trial -> (samples seen, over budget)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_over" in state:  # pickled before rounds were kept by position: its count, positions unknown
+            state["_rounds"] = {t: [(None, True)] * n for t, n in state.pop("_over").items()}
+        self.__dict__.update(state)
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         delta = result.get(self.metric)
         if delta is None:
             return False
-        self._over[trial_id] = self._over.get(trial_id, 0) + 1 if delta > self.budget else 0
-        if self._over[trial_id] >= self.patience:
+        pos = result.get("samples_seen")
+        rounds = self._rounds.setdefault(trial_id, [])
+        while pos is not None and rounds and rounds[-1][0] is not None and rounds[-1][0] >= pos:
+            rounds.pop()  # a restored trial reporting these rounds again
+        rounds.append((pos, delta > self.budget))
+        streak = next((i for i, (_, over) in enumerate(reversed(rounds)) if not over), len(rounds))
+        if streak >= self.patience:
             self.reasons.setdefault(
                 trial_id,
                 f"forgetting budget ({self.metric} {delta:.3f} > {self.budget} for {self.patience} evals)",

@@ -6,6 +6,7 @@ No Ray cluster: the stoppers are called directly and ASHA is driven with fake tr
 from __future__ import annotations
 
 import math
+import pickle
 from types import SimpleNamespace
 
 import pytest
@@ -83,6 +84,39 @@ def test_the_first_recorded_reason_is_kept() -> None:
     reasons.clear()
     assert _run(stopper, "u", [0.9, 2.0]) == [True, True]  # still over budget: stop again, keep the first reason
     assert reasons == {"u": "forgetting budget (forget/delta 0.900 > 0.5 for 1 evals)"}
+
+
+def _at(samples: int, delta: float) -> dict[str, float]:
+    return {"forget/delta": delta, "samples_seen": samples}
+
+
+def test_a_round_reported_again_after_a_restore_counts_once() -> None:
+    """A trial restored from its checkpoint at 16 samples reports the round at 24 again: Tune's snapshot of the
+    stopper already counted it (the drill's race). Counted twice, patience 2 stopped the trial a round early."""
+    reasons: dict[str, str] = {}
+    stopper = ForgettingBudget(metric="forget/delta", budget=0.25, patience=2, reasons=reasons)
+    assert [stopper("t", _at(n, d)) for n, d in [(8, 0.01), (16, 0.1), (24, 0.49)]] == [False, False, False]
+    restored = pickle.loads(pickle.dumps(stopper))  # the snapshot Tune restores it from
+    assert restored("t", _at(24, 0.49)) is False  # the same round again: still the first over budget
+    assert restored("t", _at(32, 1.17)) is True
+    assert restored.reasons == {"t": "forgetting budget (forget/delta 1.170 > 0.25 for 2 evals)"}
+
+
+def test_a_restore_before_a_reset_brings_back_the_streak_before_it() -> None:
+    stopper = ForgettingBudget(metric="forget/delta", budget=0.5, patience=3, reasons={})
+    assert [stopper("t", _at(n, d)) for n, d in [(8, 0.9), (16, 0.9), (24, 0.1)]] == [False, False, False]
+    assert stopper("t", _at(24, 0.9)) is True  # restored at 16: this run of 24 is over, the 3rd in a row
+    assert stopper("u", _at(8, 0.9)) is False and stopper("u", _at(8, 0.9)) is False  # the same round twice
+
+
+def test_a_stopper_pickled_before_positions_keeps_its_count() -> None:
+    """An experiment snapshot from before positions were kept holds a bare count per trial (``_over``)."""
+    stopper = ForgettingBudget(metric="forget/delta", budget=0.5, patience=2, reasons={})
+    state = {k: v for k, v in stopper.__dict__.items() if k != "_rounds"}
+    old = ForgettingBudget.__new__(ForgettingBudget)
+    old.__setstate__({**state, "_over": {"a": 1, "b": 0}})
+    assert old("a", _at(8, 0.9)) is True
+    assert old("b", _at(8, 0.9)) is False
 
 
 def test_the_budget_never_stops_the_whole_experiment() -> None:
