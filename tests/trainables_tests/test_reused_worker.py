@@ -1,5 +1,5 @@
-"""A trial closes its generator exactly once however it ends (finished, stopped by the scheduler, failed, failed in
-its setup): Tune reuses the worker for the next trial, and a vLLM engine left open keeps its GPU memory there."""
+"""What a trial leaves in a Tune worker that runs the next trial (reuse_actors): no open generator (a vLLM engine
+left open keeps its GPU memory there), closed exactly once however the trial ends, and GPU figures of its own."""
 
 from __future__ import annotations
 
@@ -63,3 +63,20 @@ def test_a_setup_that_fails_after_building_the_generator_closes_it(tiny_spec, ti
     with pytest.raises(GridrunError, match="no cached base-model value for measure 'probe'"):
         run(tiny_spec, Baselines(), lambda m, d: None)  # the probe's base is missing: setup_eval fails after building
     assert [s.call_count for s in close_spy] == [1]
+
+
+@pytest.mark.gpu
+def test_a_trial_in_a_reused_worker_reports_its_own_gpu_peak(tiny_spec, tiny_model_path) -> None:
+    """Tune runs the next trial in the same worker (reuse_actors): torch's allocator peak starts again at setup."""
+    import torch
+
+    from trainables.gpu_memory import peak_mem_mb
+    from trainables.qlora_sft import setup_model
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    earlier = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda")  # an earlier trial's 2 GiB in this process
+    del earlier
+    _model, _, device = setup_model(tiny_spec.with_params({"resources.gpu": 1, "model.quantization": "none"}))  # kept
+    assert device == "cuda"
+    assert 0 < peak_mem_mb("cuda") < 1024  # the tiny model's load, not the earlier 2048 MiB
