@@ -180,8 +180,9 @@ def _attempt(what: str, step: Any, *args: Any) -> None:
 
 
 def _shutdown(llm: Any) -> None:
-    """``LLM.shutdown()`` where the vLLM version has one (vllm-project/vllm#36283, #46023), else the V1 engine core
-    client's ``shutdown()`` (what its finalizer runs: it stops the engine-core process)."""
+    """``LLM.shutdown()`` where the installed vLLM has one (as proposed in vllm-project/vllm#36283 and #46023), else
+    the V1 engine core client's ``shutdown()`` (what its finalizer runs, vllm-project/vllm#11659: it stops the
+    engine-core process)."""
     shutdown = getattr(llm, "shutdown", None)
     if shutdown is None:
         shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
