@@ -10,6 +10,8 @@ the HF backend gives the model (no added special tokens), so neither backend see
 
 from __future__ import annotations
 
+import gc
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,11 +20,14 @@ from typing import TYPE_CHECKING, Any
 from evaluators.generation import GenerationSettings, Generator
 from gridrun.builtin import resolve_model
 from gridrun.errors import GridrunError
+from gridrun.precision import bf16_supported, resolve_dtype
 
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
 
 __all__ = ["LORA_RANKS", "VLLMGenerator", "lora_rank_cap"]
+
+logger = logging.getLogger(__name__)
 
 #: The ranks vLLM's ``max_lora_rank`` accepts (its ``LoRAConfig.MaxLoRARanks``).
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -75,12 +80,16 @@ class VLLMGenerator(Generator):
     @classmethod
     def from_spec(cls, spec: ExperimentSpec) -> VLLMGenerator:
         """Engine arguments from the trial's spec: its model, dtype and quantization, its LoRA rank, and its GPU
-        share as vLLM's memory fraction (``auto``, unresolved outside a launch: vLLM's default 0.9)."""
+        share as vLLM's memory fraction (``auto``, unresolved outside a launch: vLLM's default 0.9).
+
+        The dtype is the one the trial computes in on this GPU (``compute_dtype: auto`` resolved by gridrun's rule:
+        bfloat16 where the GPU has it, else float16), never vLLM's own ``auto``, which follows the checkpoint's
+        config (a bfloat16 checkpoint on a GPU without bfloat16, a float32 one as float16)."""
         m, gpu = spec.model, spec.resources.gpu
         args: dict[str, Any] = {
             "model": resolve_model(m.name),
             "tokenizer": resolve_model(m.name),
-            "dtype": m.compute_dtype,
+            "dtype": resolve_dtype(m, "cuda", bf16_supported("cuda")),  # vLLM generates on the GPU only
             "enable_lora": True,
             "max_lora_rank": lora_rank_cap(spec.lora.r),
             "max_loras": 1,
@@ -143,6 +152,54 @@ class VLLMGenerator(Generator):
         return [o.outputs[0].text for o in outputs]  # vLLM returns them in the prompts' order
 
     def close(self) -> None:
-        self._llm = None  # vLLM shuts its engine down when the LLM object goes
+        """Shut the engine down and give its GPU memory back, remove the adapters' folder; never raises, and a
+        second call does nothing (a trial's ``finally`` and an error path may both call it).
+
+        Inside a process that goes on (a Tune worker that runs the next trial, ``reuse_actors``), following vLLM:
+        its maintainers' answer for freeing an ``LLM`` in-process (vllm-project/vllm#6544, after vLLM's own test
+        teardown ``cleanup_dist_env_and_memory``: ``destroy_model_parallel``, ``destroy_distributed_environment``,
+        ``gc.collect``, ``torch.cuda.empty_cache``), after an explicit engine shutdown, since dropping the last
+        reference alone does not free the memory (vllm-project/vllm#21073). Ray is left running (the trial runs in
+        it): ``shutdown_ray`` stays False.
+        """
+        llm, self._llm = self._llm, None
         self._served = None
         shutil.rmtree(self._dir, ignore_errors=True)
+        if llm is None:
+            return
+        _attempt("engine shutdown", _shutdown, llm)
+        del llm  # the engine's last reference: the cleanup's collection frees it
+        _attempt("memory cleanup", _free_memory)
+
+
+def _attempt(what: str, step: Any, *args: Any) -> None:
+    try:
+        step(*args)
+    except Exception as e:  # a failed step must not fail the trial's end, nor skip the steps after it
+        logger.warning("vLLM engine release: %s failed: %s", what, e)
+
+
+def _shutdown(llm: Any) -> None:
+    """``LLM.shutdown()`` where the installed vLLM has one (as proposed in vllm-project/vllm#36283 and #46023), else
+    the V1 engine core client's ``shutdown()`` (what its finalizer runs, vllm-project/vllm#11659: it stops the
+    engine-core process)."""
+    shutdown = getattr(llm, "shutdown", None)
+    if shutdown is None:
+        shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+
+
+def _free_memory() -> None:
+    """vLLM's own teardown of its distributed state and cached memory (``shutdown_ray=False``: the trial runs in
+    Ray); where a version lacks it, its steps that matter here."""
+    try:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    except ImportError:
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        return
+    cleanup_dist_env_and_memory(shutdown_ray=False)

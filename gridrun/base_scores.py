@@ -91,6 +91,7 @@ def compute_base_scores(spec: ExperimentSpec) -> dict[str, float]:
     the trials run)."""
     import torch
 
+    from evaluators import build_generator
     from trainables.base_scores import score_task
     from trainables.model import quiet_hf
     from trainables.qlora_sft import setup_model, setup_task_eval
@@ -98,8 +99,12 @@ def compute_base_scores(spec: ExperimentSpec) -> dict[str, float]:
     quiet_hf()
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     model, tok, _ = setup_model(spec)
-    examples, evaluators = setup_task_eval(spec, tok)
-    return score_task(spec, model, tok, examples, evaluators)
+    generator = build_generator(spec)  # closed here: a vLLM engine's GPU memory goes back before the trials start
+    try:
+        examples, evaluators = setup_task_eval(spec, tok, generator)
+        return score_task(spec, model, tok, examples, evaluators)
+    finally:
+        generator.close()
 
 
 def base_task_scores(

@@ -1,19 +1,28 @@
 """What ``model.compute_dtype: auto`` and ``model.attn_implementation: auto`` become on a device.
 
-Pure choices, no torch at import: a trial resolves them on its own device (:mod:`trainables.precision` asks torch
-for bf16 support and runs the autocast), the driver resolves them for the memory estimate and the base scores'
-cache key, and ``gridrun validate`` refuses a kernel that is not installed. One rule for all of them, so the
-estimate and the baselines describe the numerics the trial computes in.
+Pure choices, no torch at import: a trial resolves them on its own device (:mod:`trainables.precision`, with
+:func:`bf16_supported` asking torch, runs the autocast), the vLLM backend resolves the dtype for the GPU it
+generates on, the driver resolves them for the memory estimate and the base scores' cache key, and ``gridrun
+validate`` refuses a kernel that is not installed. One rule for all of them, so the estimate, the baselines and
+the generator describe the numerics the trial computes in.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 from gridrun.errors import GridrunError
 from gridrun.spec import ModelSpec
 
-__all__ = ["SIXTEEN_BIT", "check_attn_implementation", "flash_attn_installed", "resolve_attn", "resolve_dtype"]
+__all__ = [
+    "SIXTEEN_BIT",
+    "bf16_supported",
+    "check_attn_implementation",
+    "flash_attn_installed",
+    "resolve_attn",
+    "resolve_dtype",
+]
 
 #: The dtypes that run under ``torch.autocast`` (float32 runs as loaded, no autocast).
 SIXTEEN_BIT = frozenset({"bfloat16", "float16"})
@@ -27,6 +36,17 @@ def resolve_dtype(model: ModelSpec, device: str, bf16_supported: bool = True) ->
     if device != "cuda":
         return "float32"
     return "bfloat16" if bf16_supported else "float16"
+
+
+@functools.cache
+def bf16_supported(device: str) -> bool:
+    """Whether ``device`` computes in bfloat16, as torch says (a GPU: Ampere and later; CPU: yes). Asked where the
+    work runs: a trial on its device, the vLLM backend for the GPU it generates on. Imports torch when called."""
+    if device != "cuda":
+        return True
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported())
 
 
 def flash_attn_installed() -> bool:

@@ -8,12 +8,11 @@ under :func:`autocast`; float16 steps go through a ``torch.amp.GradScaler`` (:fu
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gridrun.precision import SIXTEEN_BIT, check_attn_implementation, resolve_attn, resolve_dtype
+from gridrun.precision import SIXTEEN_BIT, bf16_supported, check_attn_implementation, resolve_attn, resolve_dtype
 from gridrun.spec import ExperimentSpec, ModelSpec
 
 __all__ = ["Precision", "autocast", "grad_scaler", "model_device", "optimizer_step", "resolve", "resolved_spec"]
@@ -31,17 +30,10 @@ class Precision:
         return self.dtype in SIXTEEN_BIT
 
 
-@functools.cache
-def _bf16_supported(device: str) -> bool:
-    import torch
-
-    return device != "cuda" or bool(torch.cuda.is_bf16_supported())
-
-
 def resolve(model: ModelSpec, device: str) -> Precision:
     """``model``'s compute dtype and attention kernel on ``device`` (one line when flash_attention_2 cannot run)."""
     check_attn_implementation(model, device)
-    dtype = resolve_dtype(model, device, _bf16_supported(device))
+    dtype = resolve_dtype(model, device, bf16_supported(device))
     return Precision(dtype, resolve_attn(model, device, dtype))
 
 

@@ -76,6 +76,7 @@ def setup_model(spec: ExperimentSpec) -> tuple[Any, Any, str]:
     device = pick_device(spec.resources.gpu)
     if device == "cuda":
         cap_gpu_memory(spec.resources.gpu)  # before loading: a trial that outgrows its share fails alone
+        torch.cuda.reset_peak_memory_stats()  # perf/peak_mem_mb is this trial's, not a reused worker's earlier one's
     torch.manual_seed(spec.train.seed)
     base, tok = load_base(spec.model, device)
     return add_lora(base, spec.lora, spec.model), tok, device
@@ -107,16 +108,15 @@ class EvalContext:
     generator: Any = None  # the evaluators' and measures' ``evaluators.Generator`` (evaluate.backend)
 
 
-def setup_task_eval(spec: ExperimentSpec, tok: Any, generator: Any = None) -> tuple[list[dict[str, Any]], list[Any]]:
+def setup_task_eval(spec: ExperimentSpec, tok: Any, generator: Any) -> tuple[list[dict[str, Any]], list[Any]]:
     """Evaluation prompts in the training template and the spec's evaluators (trials and the base model's score),
-    generating with ``generator`` (default: the one ``evaluate.backend`` names, built here)."""
-    from evaluators import GenerationSettings, build_evaluator, build_generator
+    generating with ``generator`` (the caller's, who closes it)."""
+    from evaluators import GenerationSettings, build_evaluator
 
     eval_rows = eval_records(spec.data, tok, spec.train.seed)
     examples = [{**r, "prompt": render_prompt(tok, r["prompt"], spec.data.template)} for r in eval_rows]
     ev = spec.evaluate
     gen = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-    generator = generator or build_generator(spec)
     return examples, [build_evaluator(n, gen, ev.options.get(n), generator) for n in ev.evaluators]
 
 
@@ -127,13 +127,17 @@ def setup_eval(spec: ExperimentSpec, tok: Any, baselines: Baselines) -> EvalCont
     from evaluators import build_generator
 
     generator = build_generator(spec)
-    examples, evaluators = setup_task_eval(spec, tok, generator)
-    measures = active_measures(spec)
-    for m in measures:
-        if m.Base is not None:
-            baselines.of(m.name)
-        m.generator = generator
-        m.setup(tok, [e["prompt"] for e in examples])
+    try:
+        examples, evaluators = setup_task_eval(spec, tok, generator)
+        measures = active_measures(spec)
+        for m in measures:
+            if m.Base is not None:
+                baselines.of(m.name)
+            m.generator = generator
+            m.setup(tok, [e["prompt"] for e in examples])
+    except BaseException:  # no context reaches the caller to close it
+        generator.close()
+        raise
     # a copy: a trial adds its step-0 task base to it, and the caller's record (shared in-process) stays as it was
     return EvalContext(examples, evaluators, measures, replace(baselines, task=dict(baselines.task)), generator)
 
@@ -246,92 +250,97 @@ def run(
     model.train()
     encoded, full = setup_train_data(spec, tok)
     ctx = setup_eval(spec, tok, baseline)
-    ctx.baselines.task.update(step0_base(spec, model, tok, ctx))  # before a restore: scores the untrained adapter
-    estimated = mem_estimate(spec, model.config.to_dict())
+    try:  # the generator (a vLLM engine holds GPU memory) is closed however the trial ends: finished,
+        # stopped by the scheduler (Tune's report raises SystemExit), or failed; the worker may run the next trial
+        ctx.baselines.task.update(step0_base(spec, model, tok, ctx))  # before a restore: scores the untrained adapter
+        estimated = mem_estimate(spec, model.config.to_dict())
 
-    n_train = len(encoded)
-    per_step = tc.batch_size * tc.grad_accum
-    total_samples = max(1, round(tc.epochs * n_train))
-    total_steps = math.ceil(total_samples / per_step)
-    warmup = int(tc.warmup_ratio * total_steps)
+        n_train = len(encoded)
+        per_step = tc.batch_size * tc.grad_accum
+        total_samples = max(1, round(tc.epochs * n_train))
+        total_steps = math.ceil(total_samples / per_step)
+        warmup = int(tc.warmup_ratio * total_steps)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    sched = lr_schedule(opt, tc.lr_scheduler, warmup, total_steps)
-    scaler = grad_scaler(spec, device)  # float16 only; a pass-through otherwise
-    pos = state.Position(step=0, samples_seen=0)
-    if restore is not None:
-        pos = state.load(restore, model, opt, sched, scaler)
-    else:
-        set_seed(tc.seed)  # python, numpy, torch (and CUDA): data order and dropout
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        sched = lr_schedule(opt, tc.lr_scheduler, warmup, total_steps)
+        scaler = grad_scaler(spec, device)  # float16 only; a pass-through otherwise
+        pos = state.Position(step=0, samples_seen=0)
+        if restore is not None:
+            pos = state.load(restore, model, opt, sched, scaler)
+        else:
+            set_seed(tc.seed)  # python, numpy, torch (and CUDA): data order and dropout
 
-    padding_free = tc.padding_free if tc.padding_free != "auto" else device == "cuda"
-    varlen = padding_free and resolve(spec.model, device).attn == "flash_attention_2"
-    lengths = list(encoded["length"]) if tc.group_by_length else None
-    stream = state.SampleStream(n_train, tc.seed, lengths, tc.batch_size)
-    last: dict[str, Any] = {}
-    losses: list[float] = []
-    tokens, train_time = 0, 0.0
+        padding_free = tc.padding_free if tc.padding_free != "auto" else device == "cuda"
+        varlen = padding_free and resolve(spec.model, device).attn == "flash_attention_2"
+        lengths = list(encoded["length"]) if tc.group_by_length else None
+        stream = state.SampleStream(n_train, tc.seed, lengths, tc.batch_size)
+        last: dict[str, Any] = {}
+        losses: list[float] = []
+        tokens, train_time = 0, 0.0
 
-    # --- train ----------------------------------------------------------------------------------------
-    while pos.step < total_steps and (max_steps is None or pos.step < max_steps):
-        t0 = time.perf_counter()
-        take = min(per_step, total_samples - pos.samples_seen)
-        idx = stream.take(pos.samples_seen, take)
-        step_loss = 0.0
-        for m in range(0, len(idx), tc.batch_size):
-            micro = idx[m : m + tc.batch_size]
-            rows = examples(encoded, micro)
-            batch = {
-                k: v.to(device) if hasattr(v, "to") else v for k, v in collate(rows, tok, padding_free, varlen).items()
-            }
-            # the mean token loss of the micro-batch, the LM head a chunk of positions at a time (no KV cache);
-            # under autocast the head's matmul runs in 16 bits, its log-softmax and loss in float32
-            with autocast(spec, model):
-                loss = causal_lm_loss(model, batch)
-            # Weight micro-batches by size so a partial last step averages like a full one. The scale multiplies
-            # the loss after the chunked loss ran its head's backward: its backward multiplies the kept gradients
-            # by the incoming one, so the scaled gradient reaches the head and the decoder alike.
-            scaler.scale(loss * len(micro) / len(idx)).backward()
-            step_loss += loss.item() * len(micro) / len(idx)
-            tokens += sum(len(r["input_ids"]) for r in rows)
-        # a float16 step the GradScaler skipped (inf in the scaled gradients) leaves the schedule where it is, as
-        # transformers' Trainer does; its loss is finite, so it is no non-finite-loss stop
-        if optimizer_step(opt, scaler, params, tc.max_grad_norm):
-            sched.step()
-        opt.zero_grad(set_to_none=True)
-        pos.step += 1
-        pos.samples_seen += len(idx)
-        losses.append(step_loss)
-        train_time += time.perf_counter() - t0
+        # --- train ----------------------------------------------------------------------------------------
+        while pos.step < total_steps and (max_steps is None or pos.step < max_steps):
+            t0 = time.perf_counter()
+            take = min(per_step, total_samples - pos.samples_seen)
+            idx = stream.take(pos.samples_seen, take)
+            step_loss = 0.0
+            for m in range(0, len(idx), tc.batch_size):
+                micro = idx[m : m + tc.batch_size]
+                rows = examples(encoded, micro)
+                batch = {
+                    k: v.to(device) if hasattr(v, "to") else v
+                    for k, v in collate(rows, tok, padding_free, varlen).items()
+                }
+                # the mean token loss of the micro-batch, the LM head a chunk of positions at a time (no KV cache);
+                # under autocast the head's matmul runs in 16 bits, its log-softmax and loss in float32
+                with autocast(spec, model):
+                    loss = causal_lm_loss(model, batch)
+                # Weight micro-batches by size so a partial last step averages like a full one. The scale multiplies
+                # the loss after the chunked loss ran its head's backward: its backward multiplies the kept gradients
+                # by the incoming one, so the scaled gradient reaches the head and the decoder alike.
+                scaler.scale(loss * len(micro) / len(idx)).backward()
+                step_loss += loss.item() * len(micro) / len(idx)
+                tokens += sum(len(r["input_ids"]) for r in rows)
+            # a float16 step the GradScaler skipped (inf in the scaled gradients) leaves the schedule where it is, as
+            # transformers' Trainer does; its loss is finite, so it is no non-finite-loss stop
+            if optimizer_step(opt, scaler, params, tc.max_grad_norm):
+                sched.step()
+            opt.zero_grad(set_to_none=True)
+            pos.step += 1
+            pos.samples_seen += len(idx)
+            losses.append(step_loss)
+            train_time += time.perf_counter() - t0
 
-        # --- report -----------------------------------------------------------------------------------
-        if pos.step % tc.eval_every == 0 or pos.step == total_steps or not math.isfinite(step_loss):
-            t1 = time.perf_counter()
-            last = {
-                "train/loss": sum(losses) / len(losses),
-                "train/lr": sched.get_last_lr()[0],
-                **eval_round(spec, model, tok, ctx),
-                "samples_seen": pos.samples_seen,
-                "step": pos.step,
-                "epoch": pos.samples_seen / n_train,
-                "data/train_samples": n_train,
-                "data/train_samples_total": len(full.dataset),
-                **full.metrics(),
-                "data/eval_samples": len(ctx.examples),
-                "progress": pos.samples_seen / total_samples,
-                "perf/tokens_per_s": tokens / train_time if train_time else 0.0,
-                "perf/peak_mem_mb": peak_mem_mb(device),
-                **estimated,
-                "perf/eval_s": time.perf_counter() - t1,
-            }
-            losses.clear()
-            with tempfile.TemporaryDirectory(prefix="gridrun-ckpt-") as d:
-                state.save(Path(d), model, opt, sched, pos, spec, last, scaler)
-                report(last, Path(d))
-            if not math.isfinite(step_loss):
-                break  # the non-finite-loss stopper ends the trial; nothing more to learn here
-    return last
+            # --- report -----------------------------------------------------------------------------------
+            if pos.step % tc.eval_every == 0 or pos.step == total_steps or not math.isfinite(step_loss):
+                t1 = time.perf_counter()
+                last = {
+                    "train/loss": sum(losses) / len(losses),
+                    "train/lr": sched.get_last_lr()[0],
+                    **eval_round(spec, model, tok, ctx),
+                    "samples_seen": pos.samples_seen,
+                    "step": pos.step,
+                    "epoch": pos.samples_seen / n_train,
+                    "data/train_samples": n_train,
+                    "data/train_samples_total": len(full.dataset),
+                    **full.metrics(),
+                    "data/eval_samples": len(ctx.examples),
+                    "progress": pos.samples_seen / total_samples,
+                    "perf/tokens_per_s": tokens / train_time if train_time else 0.0,
+                    "perf/peak_mem_mb": peak_mem_mb(device),
+                    **estimated,
+                    "perf/eval_s": time.perf_counter() - t1,
+                }
+                losses.clear()
+                with tempfile.TemporaryDirectory(prefix="gridrun-ckpt-") as d:
+                    state.save(Path(d), model, opt, sched, pos, spec, last, scaler)
+                    report(last, Path(d))
+                if not math.isfinite(step_loss):
+                    break  # the non-finite-loss stopper ends the trial; nothing more to learn here
+        return last
+    finally:
+        ctx.generator.close()
 
 
 def qlora_sft(config: dict[str, Any], spec: ExperimentSpec, baseline: Baselines) -> None:
@@ -394,6 +403,9 @@ def evaluate_adapter(
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
     ctx = setup_eval(spec, tok, baseline)
-    with model.disable_adapter():  # the base scores, as a trial without a driver-side base scored them at step 0
-        ctx.baselines.task.update(step0_base(spec, model, tok, ctx))
-    return eval_round(spec, model, tok, ctx)
+    try:
+        with model.disable_adapter():  # the base scores, as a trial without a driver-side base scored them at step 0
+            ctx.baselines.task.update(step0_base(spec, model, tok, ctx))
+        return eval_round(spec, model, tok, ctx)
+    finally:
+        ctx.generator.close()

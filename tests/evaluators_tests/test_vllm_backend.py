@@ -59,6 +59,21 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> type[FakeLLM]:
     return FakeLLM
 
 
+@pytest.fixture
+def capability(monkeypatch: pytest.MonkeyPatch):
+    """Set what torch says about the GPU's bf16 support (as tests/trainables_tests/test_precision.py does)."""
+    import torch
+
+    from gridrun.precision import bf16_supported
+
+    def set_(bf16: bool) -> None:
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+        bf16_supported.cache_clear()
+
+    yield set_
+    bf16_supported.cache_clear()
+
+
 def test_rank_caps() -> None:
     from evaluators.vllm_backend import lora_rank_cap
 
@@ -67,13 +82,15 @@ def test_rank_caps() -> None:
         lora_rank_cap(600)
 
 
-def test_plumbing(fake_vllm: type[FakeLLM], tiny_spec: Any) -> None:
+def test_plumbing(fake_vllm: type[FakeLLM], tiny_spec: Any, capability: Any) -> None:
     import torch
 
     from gridrun.builtin import resolve_model
     from trainables.qlora_sft import setup_model
 
+    capability(True)
     spec = tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.25, "lora.r": 4})
+    assert spec.model.compute_dtype == "auto"
     gen = build_generator(spec)
     assert fake_vllm.made == []  # the engine loads at the first generation, not when the trial is set up
     model, tok, _ = setup_model(tiny_spec.with_params({"lora.r": 4}))  # trains on CPU here; vLLM is a stand-in
@@ -86,7 +103,7 @@ def test_plumbing(fake_vllm: type[FakeLLM], tiny_spec: Any) -> None:
     assert engine_args == {
         "model": resolve_model(spec.model.name),
         "tokenizer": resolve_model(spec.model.name),
-        "dtype": spec.model.compute_dtype,
+        "dtype": "bfloat16",  # compute_dtype auto on a GPU with bf16, as the trial resolves it
         "enable_lora": True,
         "max_lora_rank": 8,  # the smallest rank vLLM takes that holds r = 4
         "max_loras": 1,
@@ -130,6 +147,98 @@ def test_plumbing(fake_vllm: type[FakeLLM], tiny_spec: Any) -> None:
     folder = Path(second.lora_path).parent
     gen.close()
     assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("compute_dtype", "bf16", "dtype"),
+    [
+        ("auto", True, "bfloat16"),  # Ampere and later
+        ("auto", False, "float16"),  # pre-Ampere: vLLM's own auto would load a bf16 checkpoint as bf16
+        ("float32", False, "float32"),  # what the spec names is kept
+        ("float16", True, "float16"),
+    ],
+)
+def test_vllm_gets_the_dtype_the_trial_resolves(
+    fake_vllm: type[FakeLLM], tiny_spec: Any, capability: Any, compute_dtype: str, bf16: bool, dtype: str
+) -> None:
+    from trainables.precision import resolve
+
+    capability(bf16)
+    over = {"evaluate.backend": "vllm", "resources.gpu": 0.5, "model.compute_dtype": compute_dtype}
+    spec = tiny_spec.with_params(over)
+    gen = build_generator(spec)
+    assert gen.engine_args["dtype"] == dtype == resolve(spec.model, "cuda").dtype  # the trial's own rule on a GPU
+    gen.close()
+
+
+class ShutdownLLM(FakeLLM):
+    """A vLLM with ``LLM.shutdown()``."""
+
+    shutdowns: ClassVar[list[str]] = []
+
+    def shutdown(self) -> None:
+        ShutdownLLM.shutdowns.append("llm")
+
+
+class EngineCoreLLM(FakeLLM):
+    """A V1 vLLM without ``LLM.shutdown()``: its engine core client has one."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        core = types.SimpleNamespace(shutdown=lambda: ShutdownLLM.shutdowns.append("engine_core"))
+        self.llm_engine = types.SimpleNamespace(engine_core=core)
+
+
+class FailingLLM(FakeLLM):
+    def shutdown(self) -> None:
+        raise RuntimeError("engine core died already")
+
+
+def _cleanup_module(monkeypatch: pytest.MonkeyPatch, calls: list[dict[str, Any]]) -> None:
+    """``vllm.distributed.parallel_state.cleanup_dist_env_and_memory``, recording its calls."""
+    distributed = types.ModuleType("vllm.distributed")
+    state = types.ModuleType("vllm.distributed.parallel_state")
+    state.cleanup_dist_env_and_memory = lambda **kw: calls.append(kw)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm.distributed", distributed)
+    monkeypatch.setitem(sys.modules, "vllm.distributed.parallel_state", state)
+
+
+@pytest.mark.parametrize(("engine", "shutdown"), [(ShutdownLLM, "llm"), (EngineCoreLLM, "engine_core")])
+def test_close_shuts_the_engine_down_frees_it_and_runs_vllms_cleanup_once(
+    fake_vllm: type[FakeLLM], tiny_spec: Any, monkeypatch: pytest.MonkeyPatch, engine: type, shutdown: str
+) -> None:
+    import weakref
+
+    monkeypatch.setattr(sys.modules["vllm"], "LLM", engine)
+    cleanups: list[dict[str, Any]] = []
+    _cleanup_module(monkeypatch, cleanups)
+    ShutdownLLM.shutdowns = []
+    gen = build_generator(tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.5}))
+    alive = weakref.ref(gen._engine())
+    folder = gen._dir
+    gen.close()
+    assert ShutdownLLM.shutdowns == [shutdown]
+    assert cleanups == [{"shutdown_ray": False}]  # Ray keeps running: the trial's worker lives in it
+    assert alive() is None and not folder.exists()  # no reference keeps the engine: its memory can go
+    gen.close()  # twice is fine: nothing more is shut down or cleaned
+    assert ShutdownLLM.shutdowns == [shutdown] and len(cleanups) == 1
+
+
+def test_close_never_raises(
+    fake_vllm: type[FakeLLM], tiny_spec: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shutdown that fails is logged, and the cleanup still runs (here vLLM's cleanup is missing: the fallback,
+    gc and torch's cache where CUDA is initialized)."""
+    monkeypatch.setattr(sys.modules["vllm"], "LLM", FailingLLM)
+    gen = build_generator(tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.5}))
+    gen._engine()
+    with caplog.at_level("WARNING", logger="evaluators.vllm_backend"):
+        gen.close()
+        gen.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "vLLM engine release: engine shutdown failed: engine core died already"
+    ]
+    build_generator(tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.5})).close()  # never ran
 
 
 def test_int8_is_refused_in_one_line(fake_vllm: type[FakeLLM], tiny_spec: Any) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gridrun.errors import GridrunError
-from gridrun.precision import resolve_attn, resolve_dtype
+from gridrun.precision import bf16_supported, resolve_attn, resolve_dtype
 from gridrun.spec import validate_dict
 from trainables import precision
 
@@ -26,10 +26,10 @@ def capability(monkeypatch):
     def set_(bf16: bool, flash: bool = False) -> None:
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
         monkeypatch.setattr("gridrun.precision.flash_attn_installed", lambda: flash)
-        precision._bf16_supported.cache_clear()
+        bf16_supported.cache_clear()
 
     yield set_
-    precision._bf16_supported.cache_clear()
+    bf16_supported.cache_clear()
 
 
 @pytest.mark.parametrize(
