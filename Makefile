@@ -22,7 +22,7 @@ demo: install
 	$(VENV)/bin/gridrun launch search_spaces/forgetting.yaml
 
 test: install
-	$(PY) -m pytest -q --durations=25 -n 2 --dist loadscope
+	$(PY) -m pytest -q --durations=25 -n 2 --dist loadscope --no-loadscope-reorder
 
 lint: install
 	$(VENV)/bin/ruff check gridrun trainables evaluators forgetting tests bench

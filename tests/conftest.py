@@ -19,6 +19,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with more ``slow`` tests (the real launches and drills) first, each module's tests kept together and
+    in order: `make test`'s xdist workers take a module at a time in this order, so the long ones start at once and
+    the many quick modules fill both workers at the end, not one long module alone."""
+
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[module(item)] = slow.get(module(item), 0) + bool(item.get_closest_marker("slow"))
+    first = {m: i for i, m in enumerate(slow)}
+    items.sort(key=lambda item: (-slow[module(item)], first[module(item)]))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     from gridrun.builtin.tiny_model import ensure_tiny_general
