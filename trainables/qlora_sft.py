@@ -129,6 +129,9 @@ def setup_eval(spec: ExperimentSpec, tok: Any, baselines: Baselines) -> EvalCont
     generator = build_generator(spec)
     try:
         examples, evaluators = setup_task_eval(spec, tok, generator)
+        # the engine a backend starts once (vLLM) is sized for the longest prompt it will see; the measures that
+        # generate (judge) reserve their own in setup
+        generator.reserve(tok, [e["prompt"] for e in examples], spec.evaluate.max_new_tokens)
         measures = active_measures(spec)
         for m in measures:
             if m.Base is not None:
