@@ -209,6 +209,22 @@ def test_max_model_len_is_the_longest_prompt_plus_its_budget_capped_at_the_model
     gen.close()
 
 
+def test_setup_eval_sizes_the_engine_for_the_trials_eval_prompts(fake_vllm: type[FakeLLM], tiny_spec: Any) -> None:
+    from forgetting import Baselines
+    from forgetting.probe import ProbeBase
+    from trainables.qlora_sft import setup_eval, setup_model
+
+    spec = tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.5})
+    model, tok, _ = setup_model(tiny_spec)
+    ctx = setup_eval(spec, tok, Baselines({"probe": ProbeBase(1.0)}))
+    longest = max(len(tok(e["prompt"], add_special_tokens=False)["input_ids"]) for e in ctx.examples)
+    config = model.config.to_dict()
+    assert longest + spec.evaluate.max_new_tokens < config["max_position_embeddings"]
+    args = ctx.generator.memory_args(config, GPU_BYTES)
+    assert args["max_model_len"] == longest + spec.evaluate.max_new_tokens  # not data.max_seq_len's bound
+    ctx.generator.close()
+
+
 def test_an_engine_no_gpu_holds_is_one_line(fake_vllm: type[FakeLLM], tiny_spec: Any) -> None:
     from tests.gridrun_tests.test_memory import QWEN_7B
 
