@@ -149,7 +149,14 @@ class VLLMGenerator(Generator):
 
             if self.spec is not None:
                 self.engine_args.update(self.memory_args(_model_config(self.spec, model), _gpu_bytes()))
-                logger.info("vLLM engine: %s", self.engine_args)
+                assert self.estimate is not None
+                logger.info(
+                    "vLLM engine: about %s GiB (%s): gpu_memory_utilization %s, max_model_len %d",
+                    gib(self.estimate.total),
+                    self.estimate.breakdown(),
+                    self.engine_args["gpu_memory_utilization"],
+                    self.engine_args["max_model_len"],
+                )
             self._llm = LLM(**self.engine_args)
         return self._llm
 

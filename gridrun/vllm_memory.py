@@ -41,7 +41,8 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 BLOCK_TOKENS = 16
 #: CUDA graphs, which vLLM captures after profiling: "CUDA graphs can take additional 1~3 GiB memory per GPU" (its
 #: own log line; recent versions deduct their estimate from the KV cache inside the fraction); the low end, since
-#: the graphs captured stop at ``max_num_seqs``, here the eval batch.
+#: the graphs captured stop at ``max_num_seqs``, here the eval batch. It also covers what vLLM's profiling counts
+#: outside torch's allocator (cuBLAS workspaces, its process group), which this estimate has no term for.
 CUDA_GRAPH_BYTES = 1 * GiB
 #: LoRA slots on the GPU: one adapter at a time (each eval round's, or none for base scores).
 MAX_LORAS = 1
