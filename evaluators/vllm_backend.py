@@ -122,7 +122,7 @@ class VLLMGenerator(Generator):
     def _reserve(self, tokens: int) -> None:
         if self._llm is not None and tokens > self.engine_args.get("max_model_len", tokens):
             logger.warning(
-                "vLLM engine: %d tokens asked of a context of %d (sized at its start); longer completions stop there",
+                "vLLM engine: %d tokens asked of a context of %d (sized at its start): a longer prompt fails there",
                 tokens,
                 self.engine_args["max_model_len"],
             )
@@ -139,6 +139,16 @@ class VLLMGenerator(Generator):
             raise GridrunError(
                 f"evaluate.backend: vllm — the engine needs about {gib(est.total)} GiB ({est.breakdown()}), more "
                 f"than the whole {gib(gpu_bytes)} GiB GPU; lower evaluate.batch_size or use backend: hf"
+            )
+        planned = estimate_engine(config, self.spec)  # what the trial's share was planned with
+        if est.total > planned.total:
+            logger.warning(
+                "vLLM engine: its prompts (up to %d tokens with their answers) are longer than the %d the trial's GPU "
+                "share was planned for (data.max_seq_len + evaluate.max_new_tokens): it takes %s GiB, not %s",
+                est.max_model_len,
+                planned.max_model_len,
+                gib(est.total),
+                gib(planned.total),
             )
         self.estimate = est
         return est.engine_args(gpu_bytes)

@@ -190,7 +190,7 @@ def test_the_engine_gets_its_own_part_of_the_share_not_the_share(
 
 
 def test_max_model_len_is_the_longest_prompt_plus_its_budget_capped_at_the_models_context(
-    fake_vllm: type[FakeLLM], tiny_spec: Any
+    fake_vllm: type[FakeLLM], tiny_spec: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     from tests.gridrun_tests.test_memory import QWEN_05B
     from trainables.qlora_sft import setup_model
@@ -206,6 +206,12 @@ def test_max_model_len_is_the_longest_prompt_plus_its_budget_capped_at_the_model
     assert gen.memory_args(config, GPU_BYTES)["max_model_len"] == max(n[1] + 5, n[2] + 40)
     gen.reserve(tok, ["word " * 600], 5)
     assert gen.memory_args({**config, "max_position_embeddings": 512}, GPU_BYTES)["max_model_len"] == 512
+    assert spec.data.max_seq_len + 5 < 605
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evaluators.vllm_backend"):
+        gen.memory_args(config, GPU_BYTES)  # longer than the share was planned for: said, with both sizes
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["vLLM engine"]
+    assert f"longer than the {spec.data.max_seq_len + 5} the trial's GPU share was planned for" in caplog.text
     gen.close()
 
 
