@@ -63,6 +63,10 @@ class Generator(ABC):
     def generate(self, model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings) -> list[str]:
         """Greedy (``settings.greedy``) completions of ``prompts`` by ``model``."""
 
+    def reserve(self, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> None:  # noqa: B027  # optional
+        """Say which prompts (and how many new tokens each) this generator will be asked for, before it is first
+        used: a backend that sizes itself once (vLLM's context length) sizes itself for the longest."""
+
     def close(self) -> None:  # noqa: B027  # optional: most backends hold nothing to release
         """Release what the backend holds (an engine, temporary folders); the generator is unusable after."""
 

@@ -6,6 +6,10 @@ id, so vLLM never answers with an older round's adapter from its cache. The base
 (a trial's base scores), or a plain base model, is generated without one. Greedy decoding mirrors the HF
 backend's settings (``max_new_tokens``, ``stop``, the tokenizer's end of sequence); prompts go in as the token ids
 the HF backend gives the model (no added special tokens), so neither backend sees a second BOS.
+
+The engine starts beside the trial's own model, on the same GPU: it gets its own part of the trial's share
+(``gpu_memory_utilization`` = its estimate / the GPU's memory, :mod:`gridrun.vllm_memory`), never the whole share,
+and a context (``max_model_len``) as long as the longest prompt it was told of plus its generation budget.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 from evaluators.generation import GenerationSettings, Generator
 from gridrun.builtin import resolve_model
 from gridrun.errors import GridrunError
+from gridrun.memory import gib
 from gridrun.precision import bf16_supported, resolve_dtype
+from gridrun.vllm_memory import LORA_RANKS, EngineEstimate, estimate_engine, lora_rank_cap
 
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
@@ -29,16 +35,12 @@ __all__ = ["LORA_RANKS", "VLLMGenerator", "lora_rank_cap"]
 
 logger = logging.getLogger(__name__)
 
-#: The ranks vLLM's ``max_lora_rank`` accepts (its ``LoRAConfig.MaxLoRARanks``).
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
+def _gpu_bytes() -> int:
+    """The GPU's memory, as vLLM reads it (the whole device: its fraction is of this)."""
+    import torch
 
-def lora_rank_cap(r: int) -> int:
-    """The smallest ``max_lora_rank`` vLLM accepts that holds a LoRA of rank ``r`` (one line past its largest)."""
-    for cap in LORA_RANKS:
-        if r <= cap:
-            return cap
-    raise GridrunError(f"lora.r: vLLM serves LoRA ranks up to {LORA_RANKS[-1]}, got {r}; use evaluate.backend: hf")
+    return int(torch.cuda.get_device_properties(0).total_memory)
 
 
 def _adapter_state(model: Any) -> tuple[tuple[int, int], ...] | None:
@@ -59,12 +61,14 @@ class VLLMGenerator(Generator):
 
     Args:
         engine_args: keyword arguments of ``vllm.LLM`` (model, dtype, quantization, ``enable_lora``,
-            ``max_lora_rank``, ``gpu_memory_utilization``, seed).
+            ``max_lora_rank``, seed); with ``spec``, the memory ones (``gpu_memory_utilization``,
+            ``max_model_len``, ``max_num_seqs``, ``max_num_batched_tokens``) are added when the engine starts.
+        spec: the trial's spec, which sizes the engine (:mod:`gridrun.vllm_memory`).
     """
 
     name = "vllm"
 
-    def __init__(self, engine_args: dict[str, Any]) -> None:
+    def __init__(self, engine_args: dict[str, Any], spec: ExperimentSpec | None = None) -> None:
         try:
             import vllm  # noqa: F401  # fail here, in one line, not at the first eval round
         except ImportError as e:
@@ -72,6 +76,9 @@ class VLLMGenerator(Generator):
                 f"evaluate.backend: vllm cannot be imported ({e}); pip install 'gridrun[vllm]' or use backend: hf"
             ) from None
         self.engine_args = engine_args
+        self.spec = spec
+        self.estimate: EngineEstimate | None = None  # the engine's, once it started
+        self._tokens: int | None = None  # the longest prompt plus its generation budget, as reserved so far
         self._llm: Any = None
         self._dir = Path(tempfile.mkdtemp(prefix="gridrun-vllm-lora-"))
         self._next_id = 1
@@ -79,13 +86,13 @@ class VLLMGenerator(Generator):
 
     @classmethod
     def from_spec(cls, spec: ExperimentSpec) -> VLLMGenerator:
-        """Engine arguments from the trial's spec: its model, dtype and quantization, its LoRA rank, and its GPU
-        share as vLLM's memory fraction (``auto``, unresolved outside a launch: vLLM's default 0.9).
+        """Engine arguments from the trial's spec: its model, dtype and quantization, its LoRA rank; the memory
+        ones follow when the engine starts (its own part of the GPU and its context, see :meth:`memory_args`).
 
         The dtype is the one the trial computes in on this GPU (``compute_dtype: auto`` resolved by gridrun's rule:
         bfloat16 where the GPU has it, else float16), never vLLM's own ``auto``, which follows the checkpoint's
         config (a bfloat16 checkpoint on a GPU without bfloat16, a float32 one as float16)."""
-        m, gpu = spec.model, spec.resources.gpu
+        m = spec.model
         args: dict[str, Any] = {
             "model": resolve_model(m.name),
             "tokenizer": resolve_model(m.name),
@@ -93,7 +100,6 @@ class VLLMGenerator(Generator):
             "enable_lora": True,
             "max_lora_rank": lora_rank_cap(spec.lora.r),
             "max_loras": 1,
-            "gpu_memory_utilization": 0.9 if gpu == "auto" else min(float(gpu), 1.0),
             "seed": spec.train.seed,
         }
         if m.revision:
@@ -104,12 +110,63 @@ class VLLMGenerator(Generator):
             raise GridrunError(
                 "evaluate.backend: vllm quantizes a base in flight to 4-bit only; use model.quantization nf4 or none"
             )
-        return cls(args)
+        return cls(args, spec)
 
-    def _engine(self) -> Any:
+    def reserve(self, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> None:
+        """Size the engine (once it starts) for these prompts too: its context holds the longest plus
+        ``max_new_tokens``."""
+        if prompts:
+            longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+            self._reserve(longest + max_new_tokens)
+
+    def _reserve(self, tokens: int) -> None:
+        if self._llm is not None and tokens > self.engine_args.get("max_model_len", tokens):
+            logger.warning(
+                "vLLM engine: %d tokens asked of a context of %d (sized at its start): a longer prompt fails there",
+                tokens,
+                self.engine_args["max_model_len"],
+            )
+        self._tokens = max(self._tokens or 0, tokens)
+
+    def memory_args(self, config: dict[str, Any], gpu_bytes: int) -> dict[str, Any]:
+        """The engine's memory arguments on a GPU of ``gpu_bytes`` for the model ``config``: its estimated part
+        only as ``gpu_memory_utilization`` (the trial's model already holds the rest of its share, and vLLM refuses
+        to start with less free memory than its fraction), ``max_model_len`` from the reserved prompts (capped at
+        the model's context), the eval batch as ``max_num_seqs``. One line where the whole GPU cannot hold it."""
+        assert self.spec is not None
+        est = estimate_engine(config, self.spec, self._tokens)
+        if est.total > gpu_bytes:
+            raise GridrunError(
+                f"evaluate.backend: vllm — the engine needs about {gib(est.total)} GiB ({est.breakdown()}), more "
+                f"than the whole {gib(gpu_bytes)} GiB GPU; lower evaluate.batch_size or use backend: hf"
+            )
+        planned = estimate_engine(config, self.spec)  # what the trial's share was planned with
+        if est.total > planned.total:
+            logger.warning(
+                "vLLM engine: its prompts (up to %d tokens with their answers) are longer than the %d the trial's GPU "
+                "share was planned for (data.max_seq_len + evaluate.max_new_tokens): it takes %s GiB, not %s",
+                est.max_model_len,
+                planned.max_model_len,
+                gib(est.total),
+                gib(planned.total),
+            )
+        self.estimate = est
+        return est.engine_args(gpu_bytes)
+
+    def _engine(self, model: Any = None) -> Any:
         if self._llm is None:
             from vllm import LLM
 
+            if self.spec is not None:
+                self.engine_args.update(self.memory_args(_model_config(self.spec, model), _gpu_bytes()))
+                assert self.estimate is not None
+                logger.info(
+                    "vLLM engine: about %s GiB (%s): gpu_memory_utilization %s, max_model_len %d",
+                    gib(self.estimate.total),
+                    self.estimate.breakdown(),
+                    self.engine_args["gpu_memory_utilization"],
+                    self.engine_args["max_model_len"],
+                )
             self._llm = LLM(**self.engine_args)
         return self._llm
 
@@ -146,7 +203,8 @@ class VLLMGenerator(Generator):
             skip_special_tokens=True,
         )
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        outputs = self._engine().generate(
+        self._reserve(max(len(i) for i in ids) + settings.max_new_tokens)
+        outputs = self._engine(model).generate(
             [{"prompt_token_ids": i} for i in ids], params, lora_request=lora, use_tqdm=False
         )
         return [o.outputs[0].text for o in outputs]  # vLLM returns them in the prompts' order
@@ -170,6 +228,19 @@ class VLLMGenerator(Generator):
         _attempt("engine shutdown", _shutdown, llm)
         del llm  # the engine's last reference: the cleanup's collection frees it
         _attempt("memory cleanup", _free_memory)
+
+
+def _model_config(spec: ExperimentSpec, model: Any) -> dict[str, Any]:
+    """The config of the model generated for (a peft model's is its base's), else the spec's model's."""
+    config = getattr(model, "config", None)
+    if hasattr(config, "to_dict"):
+        return dict(config.to_dict())
+    from gridrun.model_config import model_config
+
+    found = model_config(spec)
+    if found is None:
+        raise GridrunError(f"evaluate.backend: vllm cannot read the config of {spec.model.name} to size its engine")
+    return found
 
 
 def _attempt(what: str, step: Any, *args: Any) -> None:

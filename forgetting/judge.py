@@ -179,6 +179,8 @@ class JudgeMeasure(Measure):
 
         self.questions = load_questions(self.judge)
         self.prompts = [render_prompt(tokenizer, q, self.spec.data.template) for q in self.questions]
+        if self.generator is not None:  # a backend sized once (vLLM's context) holds these answers too
+            self.generator.reserve(tokenizer, self.prompts, self.judge.max_new_tokens)
 
     def _answers(self, model: Any, tokenizer: Any) -> list[str]:
         from evaluators import GenerationSettings, HFGenerator

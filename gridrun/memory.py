@@ -36,6 +36,7 @@ __all__ = [
     "ModelShape",
     "estimate_memory",
     "estimate_trial_memory",
+    "extreme_specs",
     "gib",
     "loss_bytes",
 ]
@@ -277,7 +278,8 @@ def _eval_bytes(shape: ModelShape, spec: ExperimentSpec, act: int) -> tuple[int,
 
     ev, fg, seq = spec.evaluate, spec.forgetting, spec.data.max_seq_len
     steps = {"probe": scoring(PROBE_BATCH * fg.seq_len)}
-    if any(e not in SCORING_EVALUATORS for e in ev.evaluators):
+    # with evaluate.backend vllm the engine generates, in memory of its own (gridrun.vllm_memory)
+    if ev.backend != "vllm" and any(e not in SCORING_EVALUATORS for e in ev.evaluators):
         # prompts assumed no longer than training examples; greedy decoding keeps only the last position's logits
         length = seq + ev.max_new_tokens
         cache, mask = length * layers * kv, seq * length * act  # the padding mask made additive, one layer's
@@ -373,12 +375,16 @@ def estimate_trial_memory(config: Mapping[str, Any], spec: ExperimentSpec, devic
 _MEMORY_PATHS = ("lora.", "train.batch_size", "data.max_seq_len", "evaluate.")
 
 
-def estimate_memory(config: Mapping[str, Any], spec: ExperimentSpec) -> Estimate:
-    """The largest :func:`estimate_trial_memory` over the search space: every combination of the ends of each
-    searched value that changes memory (LoRA rank and targets, batch size, sequence length, eval settings)."""
+def extreme_specs(spec: ExperimentSpec) -> list[ExperimentSpec]:
+    """``spec`` at every combination of the ends of each searched value that changes memory (LoRA rank and
+    targets, batch size, sequence length, eval settings)."""
     from gridrun.spec.space import FixedValue
 
     dists = {p: d for p, d in spec.search.space.items() if p.startswith(_MEMORY_PATHS) or isinstance(d, FixedValue)}
     combos = product(*[[v for _, v in d.extremes()] for d in dists.values()])
-    estimates = [estimate_trial_memory(config, spec.with_params(dict(zip(dists, c, strict=True)))) for c in combos]
-    return max(estimates, key=lambda e: e.total)
+    return [spec.with_params(dict(zip(dists, c, strict=True))) for c in combos]
+
+
+def estimate_memory(config: Mapping[str, Any], spec: ExperimentSpec) -> Estimate:
+    """The largest :func:`estimate_trial_memory` over the search space (:func:`extreme_specs`)."""
+    return max((estimate_trial_memory(config, s) for s in extreme_specs(spec)), key=lambda e: e.total)

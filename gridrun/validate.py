@@ -100,7 +100,7 @@ def check_spec(spec: ExperimentSpec) -> list[str]:
     check_evaluator_names(spec.evaluate.evaluators)
     check_backend(spec)  # vLLM installed (found, not imported: validate stays fast), a GPU, a quantization it does
     if spec.evaluate.backend == "vllm":  # every rank a trial may train, not only the first trial's
-        from evaluators.vllm_backend import lora_rank_cap
+        from gridrun.vllm_memory import lora_rank_cap
 
         searched = spec.search.space.get("lora.r")
         lora_rank_cap(max([spec.lora.r, *(int(v) for _, v in (searched.extremes() if searched else []))]))
@@ -330,16 +330,17 @@ def _local_gpu_memory() -> int | None:
 
 def check_memory(spec: ExperimentSpec, deep: bool = False, hub: bool = False) -> str | None:
     """Refuse a ``resources.gpu`` share that a trial's estimated peak memory does not fit (one line with both
-    numbers), or a ``gpu: auto`` model that no whole GPU holds; the estimate as a line to print, or None when
+    numbers; with ``evaluate.backend: vllm`` the training's and the engine's parts, and the share needed), or a
+    ``gpu: auto`` model that no whole GPU holds; the estimate as a line to print, or None when
     trials run on CPU or the model's config cannot be read (a hub model offline, unless cached).
 
     Args:
         deep: also ask this machine's GPU for its size (``resources.gpu_memory_gb`` otherwise).
         hub: read a hub model's config from the hub (else from the local cache only).
     """
-    from gridrun.memory import estimate_memory, gib
+    from gridrun.memory import gib
     from gridrun.model_config import model_config
-    from gridrun.packing import check_fraction, pick_fraction
+    from gridrun.packing import check_fraction, describe_need, pick_fraction, trial_need
 
     gpu = spec.resources.gpu
     if gpu == 0:
@@ -347,13 +348,17 @@ def check_memory(spec: ExperimentSpec, deep: bool = False, hub: bool = False) ->
     config = model_config(spec, hub=hub)
     if config is None:
         return None
-    est = estimate_memory(config, spec)
-    needs = f"a trial needs about {gib(est.total)} GiB of GPU memory ({est.breakdown()})"
+    est, engine = trial_need(config, spec)  # with evaluate.backend vllm, the engine's part beside the training's
+    needed = est.total + (engine.total if engine is not None else 0)
+    if engine is None:
+        needs = f"a trial needs about {gib(est.total)} GiB of GPU memory ({est.breakdown()})"
+    else:
+        needs = f"a trial needs {describe_need(est, engine)}"
     gpu_bytes = gpu_memory_bytes(spec, local=deep)
     if not gpu_bytes:
         return f"memory: {needs}; set resources.gpu_memory_gb to check it against a GPU"
     if gpu == "auto":
-        share = pick_fraction(est.total, gpu_bytes)
+        share = pick_fraction(needed, gpu_bytes)
         return f"memory: {needs}; gpu: auto takes {share:g} of a {gib(gpu_bytes)} GiB GPU"
-    check_fraction(gpu, gpu_bytes, est)
+    check_fraction(gpu, gpu_bytes, est, engine)
     return f"memory: {needs}; gpu: {gpu:g} of a {gib(gpu_bytes)} GiB GPU is {gib(min(gpu, 1) * gpu_bytes)} GiB"

@@ -110,12 +110,14 @@ class EvalContext:
 
 def setup_task_eval(spec: ExperimentSpec, tok: Any, generator: Any) -> tuple[list[dict[str, Any]], list[Any]]:
     """Evaluation prompts in the training template and the spec's evaluators (trials and the base model's score),
-    generating with ``generator`` (the caller's, who closes it)."""
+    generating with ``generator`` (the caller's, who closes it; told of the prompts here)."""
     from evaluators import GenerationSettings, build_evaluator
 
     eval_rows = eval_records(spec.data, tok, spec.train.seed)
     examples = [{**r, "prompt": render_prompt(tok, r["prompt"], spec.data.template)} for r in eval_rows]
     ev = spec.evaluate
+    # the engine a backend starts once (vLLM) is sized for the longest prompt it will be asked for
+    generator.reserve(tok, [e["prompt"] for e in examples], ev.max_new_tokens)
     gen = GenerationSettings(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
     return examples, [build_evaluator(n, gen, ev.options.get(n), generator) for n in ev.evaluators]
 
@@ -128,7 +130,7 @@ def setup_eval(spec: ExperimentSpec, tok: Any, baselines: Baselines) -> EvalCont
 
     generator = build_generator(spec)
     try:
-        examples, evaluators = setup_task_eval(spec, tok, generator)
+        examples, evaluators = setup_task_eval(spec, tok, generator)  # the measures that generate (judge) reserve
         measures = active_measures(spec)
         for m in measures:
             if m.Base is not None:

@@ -13,6 +13,7 @@ import pytest
 
 from evaluators import GenerationSettings, build_generator
 from gridrun.errors import GridrunError
+from gridrun.vllm_memory import estimate_engine
 
 
 @dataclass
@@ -45,8 +46,15 @@ class FakeLLM:
         return [out(outputs=[out(text=f"n={len(p['prompt_token_ids'])}")]) for p in prompts]
 
 
+#: The GPU the stand-in engine starts on (an H100's 80 GiB).
+GPU_BYTES = 80 * 2**30
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> type[FakeLLM]:
+    import evaluators.vllm_backend
+
+    monkeypatch.setattr(evaluators.vllm_backend, "_gpu_bytes", lambda: GPU_BYTES)
     vllm = types.ModuleType("vllm")
     vllm.LLM = FakeLLM  # type: ignore[attr-defined]
     vllm.SamplingParams = FakeSamplingParams  # type: ignore[attr-defined]
@@ -100,6 +108,9 @@ def test_plumbing(fake_vllm: type[FakeLLM], tiny_spec: Any, capability: Any) -> 
     first = gen.generate(model, tok, prompts, settings)
     assert first == [f"n={len(tok(p, add_special_tokens=False)['input_ids'])}" for p in prompts]
     (engine_args,) = fake_vllm.made
+    config = model.config.to_dict()
+    longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    planned = estimate_engine(config, spec, longest + 7)  # sized for these prompts and their 7 new tokens
     assert engine_args == {
         "model": resolve_model(spec.model.name),
         "tokenizer": resolve_model(spec.model.name),
@@ -107,10 +118,15 @@ def test_plumbing(fake_vllm: type[FakeLLM], tiny_spec: Any, capability: Any) -> 
         "enable_lora": True,
         "max_lora_rank": 8,  # the smallest rank vLLM takes that holds r = 4
         "max_loras": 1,
-        "gpu_memory_utilization": 0.25,  # the trial's GPU share
         "seed": spec.train.seed,
         "quantization": "bitsandbytes",  # nf4 base: vLLM's in-flight 4-bit
+        "gpu_memory_utilization": planned.utilization(GPU_BYTES),  # the engine's own part, not the 0.25 share
+        "max_model_len": longest + 7,
+        "max_num_seqs": spec.evaluate.batch_size,
+        "max_num_batched_tokens": max(longest + 7, spec.evaluate.batch_size),
     }
+    assert gen.estimate == planned
+    assert 0 < engine_args["gpu_memory_utilization"] < 0.25
     engine = gen._engine()
     call = engine.calls[0]
     assert call["prompts"] == [{"prompt_token_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts]
@@ -147,6 +163,82 @@ def test_plumbing(fake_vllm: type[FakeLLM], tiny_spec: Any, capability: Any) -> 
     folder = Path(second.lora_path).parent
     gen.close()
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("share", [1, 0.5])
+def test_the_engine_gets_its_own_part_of_the_share_not_the_share(
+    fake_vllm: type[FakeLLM], tiny_spec: Any, share: float
+) -> None:
+    """A whole-GPU trial (gpu: 1) asked vLLM for all of the GPU, which its own model already occupies: vLLM
+    refuses to start with less free memory than its fraction. The engine gets its estimate / the GPU's memory."""
+    from tests.gridrun_tests.test_memory import QWEN_7B
+
+    over = {"evaluate.backend": "vllm", "resources.gpu": share, "model.quantization": "nf4", "lora.r": 16}
+    spec = tiny_spec.with_params({**over, "data.max_seq_len": 1024, "evaluate.max_new_tokens": 256})
+    gen = build_generator(spec)
+    args = gen.memory_args(QWEN_7B, GPU_BYTES)
+    planned = estimate_engine(QWEN_7B, spec)  # no prompts reserved: data.max_seq_len + max_new_tokens
+    assert args == {
+        "gpu_memory_utilization": planned.utilization(GPU_BYTES),
+        "max_model_len": 1024 + 256,
+        "max_num_seqs": spec.evaluate.batch_size,
+        "max_num_batched_tokens": 1280,
+    }
+    assert planned.requested <= args["gpu_memory_utilization"] * GPU_BYTES < planned.requested + GPU_BYTES / 10_000
+    assert args["gpu_memory_utilization"] < share / 4  # a 4-bit 7B's engine: a small part of the GPU
+    gen.close()
+
+
+def test_max_model_len_is_the_longest_prompt_plus_its_budget_capped_at_the_models_context(
+    fake_vllm: type[FakeLLM], tiny_spec: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.gridrun_tests.test_memory import QWEN_05B
+    from trainables.qlora_sft import setup_model
+
+    spec = tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.5, "evaluate.max_new_tokens": 5})
+    _, tok, _ = setup_model(tiny_spec)
+    prompts = ["a b c", "a much longer prompt than the first one, by some tokens", "x"]
+    n = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    gen = build_generator(spec)
+    gen.reserve(tok, prompts[:2], 5)  # the eval prompts, as setup_eval reserves them
+    gen.reserve(tok, prompts[2:], 40)  # a measure's own (judge), with its own budget
+    config = {**QWEN_05B, "max_position_embeddings": 32768}
+    assert gen.memory_args(config, GPU_BYTES)["max_model_len"] == max(n[1] + 5, n[2] + 40)
+    gen.reserve(tok, ["word " * 600], 5)
+    assert gen.memory_args({**config, "max_position_embeddings": 512}, GPU_BYTES)["max_model_len"] == 512
+    assert spec.data.max_seq_len + 5 < 605
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evaluators.vllm_backend"):
+        gen.memory_args(config, GPU_BYTES)  # longer than the share was planned for: said, with both sizes
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["vLLM engine"]
+    assert f"longer than the {spec.data.max_seq_len + 5} the trial's GPU share was planned for" in caplog.text
+    gen.close()
+
+
+def test_setup_eval_sizes_the_engine_for_the_trials_eval_prompts(fake_vllm: type[FakeLLM], tiny_spec: Any) -> None:
+    from forgetting import Baselines
+    from forgetting.probe import ProbeBase
+    from trainables.qlora_sft import setup_eval, setup_model
+
+    spec = tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.5})
+    model, tok, _ = setup_model(tiny_spec)
+    ctx = setup_eval(spec, tok, Baselines({"probe": ProbeBase(1.0)}))
+    longest = max(len(tok(e["prompt"], add_special_tokens=False)["input_ids"]) for e in ctx.examples)
+    config = model.config.to_dict()
+    assert longest + spec.evaluate.max_new_tokens < config["max_position_embeddings"]
+    args = ctx.generator.memory_args(config, GPU_BYTES)
+    assert args["max_model_len"] == longest + spec.evaluate.max_new_tokens  # not data.max_seq_len's bound
+    ctx.generator.close()
+
+
+def test_an_engine_no_gpu_holds_is_one_line(fake_vllm: type[FakeLLM], tiny_spec: Any) -> None:
+    from tests.gridrun_tests.test_memory import QWEN_7B
+
+    spec = tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 1, "model.quantization": "none"})
+    gen = build_generator(spec)
+    with pytest.raises(GridrunError, match=r"^evaluate\.backend: vllm — the engine needs about [\d.]+ GiB \(weights"):
+        gen.memory_args(QWEN_7B, 8 * 2**30)
+    gen.close()
 
 
 @pytest.mark.parametrize(
