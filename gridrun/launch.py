@@ -139,6 +139,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
     from gridrun.checkpoints import CheckpointKeeper
     from gridrun.mlflow_view import view_tag
     from gridrun.progress import ProgressPrinter
+    from gridrun.snapshots import SnapshotOnTrialEnd
     from gridrun.spec.space import to_optuna
     from gridrun.stopping import StoppingState, StopReasons, TimeBudget, build_stopping
     from gridrun.tracking import MLflowTracker, flatten, set_experiment_tag, start_parent_run
@@ -199,6 +200,7 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         reasons = StopReasons()  # one book for every copy Tune unpickles (its stopper comes from the snapshot)
         scheduler, stopper = build_stopping(spec, reasons)
         keeper = CheckpointKeeper(spec.checkpoint.num_to_keep)
+        saver = SnapshotOnTrialEnd()
         tracker = MLflowTracker(
             spec.tracking.uri,
             exp_id,
@@ -215,8 +217,14 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
             StoppingState(scheduler, reasons),
             keeper,
             tracker,
+            saver,  # before the printer: a trial's end line follows the snapshot that holds it
             ProgressPrinter(
-                spec.objective.metric, primary_metric(spec), reasons, quiet=quiet, total=spec.search.num_trials
+                spec.objective.metric,
+                primary_metric(spec),
+                reasons,
+                quiet=quiet,
+                total=spec.search.num_trials,
+                saver=saver,
             ),
             *_file_loggers(),
         ]
@@ -267,6 +275,7 @@ def resume(
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback
 
+    from gridrun.snapshots import SnapshotOnTrialEnd
     from gridrun.stopping import TimeBudget, format_duration
     from gridrun.tracking import MLflowTracker, mark_interrupted
     from gridrun.writer import SPILL_FILE, replay_spill
@@ -306,6 +315,9 @@ def resume(
         callbacks = local.get_run_config().callbacks or []  # restored from the experiment state
         if not any(isinstance(c, CSVLoggerCallback) for c in callbacks):
             callbacks.extend(_file_loggers())  # an experiment launched before they were listed: Tune's files go on
+        if not any(isinstance(c, SnapshotOnTrialEnd) for c in callbacks):
+            # launched before it was listed: appended, as Tune hands saved callback states back by list position
+            callbacks.append(SnapshotOnTrialEnd())
         tracker = next(c for c in callbacks if isinstance(c, MLflowTracker))
         tracker.mark_resumed(store.join(exp_dir, SPILL_FILE))  # look up runs the restored state may not know of
         for c in callbacks:

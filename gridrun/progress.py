@@ -6,11 +6,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
 from gridrun.metrics import stop_reason
+
+if TYPE_CHECKING:
+    from gridrun.snapshots import SnapshotOnTrialEnd
 
 __all__ = ["ProgressPrinter"]
 
@@ -29,6 +32,8 @@ class ProgressPrinter(Callback):
 
     A trial's end line shows its ``last`` evaluation round and its ``best`` one by objective (the checkpoint the
     summary table and the registered adapter come from; ties go to the later round, as the checkpoint keeper's).
+    End lines are printed at the end of Tune's step once ``saver`` (listed before this callback) has saved the
+    experiment state that holds those ends: a printed end line means a resume runs that trial no more.
     """
 
     def __init__(
@@ -39,6 +44,7 @@ class ProgressPrinter(Callback):
         quiet: bool = False,
         total: int | None = None,
         every_s: float = 30.0,
+        saver: SnapshotOnTrialEnd | None = None,
     ) -> None:
         self.metric, self.forget_metric, self.reasons = metric, forget_metric, reasons
         self.quiet, self.done, self.total = quiet, 0, total
@@ -49,6 +55,11 @@ class ProgressPrinter(Callback):
         self._began: dict[str, float] = {}  # trial_id -> when it (re)started here, monotonic
         self._durations: list[float] = []  # wall time of the trials finished in this session
         self._last_line = 0.0
+        self.saver = saver
+        self._ends: list[str] = []  # end lines held until the snapshot that holds those ends is saved
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_ends": [], "saver": None, **state})  # a printer pickled before it held end lines
 
     # Kept in Tune's experiment snapshot, so a resumed experiment counts on from where it was.
     def get_state(self) -> dict[str, Any] | None:
@@ -109,15 +120,24 @@ class ProgressPrinter(Callback):
                 f"{self.forget_metric} {_fmt(b.get(self.forget_metric))}, "
                 f"objective {_fmt(b.get('objective'))} at {b.get('samples_seen')} samples"
             )
-        self._say(f"{line} — {why}")
+        self._ends.append(f"{line} — {why}")
 
     def _ended(self, tid: str) -> None:
         began = self._began.pop(tid, None)
         if began is not None:
             self._durations.append(self._now() - began)
 
+    def _say_ends(self, now: bool = False) -> None:
+        if not now and self.saver is not None and self.saver.due:
+            return
+        for line in self._ends:
+            self._say(line)
+        self._ends.clear()
+
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        """At least every ``every_s`` seconds: a line per running trial, with the time it and the run have left."""
+        """The end lines of trials whose end is saved; and at least every ``every_s`` seconds, a line per running
+        trial, with the time it and the run have left."""
+        self._say_ends()
         now = self._now()
         if not self._last_line or now - self._last_line < self.every_s:
             return
@@ -157,4 +177,7 @@ class ProgressPrinter(Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.done += 1
         self._ended(trial.trial_id)
-        self._say(f"trial {trial.trial_id} failed; see {trial.path}/error.txt")
+        self._ends.append(f"trial {trial.trial_id} failed; see {trial.path}/error.txt")
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self._say_ends(now=True)  # Tune saved its whole state first (unless that failed: then these are news)

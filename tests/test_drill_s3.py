@@ -42,7 +42,9 @@ def test_a_lost_node_and_a_killed_driver_on_object_storage(
     assert drill["head_checkpoints_before_driver_kill"] >= 1, drill  # the lost trial went on on the head
     # the driver died with trials left: the resume finished them
     assert drill["done_before_driver_kill"] < TRIALS and drill["done_by_resume"] >= 1, drill
-    assert drill["done_before_driver_kill"] + drill["done_by_resume"] >= TRIALS, drill
+    # exactly: a trial's done line follows the save (here an upload to the bucket) that holds its end, so no trial
+    # done before the kill is run, or printed, again
+    assert drill["done_before_driver_kill"] + drill["done_by_resume"] == TRIALS, drill
 
     exp, uri = drill["experiment"], f"sqlite:///{tmp_path}/mlruns.db"
     # `gridrun report s3://...` prints the summary read from the bucket

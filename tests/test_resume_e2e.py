@@ -1,12 +1,16 @@
 """Kill the driver (SIGKILL) mid-experiment, `gridrun resume`: one MLflow child per trial, no duplicate or
-missing metric steps, nothing left RUNNING, and the searcher does not propose finished configs again."""
+missing metric steps, nothing left RUNNING, the searcher does not propose finished configs again, and no trial
+whose "done" line was printed before the kill is run again."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,9 +46,14 @@ def test_sigkill_then_resume(tmp_path: Path, tiny_model_path: Path, mlflow_store
         seen.append(line)
         if "done (2/" in line:
             break
+    killed_s = time.time()
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait(timeout=60)
+    seen.append(proc.stdout.read())  # whatever else it printed before it died
     assert any("done (2/" in s for s in seen), "".join(seen)[-3000:]
+    # a trial's done line is printed once the experiment state that holds its end is on storage
+    done_before = set(re.findall(r"trial (\S+) done \(", "".join(seen)))
+    assert len(done_before) >= 2, "".join(seen)[-3000:]
 
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     mlflow.set_tracking_uri(uri)
@@ -54,6 +63,19 @@ def test_sigkill_then_resume(tmp_path: Path, tiny_model_path: Path, mlflow_store
     exp_dir = next((tmp_path / "gridrun_results").iterdir())
     r = run_cli("resume", str(exp_dir), cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    # no trial done before the kill is started again; every other one ends in the resumed run
+    again = set(re.findall(r"trial (\S+) (?:started|continued|restarted)", r.stdout))
+    assert not again & done_before, (again & done_before, r.stdout[-3000:])
+    done_after = re.findall(r"trial (\S+) done \(", r.stdout)
+    assert len(done_after) == 6 - len(done_before) and not set(done_after) & done_before, r.stdout[-3000:]
+    # Tune's record: those trials have no result from after the kill (a result's timestamp is whole seconds)
+    results: dict[str, list[int]] = {}
+    for f in exp_dir.glob("*/result.json"):
+        for line in f.read_text().splitlines():
+            row = json.loads(line)
+            results.setdefault(row["trial_id"], []).append(int(row["timestamp"]))
+    assert done_before <= set(results), (done_before, set(results))
+    assert all(max(results[t]) <= killed_s for t in done_before), {t: results[t] for t in done_before}
 
     runs = mlflow.search_runs(search_all_experiments=True)
     children = runs[runs["tags.gridrun.kind"] == "trial"]
@@ -67,6 +89,8 @@ def test_sigkill_then_resume(tmp_path: Path, tiny_model_path: Path, mlflow_store
     configs = set()
     for _, row in children.iterrows():
         hist = client.get_metric_history(row.run_id, "objective")
+        if row["tags.gridrun.trial_id"] in done_before:  # MLflow's record: no point logged after the kill
+            assert max(m.timestamp for m in hist) <= killed_s * 1000, row["tags.gridrun.trial_id"]
         steps = [m.step for m in hist]
         assert len(steps) == len(set(steps)), f"duplicate steps {steps}"
         steps.sort()

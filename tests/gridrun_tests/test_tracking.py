@@ -384,9 +384,11 @@ def test_check_tracking_uri_asks_whether_this_user_can_write() -> None:
 def test_progress_counts_on_after_a_resume(capsys) -> None:
     first = ProgressPrinter("task/x", "forget/delta", {}, total=3)
     first.on_trial_complete(0, [], _trial("a"))
+    first.on_step_end(0, [])  # end lines come at the step's end
     resumed = ProgressPrinter("task/x", "forget/delta", {}, total=3)
     resumed.set_state(first.get_state())  # what Tune hands back from the experiment snapshot
     resumed.on_trial_complete(0, [], _trial("b"))
+    resumed.on_step_end(0, [])
     lines = capsys.readouterr().out.splitlines()
     assert "done (1/3)" in lines[0] and "done (2/3)" in lines[1]
 
@@ -448,6 +450,7 @@ def test_a_done_line_shows_the_last_and_the_best_round(capsys) -> None:
         trial.last_result = {"task/x": task, "forget/delta": 0.1, "objective": obj, "samples_seen": seen}
         printer.on_trial_result(0, [trial], trial, trial.last_result)
     printer.on_trial_complete(0, [trial], trial)
+    printer.on_step_end(0, [trial])
     line = capsys.readouterr().out.splitlines()[-1]
     assert "done (1/2): last task/x 0.375, forget/delta 0.1, objective 0.2309 at 256 samples" in line
     assert "; best task/x 0.5, forget/delta 0.1, objective 0.8555 at 192 samples" in line
