@@ -262,6 +262,25 @@ def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = Fal
         ray.shutdown()
 
 
+def _add_missing_callbacks(callbacks: list[Any]) -> None:
+    """What a restored experiment launched by an older gridrun lacks, appended (Tune hands saved callback states
+    back by list position): Tune's CSV and JSON files, and the saver of Tune's state at trial ends, which the
+    printer (before it in the list) is given: it holds a step's end lines and prints them the next step, saved."""
+    from ray.tune.logger import CSVLoggerCallback
+
+    from gridrun.progress import ProgressPrinter
+    from gridrun.snapshots import SnapshotOnTrialEnd
+
+    if not any(isinstance(c, CSVLoggerCallback) for c in callbacks):
+        callbacks.extend(_file_loggers())
+    if not any(isinstance(c, SnapshotOnTrialEnd) for c in callbacks):
+        saver = SnapshotOnTrialEnd()
+        callbacks.append(saver)
+        for c in callbacks:
+            if isinstance(c, ProgressPrinter) and c.saver is None:
+                c.saver = saver
+
+
 def resume(
     experiment_dir: str | Path, resume_errored: bool = False, restart_errored: bool = False, quiet: bool = False
 ) -> dict[str, Any]:
@@ -273,9 +292,7 @@ def resume(
         restart_errored: rerun errored trials from scratch.
     """
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback
 
-    from gridrun.snapshots import SnapshotOnTrialEnd
     from gridrun.stopping import TimeBudget, format_duration
     from gridrun.tracking import MLflowTracker, mark_interrupted
     from gridrun.writer import SPILL_FILE, replay_spill
@@ -313,11 +330,7 @@ def resume(
         local = tuner._local_tuner  # private: Tuner.restore gives no public access to the restored run config
         assert local is not None, "resume runs in-process, not through Ray Client"
         callbacks = local.get_run_config().callbacks or []  # restored from the experiment state
-        if not any(isinstance(c, CSVLoggerCallback) for c in callbacks):
-            callbacks.extend(_file_loggers())  # an experiment launched before they were listed: Tune's files go on
-        if not any(isinstance(c, SnapshotOnTrialEnd) for c in callbacks):
-            # launched before it was listed: appended, as Tune hands saved callback states back by list position
-            callbacks.append(SnapshotOnTrialEnd())
+        _add_missing_callbacks(callbacks)
         tracker = next(c for c in callbacks if isinstance(c, MLflowTracker))
         tracker.mark_resumed(store.join(exp_dir, SPILL_FILE))  # look up runs the restored state may not know of
         for c in callbacks:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ray.tune import Callback
@@ -24,6 +26,32 @@ from ray.tune import Callback
 __all__ = ["SnapshotOnTrialEnd"]
 
 log = logging.getLogger("gridrun")
+
+#: The longest wait between two of these saves: one slow upload (an object store stalling for a minute) must not
+#: hold every later end line for 19 times as long.
+MAX_WAIT_S = 60.0
+#: Where Tune logs, and swallows, a failed or timed-out upload of its experiment state (experiment_state.py).
+_TUNE_STATE_LOGGER = "ray.tune.execution.experiment_state"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def _logged_errors(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The ERROR records logger ``name`` emits inside the block (Tune reports a failed upload only there)."""
+    handler, logger = _Records(), logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
 
 
 def _running_controller() -> Any | None:
@@ -111,8 +139,12 @@ class SnapshotOnTrialEnd(Callback):
             return
         t0 = self._now()
         try:
-            self._controller.checkpoint(force=True, wait=True)
-            self._ended = False
+            with _logged_errors(_TUNE_STATE_LOGGER) as failed:
+                self._controller.checkpoint(force=True, wait=True)
+            if failed:  # Tune logs a failed or timed-out upload instead of raising: the end is not on storage
+                log.warning("could not save the experiment state after a trial ended: %s", failed[0].getMessage())
+            else:
+                self._ended = False
         except (TypeError, AttributeError) as e:  # a Ray whose controller saves differently: its own saves only
             log.warning("cannot save the experiment state when a trial ends with this Ray Tune: %s", e)
             self._controller = None
@@ -122,4 +154,4 @@ class SnapshotOnTrialEnd(Callback):
         took = self._now() - t0
         self.saves += 1
         self.save_s += took
-        self._next_s = self._now() + took * (1 - self.share) / self.share
+        self._next_s = self._now() + min(took * (1 - self.share) / self.share, MAX_WAIT_S)

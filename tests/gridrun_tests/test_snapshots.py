@@ -137,3 +137,60 @@ def test_the_saver_pickles_without_its_controller() -> None:
     assert saver.due
     back_saver, back_printer = pickle.loads(pickle.dumps([saver, printer]))
     assert back_printer.saver is back_saver and not back_saver.due and back_saver._controller is None
+
+
+def test_an_upload_tune_logs_as_failed_is_not_counted_as_saved(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tune swallows a failed or timed-out upload of its state and only logs it (experiment_state.py): the end stays
+    unsaved, its line held, and the next save (after the wait) tries again."""
+    events: list[str] = []
+
+    class Failing(Controller):
+        fail = True
+
+        def checkpoint(self, force: bool = False, wait: bool = False) -> None:
+            super().checkpoint(force, wait)
+            if self.fail:
+                logging.getLogger(snapshots._TUNE_STATE_LOGGER).error("Saving experiment state ... failed")
+
+    controller = Failing(events, [100.0])
+    saver, printer, _ = _pair(monkeypatch, controller)
+    with caplog.at_level(logging.WARNING, logger="gridrun"):
+        _step(saver, printer, "a")
+    assert "could not save the experiment state" in caplog.text
+    assert events == ["save"] and saver.due  # a's line held: its end is not on storage
+    controller.fail = False
+    controller.clock[0] += 2.0  # after the wait
+    _step(saver, printer)
+    assert events[1] == "save" and "trial a done (1/4)" in events[2] and not saver.due
+
+
+def test_one_slow_save_holds_later_lines_a_minute_at_most(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 30 s upload (an object store stalling) would mean 19 x 30 s without saves; the wait is capped."""
+    events: list[str] = []
+    controller = Controller(events, [100.0], took_s=30.0)
+    saver, printer, _ = _pair(monkeypatch, controller)
+    _step(saver, printer, "a")
+    controller.took_s = 0.1
+    controller.clock[0] += snapshots.MAX_WAIT_S - 1
+    _step(saver, printer, "b")
+    assert saver.due and len(events) == 2  # still within the capped wait
+    controller.clock[0] += 1
+    _step(saver, printer)
+    assert events[2] == "save" and "trial b done (2/4)" in events[3]
+
+
+def test_a_resumed_experiment_from_before_the_saver_gets_one_and_its_printer_holds_lines() -> None:
+    from ray.tune.logger import CSVLoggerCallback
+
+    from gridrun.launch import _add_missing_callbacks
+
+    old = pickle.loads(pickle.dumps(ProgressPrinter("task/x", "forget/delta", {}, total=4)))
+    callbacks: list[Any] = [old]
+    _add_missing_callbacks(callbacks)
+    assert isinstance(callbacks[-1], SnapshotOnTrialEnd) and old.saver is callbacks[-1]
+    assert any(isinstance(c, CSVLoggerCallback) for c in callbacks)
+    again = list(callbacks)
+    _add_missing_callbacks(again)
+    assert again == callbacks  # nothing added twice
