@@ -93,8 +93,9 @@ def compute_base_scores(spec: ExperimentSpec) -> dict[str, float]:
 
     from evaluators import build_generator
     from trainables.base_scores import score_task
+    from trainables.evaluation import setup_task_eval
     from trainables.model import quiet_hf
-    from trainables.qlora_sft import setup_model, setup_task_eval
+    from trainables.qlora_sft import setup_model
 
     quiet_hf()
     torch.set_num_threads(max(1, int(spec.resources.cpu)))

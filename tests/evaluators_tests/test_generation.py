@@ -186,7 +186,7 @@ def test_setup_eval_builds_one_generator_for_the_trial(tiny_spec: Any) -> None:
     from forgetting import Baselines
     from forgetting.probe import ProbeBase
     from gridrun.builtin import resolve_model
-    from trainables.qlora_sft import setup_eval
+    from trainables.evaluation import setup_eval
 
     tok = AutoTokenizer.from_pretrained(resolve_model(tiny_spec.model.name))
     ctx = setup_eval(tiny_spec, tok, Baselines({"probe": ProbeBase(1.0)}))

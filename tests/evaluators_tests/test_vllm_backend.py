@@ -218,7 +218,8 @@ def test_max_model_len_is_the_longest_prompt_plus_its_budget_capped_at_the_model
 def test_setup_eval_sizes_the_engine_for_the_trials_eval_prompts(fake_vllm: type[FakeLLM], tiny_spec: Any) -> None:
     from forgetting import Baselines
     from forgetting.probe import ProbeBase
-    from trainables.qlora_sft import setup_eval, setup_model
+    from trainables.evaluation import setup_eval
+    from trainables.qlora_sft import setup_model
 
     spec = tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.5})
     model, tok, _ = setup_model(tiny_spec)
@@ -346,7 +347,8 @@ def test_real_vllm_matches_hf_on_the_base_and_serves_the_adapter(tiny_spec: Any)
     import torch
 
     from evaluators import HFGenerator
-    from trainables.qlora_sft import setup_eval, setup_model
+    from trainables.evaluation import setup_eval
+    from trainables.qlora_sft import setup_model
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")

@@ -79,7 +79,8 @@ def _options(spec):
 def test_a_judge_that_is_down_fails_the_round_in_one_line_not_the_trial(tiny_spec, tmp_path, caplog) -> None:
     """Nothing listens at the judge's address: judge_answers raises one line; in an eval round the judge's
     metrics are left out with a warning, the others are reported, and the objective (the probe is primary) too."""
-    from trainables.qlora_sft import compute_baselines, eval_round, setup_eval, setup_model
+    from trainables.evaluation import eval_round, setup_eval
+    from trainables.qlora_sft import compute_baselines, setup_model
 
     spec = _judge_spec(tiny_spec, tmp_path, f"http://127.0.0.1:{_free_port()}/v1", timeout_s=5)
     with pytest.raises(JudgeUnavailable) as e:
@@ -147,7 +148,8 @@ def test_judged_by_transformers_serve(served_judge, tiny_spec, tmp_path) -> None
     judge_delta through a real OpenAI-compatible endpoint; an unsteered tiny judge's replies carry no rating, and
     the round's measure fails in one line."""
     from forgetting import cached_baselines
-    from trainables.qlora_sft import compute_baselines, eval_round, setup_eval, setup_model
+    from trainables.evaluation import eval_round, setup_eval
+    from trainables.qlora_sft import compute_baselines, setup_model
 
     url, name = served_judge
     spec = _judge_spec(tiny_spec, tmp_path, url, name, extra_body=SAYS_SEVEN)

@@ -66,7 +66,8 @@ def test_equals_the_kl_div_reference(kl_spec, batch_size: int, chunk: int) -> No
 def test_the_measure_in_an_eval_round_and_as_primary(kl_spec) -> None:
     """Both KL metrics are reported, 0 at the start; with ``forgetting.primary: kl`` the objective is penalised
     by ``forget/kl_task``."""
-    from trainables.qlora_sft import compute_baselines, eval_round, setup_eval, setup_model
+    from trainables.evaluation import eval_round, setup_eval
+    from trainables.qlora_sft import compute_baselines, setup_model
 
     spec = kl_spec.with_params({"forgetting.primary": "kl", "objective.penalty": 2.0})
     model, tok, _ = setup_model(spec)
@@ -86,7 +87,8 @@ def test_in_an_eval_round_on_a_4bit_cpu_model_it_sees_the_base(tiny_spec, tiny_m
     """nf4 on CPU, where eval rounds run on the HF generator's dequantized twins of the LoRA layers: peft cannot
     switch those off, so ``kl`` runs on peft's own layers and equals the measure computed outside any eval round
     (inside the twins' view it read the tuned model against itself: about 0)."""
-    from trainables.qlora_sft import compute_baselines, eval_round, setup_eval, setup_model
+    from trainables.evaluation import eval_round, setup_eval
+    from trainables.qlora_sft import compute_baselines, setup_model
 
     spec = tiny_spec.with_params({"forgetting.measures": ["kl"], "model.quantization": "nf4", "lora.dropout": 0.0})
     model, tok, _ = setup_model(spec)

@@ -13,7 +13,8 @@ from gridrun.base_scores import compute_base_scores
 from gridrun.spec import load_spec
 from tests.conftest import ROOT, TINY
 from trainables.base_scores import base_entries, step0_base, timing_metrics
-from trainables.qlora_sft import eval_round, setup_eval, setup_model
+from trainables.evaluation import eval_round, setup_eval
+from trainables.qlora_sft import setup_model
 
 STUDIES = {  # one tiny study per evaluator
     "squad": "squad.yaml",

@@ -100,7 +100,8 @@ def test_untrained_adapter_reports_no_forgetting(tiny_spec, tiny_model_path, qua
     """At LoRA init (B = 0) a trial computes the function of the model it starts from, so forget/delta is 0 on
     every path: the baseline is measured on the same prepared model (peft's k-bit preparation recasts layers;
     measured on the raw base, nf4 and int8 with bfloat16 were off by 3e-4 and 1.1e-3)."""
-    from trainables.qlora_sft import compute_baselines, eval_round, setup_eval, setup_model
+    from trainables.evaluation import eval_round, setup_eval
+    from trainables.qlora_sft import compute_baselines, setup_model
 
     spec = tiny_spec.with_params({"model.quantization": quantization, "model.compute_dtype": dtype})
     base = compute_baselines(spec, ["probe"])
