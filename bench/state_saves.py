@@ -34,16 +34,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import steal_s  # noqa: E402
 
-#: The overrides of test_200_replayed_trials.
-OVERRIDES = [
-    "search.num_trials=200",
-    "data.train_size=64",
-    "train.epochs=2",
-    "train.eval_every=1",
-    "scheduler.grace_period=32",
-    "forgetting.budget=null",
-]
-
 
 def _instrument(saves: list[dict[str, Any]], held: list[float]) -> None:
     """Time every ``TuneController.checkpoint`` call that saved (most return at once, within Tune's period), noting
@@ -97,7 +87,7 @@ def arm(name: str) -> dict[str, Any]:
     from gridrun.builtin.tiny_model import ensure_tiny_general
     from gridrun.spec import load_spec
     from tests.conftest import FORGETTING, TINY
-    from tests.replay_trainable import replay_trainable
+    from tests.replay_trainable import MANY_TRIALS, replay_trainable
 
     ensure_tiny_general()
     gridrun.launch._trainable = replay_trainable(0.0, checkpoints=True)
@@ -111,7 +101,8 @@ def arm(name: str) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="gridrun-bench-saves-"))
     os.chdir(work)
     spec = load_spec(
-        FORGETTING, [*TINY, f"tracking.uri=sqlite:///{work}/mlruns.db", f"tracking.storage={work}/results", *OVERRIDES]
+        FORGETTING,
+        [*TINY, f"tracking.uri=sqlite:///{work}/mlruns.db", f"tracking.storage={work}/results", *MANY_TRIALS],
     )
     t0 = time.perf_counter()
     summary = gridrun.launch.launch(spec, quiet=True)

@@ -56,6 +56,18 @@ CURVES: list[tuple[float, list[list[float]]]] = [
 ]  # fmt: skip
 
 
+#: The 200-trial replay (test_drills' drill and bench/state_saves.py): 200 configs, eval every step, ASHA's grace
+#: past the first rounds, no forgetting budget.
+MANY_TRIALS = [
+    "search.num_trials=200",
+    "data.train_size=64",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "scheduler.grace_period=32",
+    "forgetting.budget=null",
+]
+
+
 def _at(rows: list[list[float]], progress: float) -> dict[str, float]:
     """The curve's values at ``progress``, linearly between recorded rounds (the first round before it)."""
     prev = rows[0]

@@ -23,7 +23,7 @@ import pytest
 
 from gridrun.tracking import MLflowTracker
 from tests.conftest import FORGETTING, TINY, copy_store
-from tests.replay_trainable import use_replay
+from tests.replay_trainable import MANY_TRIALS, use_replay
 
 pytestmark = pytest.mark.slow
 
@@ -111,16 +111,7 @@ def test_200_replayed_trials(tmp_path: Path, tiny_model_path: Path, mlflow_store
     monkeypatch.setattr("gridrun.tracking.MLflowTracker", TimedTracker)
     TimedTracker.reset()
     uri = f"sqlite:///{tmp_path}/mlruns.db"
-    spec = _spec(
-        tmp_path,
-        uri,
-        "search.num_trials=200",
-        "data.train_size=64",
-        "train.epochs=2",
-        "train.eval_every=1",
-        "scheduler.grace_period=32",
-        "forgetting.budget=null",
-    )
+    spec = _spec(tmp_path, uri, *MANY_TRIALS)
     me = psutil.Process()
     rss: list[tuple[int, float]] = []  # (trials finished, driver RSS in MiB)
     done = threading.Event()
