@@ -144,7 +144,7 @@ class VLLMGenerator(Generator):
         if est.total > planned.total:
             logger.warning(
                 "vLLM engine: its prompts (up to %d tokens with their answers) are longer than the %d the trial's GPU "
-                "share was planned for (data.max_seq_len + evaluate.max_new_tokens): it takes %s GiB, not %s",
+                "share was planned for (data.max_seq_len + the largest generation budget): it takes %s GiB, not %s",
                 est.max_model_len,
                 planned.max_model_len,
                 gib(est.total),

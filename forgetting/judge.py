@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from forgetting._base import Measure, TaskPrompts, register_measure
 from forgetting.baseline import fingerprint
 from gridrun.errors import GridrunError
+from gridrun.memory import JUDGE_MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec
@@ -76,7 +77,7 @@ class JudgeOptions(BaseModel):
     split: str = Field("train", description="hub split the questions are read from")
     revision: str | None = Field(None, description="hub dataset revision to pin")
     limit: int = Field(80, gt=0, description="questions asked: the first `limit`, in order")
-    max_new_tokens: int = Field(256, gt=0, description="tokens each answer may take")
+    max_new_tokens: int = Field(JUDGE_MAX_NEW_TOKENS, gt=0, description="tokens each answer may take")
     max_judge_tokens: int = Field(512, gt=0, description="tokens the judge's reply (explanation and rating) may take")
     extra_body: dict[str, Any] = Field(
         default_factory=dict,

@@ -31,12 +31,14 @@ from gridrun.spec import ExperimentSpec
 __all__ = [
     "CUDA_CONTEXT_BYTES",
     "HEADROOM",
+    "JUDGE_MAX_NEW_TOKENS",
     "Estimate",
     "GiB",
     "ModelShape",
     "estimate_memory",
     "estimate_trial_memory",
     "extreme_specs",
+    "generation_budgets",
     "gib",
     "loss_bytes",
 ]
@@ -60,6 +62,9 @@ KL_BATCH = 8
 MC_TOKENS = 256
 #: Evaluators that score teacher-forced answers instead of generating (no KV cache, full-length logits).
 SCORING_EVALUATORS = frozenset({"answer_loss"})
+#: New tokens the judge's answers may take where ``forgetting.options.judge.max_new_tokens`` is not set
+#: (``forgetting.judge.JudgeOptions`` defaults to it: the measure and the memory plans read one number).
+JUDGE_MAX_NEW_TOKENS = 256
 #: Per nf4 tensor besides its codes and scales: the nf4 code table, the absmax offset, the nested fp32 code table.
 _NF4_CONST = 64 + 4 + 1024
 
@@ -264,6 +269,20 @@ def _scoring_bytes(shape: ModelShape, tokens: int, act: int, forward: int) -> in
     return tokens * (shape.hidden * act + 20) + max(forward, tokens * (shape.hidden * act + 28) + chunk)
 
 
+def generation_budgets(spec: ExperimentSpec) -> dict[str, int]:
+    """New tokens each generating part of an eval round may take, by name: the task's evaluators
+    (``evaluate.max_new_tokens``, where one of them generates) and the judge's answers (``forgetting.measures``
+    holding ``judge``: its ``max_new_tokens``). Their prompts are assumed no longer than ``data.max_seq_len``."""
+    out: dict[str, int] = {}
+    if any(e not in SCORING_EVALUATORS for e in spec.evaluate.evaluators):
+        out["generation"] = spec.evaluate.max_new_tokens
+    if "judge" in spec.forgetting.measures:
+        given = (spec.forgetting.options.get("judge") or {}).get("max_new_tokens", JUDGE_MAX_NEW_TOKENS)
+        # a value that is no count is validate's to refuse (forgetting.options.judge.max_new_tokens), not this sum's
+        out["judge"] = given if isinstance(given, int) and given > 0 else JUDGE_MAX_NEW_TOKENS
+    return out
+
+
 def _eval_bytes(shape: ModelShape, spec: ExperimentSpec, act: int) -> tuple[int, str]:
     """The eval round's largest working set (no gradients), beyond the static weights, and its name; the
     logits are in ``act``'s dtype too (lm_head is fp32 under nf4/int8)."""
@@ -279,11 +298,12 @@ def _eval_bytes(shape: ModelShape, spec: ExperimentSpec, act: int) -> tuple[int,
     ev, fg, seq = spec.evaluate, spec.forgetting, spec.data.max_seq_len
     steps = {"probe": scoring(PROBE_BATCH * fg.seq_len)}
     # with evaluate.backend vllm the engine generates, in memory of its own (gridrun.vllm_memory)
-    if ev.backend != "vllm" and any(e not in SCORING_EVALUATORS for e in ev.evaluators):
-        # prompts assumed no longer than training examples; greedy decoding keeps only the last position's logits
-        length = seq + ev.max_new_tokens
+    for name, new_tokens in generation_budgets(spec).items() if ev.backend != "vllm" else ():
+        # prompts assumed no longer than training examples; greedy decoding keeps only the last position's logits;
+        # the judge's answers are generated in batches of evaluate.batch_size too
+        length = seq + new_tokens
         cache, mask = length * layers * kv, seq * length * act  # the padding mask made additive, one layer's
-        steps["generation"] = ev.batch_size * (cache + mask) + forward(ev.batch_size * seq)
+        steps[name] = ev.batch_size * (cache + mask) + forward(ev.batch_size * seq)
     if SCORING_EVALUATORS & set(ev.evaluators):
         steps["answer_loss"] = scoring(ev.batch_size * seq)
     if fg.mc:

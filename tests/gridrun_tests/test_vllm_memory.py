@@ -76,6 +76,30 @@ def test_training_estimates_are_unchanged_for_hf_and_lose_only_generation_with_v
     )
 
 
+def test_the_judges_answers_are_planned_for_with_their_own_budget() -> None:
+    """The judge measure generates answers of up to its own ``max_new_tokens`` (256 unless set): the engine's
+    context and the HF generation step are planned for the longer of its budget and the task's."""
+    judge = {"url": "http://127.0.0.1:9/v1", "model": "judge"}
+    data, ev = {"max_seq_len": 1000}, {**VLLM, "max_new_tokens": 64}
+
+    def spec(options: dict | None, backend: str = "vllm"):
+        forgetting = {"measures": ["judge"], "options": {"judge": options}} if options is not None else {}
+        return _spec(data=data, evaluate={**ev, "backend": backend}, forgetting=forgetting)
+
+    assert estimate_engine(Q7, spec(None)).max_model_len == 1000 + 64  # the task's budget alone
+    assert estimate_engine(Q7, spec(judge)).max_model_len == 1000 + 256  # the judge's default, unset
+    assert estimate_engine(Q7, spec({**judge, "max_new_tokens": 600})).max_model_len == 1000 + 600
+    assert estimate_engine(Q7, spec({**judge, "max_new_tokens": 32})).max_model_len == 1000 + 64  # the larger one
+    assert estimate_engine(Q7, spec(judge), tokens=700).max_model_len == 700  # the trial's reserved prompts win
+    # the HF backend generates the judge's answers in the trial's own memory: a KV cache for 1000 + 600 tokens
+    hf_task, hf_judge = spec(None, "hf"), spec({**judge, "max_new_tokens": 600}, "hf")
+    a, b = estimate_trial_memory(Q7, hf_task), estimate_trial_memory(Q7, hf_judge)
+    assert (a.eval_kind, b.eval_kind) == ("generation", "judge")
+    kv = 28 * 2 * 4 * 128 * 2  # one token's K and V in every layer, bf16 (compute_dtype auto on a GPU)
+    mask = 1000 * 2  # one prompt token's row of the additive padding mask, per generated position
+    assert b.eval - a.eval == 16 * (600 - 64) * (kv + mask)
+
+
 def test_the_search_space_is_planned_at_its_most_expensive_engine() -> None:
     space = {
         "evaluate.batch_size": {"type": "int", "low": 4, "high": 64},
