@@ -36,7 +36,7 @@ def mem_estimate(spec: ExperimentSpec, config: dict[str, Any]) -> dict[str, floa
 def oom_error(spec: ExperimentSpec, message: str, gpu_bytes: int, peak: int) -> GridrunError:
     """The one-line error of a trial that ran out of its GPU share: the share, the estimate, the measured peak
     and torch's 'Tried to allocate ...'."""
-    from gridrun.gpu_share import oom_message
+    from gridrun.gpu_share import engine_beside, oom_message
     from gridrun.memory import estimate_trial_memory
     from gridrun.model_config import model_config
 
@@ -48,4 +48,6 @@ def oom_error(spec: ExperimentSpec, message: str, gpu_bytes: int, peak: int) -> 
         estimate = None
     asked = re.search(r"Tried to allocate [\d.]+ \w+", message)
     detail = asked.group(0) if asked else ""
-    return GridrunError(oom_message(1.0 if gpu == "auto" else min(gpu, 1.0), gpu_bytes, estimate, peak, detail))
+    fraction = 1.0 if gpu == "auto" else min(gpu, 1.0)
+    beside = engine_beside(config, spec) if fraction < 1 else 0  # a whole GPU is not capped (cap_gpu_memory)
+    return GridrunError(oom_message(fraction, gpu_bytes, estimate, peak, detail, beside))

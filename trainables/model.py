@@ -9,7 +9,7 @@ from typing import Any
 
 from gridrun.builtin import resolve_model
 from gridrun.errors import GridrunError
-from gridrun.spec import LoraSpec, ModelSpec
+from gridrun.spec import ExperimentSpec, LoraSpec, ModelSpec
 from trainables.precision import model_device, resolve
 
 __all__ = ["add_lora", "cap_gpu_memory", "load_base", "pick_device", "quiet_bnb_kernel_notice", "quiet_hf"]
@@ -70,17 +70,21 @@ def pick_device(gpu: float | str) -> str:
     return "cpu"
 
 
-def cap_gpu_memory(gpu: float | str) -> int:
-    """Cap torch's CUDA allocator at this trial's share of the GPU, less the CUDA context (outside the
-    allocator), so that the trials packed on one GPU fit side by side and one that outgrows its share gets an
-    OutOfMemoryError instead of its neighbours. A whole GPU (or more) is not capped. Returns the GPU's memory."""
+def cap_gpu_memory(spec: ExperimentSpec) -> int:
+    """Cap torch's CUDA allocator at this trial's share of the GPU (``resources.gpu``), less the CUDA context
+    (outside the allocator) and less its vLLM engine's part where the engine runs in a process of its own, so that
+    the trials packed on one GPU fit side by side and one that outgrows its share gets an OutOfMemoryError
+    instead of its neighbours or its engine. A whole GPU (or more) is not capped. Returns the GPU's memory."""
     import torch
 
-    from gridrun.gpu_share import allocator_fraction
+    from gridrun.gpu_share import allocator_fraction, engine_beside
+    from gridrun.model_config import model_config
 
+    gpu = spec.resources.gpu
     total = int(torch.cuda.get_device_properties(0).total_memory)
     if gpu != "auto" and 0 < float(gpu) < 1:
-        torch.cuda.set_per_process_memory_fraction(allocator_fraction(float(gpu), total))
+        beside = engine_beside(model_config(spec), spec)
+        torch.cuda.set_per_process_memory_fraction(allocator_fraction(float(gpu), total, beside))
     return total
 
 

@@ -69,7 +69,7 @@ def setup_model(spec: ExperimentSpec) -> tuple[Any, Any, str]:
 
     device = pick_device(spec.resources.gpu)
     if device == "cuda":
-        cap_gpu_memory(spec.resources.gpu)  # before loading: a trial that outgrows its share fails alone
+        cap_gpu_memory(spec)  # before loading: a trial that outgrows its share fails alone
         torch.cuda.reset_peak_memory_stats()  # perf/peak_mem_mb is this trial's, not a reused worker's earlier one's
     torch.manual_seed(spec.train.seed)
     base, tok = load_base(spec.model, device)

@@ -469,8 +469,30 @@ def test_oom_line_names_the_share_the_estimate_and_the_peak(tiny_spec) -> None:
     line = str(err)
     assert line.startswith("resources.gpu: the trial ran out of its share of the GPU, 0.25 of 80.0 GiB = 20.0 GiB")
     estimate = estimate_trial_memory(model_config(spec) or {}, spec).total
-    assert f"(estimated {gib(estimate)} GiB, measured peak 19.5 GiB; Tried to allocate 2.00 GiB)" in line
+    assert f"(training estimated {gib(estimate)} GiB, measured peak 19.5 GiB; Tried to allocate 2.00 GiB)" in line
     assert oom_message(0.5, 80 * GiB, None, 0).count("no estimate") == 1
+    line = oom_message(0.25, 80 * GiB, 10 * GiB, 11 * GiB, beside=8 * GiB)
+    assert "= 20.0 GiB, 8.0 GiB of it the vLLM engine's (training estimated 10.0 GiB, measured peak 11.0" in line
+
+
+def test_a_vllm_engine_in_its_own_process_is_left_out_of_the_trials_allocator_cap(monkeypatch) -> None:
+    from gridrun.gpu_share import engine_beside
+    from gridrun.vllm_memory import estimate_engine_memory
+
+    config = {**QWEN_7B, "max_position_embeddings": 32768}
+    hf = _spec(model={"quantization": "nf4"}, evaluate={"batch_size": 16}, resources={"gpu": 0.25})
+    vllm = hf.with_params({"evaluate.backend": "vllm"})
+    engine = estimate_engine_memory(config, vllm)
+    assert engine is not None and engine.total > 4 * GiB
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # vLLM's default: the engine core apart
+    assert engine_beside(config, vllm) == engine.total
+    assert allocator_fraction(0.25, 80 * GiB, engine.total) * 80 * GiB == pytest.approx(
+        20 * GiB - 512 * 2**20 - engine.total
+    )
+    assert engine_beside(config, hf) == 0  # HF generates inside the capped process
+    assert engine_beside(None, vllm) == 0  # no config, no estimate: as the share was planned
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in the trial's process: its allocator's
+    assert engine_beside(config, vllm) == 0
 
 
 # ----------------------------------------------------------------------------------------- validate
