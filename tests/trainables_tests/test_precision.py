@@ -24,8 +24,12 @@ def capability(monkeypatch):
     """Set what torch says about bf16 support and whether flash_attn is importable."""
 
     def set_(bf16: bool, flash: bool = False) -> None:
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+        # torch's default (emulation included) says yes on any CUDA GPU: only the native answer counts
+        monkeypatch.setattr(
+            torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 or including_emulation
+        )
         monkeypatch.setattr("gridrun.precision.flash_attn_installed", lambda: flash)
+        monkeypatch.setattr("gridrun.precision.cuda_capability", lambda: (8, 0) if bf16 else (7, 5))  # A100, T4
         bf16_supported.cache_clear()
 
     yield set_
@@ -38,7 +42,7 @@ def capability(monkeypatch):
         ("cuda", True, False, "bfloat16", "sdpa"),  # Ampere and later
         ("cuda", False, False, "float16", "sdpa"),  # pre-Ampere: no bf16
         ("cuda", True, True, "bfloat16", "flash_attention_2"),
-        ("cuda", False, True, "float16", "flash_attention_2"),
+        ("cuda", False, True, "float16", "sdpa"),  # pre-Ampere: FlashAttention-2 has no kernels there
         ("cpu", True, True, "float32", "sdpa"),  # CPU trials compute as before, no flash kernels
     ],
 )
@@ -70,6 +74,13 @@ def test_bad_values_are_one_line(capability, tmp_path) -> None:
         precision.resolve(flash, "cpu")
     with pytest.raises(GridrunError, match="needs compute_dtype bfloat16 or float16"):
         precision.resolve(_model(attn_implementation="flash_attention_2", compute_dtype="float32"), "cuda")
+    capability(False, flash=True)  # a T4: float16, and no FlashAttention-2 kernels
+    with pytest.raises(GridrunError) as e:
+        precision.resolve(_model(attn_implementation="flash_attention_2"), "cuda")
+    assert str(e.value) == (
+        "model.attn_implementation: flash_attention_2 runs on Ampere or newer GPUs (compute capability 8.0+); "
+        "this GPU is 7.5: use sdpa (or auto)"
+    )
 
 
 def test_validate_refuses_flash_attention_without_flash_attn(tiny_spec, capability) -> None:
