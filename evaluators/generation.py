@@ -32,6 +32,7 @@ __all__ = [
     "check_backend",
     "cut_at_stop",
     "generate",
+    "stop_token_ids",
 ]
 
 
@@ -181,6 +182,10 @@ class HFGenerator(Generator):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         device = next(p.device for p in model.parameters())
         extra: dict[str, Any] = {"cache_implementation": "static"} if device.type == "cuda" else {}
+        # greedy means greedy: the penalties a hub model's generation config sets for chat sampling (Qwen2.5-Instruct:
+        # repetition_penalty) apply to greedy decoding in transformers, and vLLM, given explicit sampling
+        # parameters, applies none of them; the two backends score alike only without them
+        extra |= {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
         if settings.stop:
             extra |= {"stop_strings": list(settings.stop), "tokenizer": tokenizer}
         out: dict[int, str] = {}
@@ -193,7 +198,7 @@ class HFGenerator(Generator):
                             attention_mask=enc["attention_mask"].to(device),
                             max_new_tokens=settings.max_new_tokens,
                             do_sample=not settings.greedy,
-                            eos_token_id=tokenizer.eos_token_id,
+                            eos_token_id=stop_token_ids(model, tokenizer),
                             pad_token_id=pad,
                             **extra,
                         )
@@ -205,6 +210,16 @@ class HFGenerator(Generator):
             if was_training:
                 model.train()
         return [out[i] for i in range(len(prompts))]
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokens that end a completion, for every backend alike: the tokenizer's end of sequence and each one the
+    model's generation config names (Qwen2.5-Instruct's: ``<|im_end|>`` and ``<|endoftext|>``; vLLM stops at the
+    config's too, and transformers, given ``eos_token_id``, at those only)."""
+    ids = [tokenizer.eos_token_id]
+    config_ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += config_ids if isinstance(config_ids, list | tuple) else [config_ids]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:

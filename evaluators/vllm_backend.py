@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evaluators.generation import GenerationSettings, Generator
+from evaluators.generation import GenerationSettings, Generator, stop_token_ids
 from gridrun.builtin import resolve_model
 from gridrun.errors import GridrunError
 from gridrun.memory import gib
@@ -199,7 +199,7 @@ class VLLMGenerator(Generator):
             max_tokens=settings.max_new_tokens,
             stop=list(settings.stop) or None,
             include_stop_str_in_output=True,  # the completion ends with it, as the HF backend's (cut_at_stop)
-            stop_token_ids=[tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else None,
+            stop_token_ids=stop_token_ids(model, tokenizer) or None,  # the HF backend's, for the same completions
             skip_special_tokens=True,
         )
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from evaluators import GenerationSettings, Generator, HFGenerator, build_evaluator
+from evaluators.generation import stop_token_ids
 from gridrun.errors import GridrunError
 
 
@@ -145,6 +146,32 @@ def test_stop_strings_end_a_completion(trained_like: tuple[Any, Any, list[str]])
     assert cut != full
     for f, c in zip(full, cut, strict=True):
         assert c == (f[: f.index(" ") + 1] if " " in f else f)  # up to and including the first stop string
+
+
+def test_greedy_ignores_the_models_penalties_and_stops_at_every_end_token_it_names(
+    trained_like: tuple[Any, Any, list[str]],
+) -> None:
+    """A hub model's generation config (Qwen2.5-Instruct's) sets a repetition penalty for chat sampling and names
+    two end tokens: greedy completions are the plain argmax ones, and end at either token (vLLM's rule too)."""
+    model, tok, prompts = trained_like
+    settings = GenerationSettings(max_new_tokens=24)
+    plain = HFGenerator().generate(model, tok, prompts[:4], settings)
+    config = model.generation_config
+    kept = (config.repetition_penalty, config.no_repeat_ngram_size, config.eos_token_id)
+    try:
+        config.repetition_penalty, config.no_repeat_ngram_size = 5.0, 2
+        assert HFGenerator().generate(model, tok, prompts[:4], settings) == plain
+        config.repetition_penalty, config.no_repeat_ngram_size = kept[:2]
+        # the model's config names a second end token: the second token of the first completion
+        ids = tok(plain[0], add_special_tokens=False)["input_ids"]
+        assert len(ids) > 3 and ids[1] != tok.eos_token_id
+        config.eos_token_id = [tok.eos_token_id, ids[1]]
+        assert stop_token_ids(model, tok) == [tok.eos_token_id, ids[1]]
+        first = HFGenerator().generate(model, tok, prompts[:1], settings)[0]
+        assert first == tok.decode(ids[:2], skip_special_tokens=True)
+    finally:
+        config.repetition_penalty, config.no_repeat_ngram_size, config.eos_token_id = kept
+    assert stop_token_ids(model, tok) == [tok.eos_token_id]
 
 
 class Recording(Generator):
