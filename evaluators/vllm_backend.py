@@ -18,6 +18,8 @@ import gc
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,31 @@ def _gpu_bytes() -> int:
     import torch
 
     return int(torch.cuda.get_device_properties(0).total_memory)
+
+
+def _gpu_id() -> str:
+    """This trial's GPU, the same name in every process of the node (Ray maps the trial's GPU to device 0)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "none"
+    return str(getattr(torch.cuda.get_device_properties(0), "uuid", "0"))
+
+
+@contextmanager
+def _engine_start(gpu: str) -> Iterator[None]:
+    """One vLLM engine starting at a time per GPU, across the trials packed on it. vLLM sizes its KV cache from
+    the GPU's free memory before and after its profiling run: a neighbour's engine starting (or memory freed) in
+    between is counted against it (its cache shrinks, or the start fails with no memory left for cache blocks).
+    Trials packed on one GPU reach their first eval round together, so their engines would start together.
+    The cached blocks this process's torch freed count as used in vLLM's check: they are given back first."""
+    import torch
+    from filelock import FileLock
+
+    with FileLock(str(Path(tempfile.gettempdir()) / f"gridrun-vllm-start-{gpu}.lock")):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        yield
 
 
 def _adapter_state(model: Any) -> tuple[tuple[int, int], ...] | None:
@@ -167,7 +194,8 @@ class VLLMGenerator(Generator):
                     self.engine_args["gpu_memory_utilization"],
                     self.engine_args["max_model_len"],
                 )
-            self._llm = LLM(**self.engine_args)
+            with _engine_start(_gpu_id()):
+                self._llm = LLM(**self.engine_args)
         return self._llm
 
     def _lora_request(self, model: Any) -> Any:

@@ -90,6 +90,43 @@ def test_rank_caps() -> None:
         lora_rank_cap(600)
 
 
+def test_engines_on_one_gpu_start_one_at_a_time(
+    fake_vllm: type[FakeLLM], tiny_spec: Any, capability: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two trials' engines starting together on one GPU (threads here; the lock is a file, so processes alike):
+    vLLM's free-memory profiling would count one against the other, so the second waits for the first."""
+    import tempfile
+    import threading
+    import time
+
+    import evaluators.vllm_backend
+    from trainables.qlora_sft import setup_model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    capability(True)
+    starting, overlaps = [0], []
+
+    class SlowLLM(FakeLLM):
+        def __init__(self, **kwargs: Any) -> None:
+            starting[0] += 1
+            overlaps.append(starting[0])
+            time.sleep(0.3)  # vLLM's load and profiling run
+            starting[0] -= 1
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(sys.modules["vllm"], "LLM", SlowLLM)
+    spec = tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.25, "lora.r": 4})
+    model, _, _ = setup_model(tiny_spec.with_params({"lora.r": 4}))
+    gens = [build_generator(spec), build_generator(spec)]
+    threads = [threading.Thread(target=g._engine, args=(model,)) for g in gens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fake_vllm.made) == 2 and overlaps == [1, 1]  # both started, never two at once
+    assert (tmp_path / f"gridrun-vllm-start-{evaluators.vllm_backend._gpu_id()}.lock").exists()
+
+
 def test_plumbing(fake_vllm: type[FakeLLM], tiny_spec: Any, capability: Any) -> None:
     import torch
 
