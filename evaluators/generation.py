@@ -181,7 +181,11 @@ class HFGenerator(Generator):
             model.eval()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         device = next(p.device for p in model.parameters())
-        extra: dict[str, Any] = {"cache_implementation": "static"} if device.type == "cuda" else {}
+        # on CUDA a static cache, without transformers' auto-compile of the forward it would trigger for an
+        # unquantized base: each eval round's other batch shapes and adapter on/off recompile (minutes a round)
+        extra: dict[str, Any] = (
+            {"cache_implementation": "static", "disable_compile": True} if device.type == "cuda" else {}
+        )
         # greedy means greedy: the penalties a hub model's generation config sets for chat sampling (Qwen2.5-Instruct:
         # repetition_penalty) apply to greedy decoding in transformers, and vLLM, given explicit sampling
         # parameters, applies none of them; the two backends score alike only without them

@@ -129,8 +129,8 @@ class VLLMGenerator(Generator):
             "max_loras": 1,
             "seed": spec.train.seed,
         }
-        if m.revision:
-            args["revision"] = m.revision
+        if m.revision:  # the tokenizer's too: vLLM reads it from the default branch otherwise
+            args["revision"] = args["tokenizer_revision"] = m.revision
         if m.quantization == "nf4":
             args["quantization"] = "bitsandbytes"  # vLLM's in-flight 4-bit quantization of the same base
         elif m.quantization == "int8":

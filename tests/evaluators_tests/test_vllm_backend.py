@@ -301,6 +301,17 @@ def test_vllm_gets_the_dtype_the_trial_resolves(
     gen.close()
 
 
+def test_a_pinned_revision_pins_the_tokenizer_too(fake_vllm: type[FakeLLM], tiny_spec: Any, capability: Any) -> None:
+    capability(True)
+    spec = tiny_spec.with_params({"evaluate.backend": "vllm", "resources.gpu": 0.5})
+    gen = build_generator(spec)
+    assert "revision" not in gen.engine_args and "tokenizer_revision" not in gen.engine_args
+    gen.close()
+    gen = build_generator(spec.with_params({"model.revision": "a1b2c3"}))
+    assert gen.engine_args["revision"] == gen.engine_args["tokenizer_revision"] == "a1b2c3"
+    gen.close()
+
+
 class ShutdownLLM(FakeLLM):
     """A vLLM with ``LLM.shutdown()``."""
 
