@@ -12,7 +12,15 @@ from gridrun.errors import GridrunError
 from gridrun.spec import ExperimentSpec, LoraSpec, ModelSpec
 from trainables.precision import model_device, resolve
 
-__all__ = ["add_lora", "cap_gpu_memory", "load_base", "pick_device", "quiet_bnb_kernel_notice", "quiet_hf"]
+__all__ = [
+    "add_lora",
+    "cap_gpu_memory",
+    "load_base",
+    "pick_device",
+    "prepare_base",
+    "quiet_bnb_kernel_notice",
+    "quiet_hf",
+]
 
 
 class _DropMessage(logging.Filter):
@@ -128,8 +136,8 @@ def load_base(model: ModelSpec, device: str) -> tuple[Any, Any]:
     return base, tok
 
 
-def add_lora(base: Any, lora: LoraSpec, model: ModelSpec) -> Any:
-    """Wrap ``base`` with a fresh LoRA adapter (initialised from the current torch RNG state).
+def prepare_base(base: Any, model: ModelSpec) -> Any:
+    """The loaded base as trials compute with it (training, and ``evaluate_adapter`` re-scoring their adapters).
 
     Under 4/8-bit quantization peft's k-bit preparation upcasts the embeddings, norms and head to float32, which
     keeps the residual stream in float32 whatever autocast does (bitsandbytes returns a projection's output in its
@@ -137,10 +145,19 @@ def add_lora(base: Any, lora: LoraSpec, model: ModelSpec) -> Any:
     of every model); with bfloat16 (float32's range) the base stays as loaded, so the residual stream and the
     logits are bfloat16: the norms still compute their statistics in float32 and the loss upcasts the logits.
     """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
 
     if model.quantization != "none" and resolve(model, model_device(base)).dtype != "bfloat16":
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    return base
+
+
+def add_lora(base: Any, lora: LoraSpec, model: ModelSpec) -> Any:
+    """Wrap ``base``, prepared as trials compute with it (:func:`prepare_base`), with a fresh LoRA adapter
+    (initialised from the current torch RNG state)."""
+    from peft import LoraConfig, get_peft_model
+
+    base = prepare_base(base, model)
     if model.gradient_checkpointing:
         # transformers' current name (gradient_checkpointing_enable is deprecated) and torch's non-reentrant
         # checkpoint: it needs no input that requires grad, and torch warns when use_reentrant is left unset

@@ -29,7 +29,7 @@ from trainables.base_scores import step0_base
 from trainables.data import collate, subsample
 from trainables.evaluation import eval_round, setup_eval
 from trainables.gpu_memory import mem_estimate, oom_error, peak_mem_mb
-from trainables.model import add_lora, cap_gpu_memory, load_base, pick_device, quiet_hf
+from trainables.model import add_lora, cap_gpu_memory, load_base, pick_device, prepare_base, quiet_hf
 from trainables.precision import autocast, grad_scaler, optimizer_step, resolve, resolved_spec
 from trainables.tokenized import TrainSet, examples, load_train_set
 
@@ -300,7 +300,8 @@ def evaluate_adapter(
         baseline = cached_baselines(spec, compute_baselines)[0]
     torch.manual_seed(spec.train.seed)
     base, tok = load_base(spec.model, pick_device(spec.resources.gpu))
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    # prepared as the trial's base was (float16 and float32 compute upcast a 4-bit base's norms, embeddings, head)
+    model = PeftModel.from_pretrained(prepare_base(base, spec.model), str(adapter_dir))
     model.eval()
     ctx = setup_eval(spec, tok, baseline)
     try:

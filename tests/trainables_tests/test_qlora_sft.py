@@ -128,11 +128,26 @@ def test_non_finite_loss_reports_at_once_and_ends_the_trial(tiny_spec, baseline)
     assert NonFiniteLoss(reasons)("t1", last) and reasons == {"t1": "non-finite loss"}
 
 
-def test_evaluate_adapter_reproduces_every_metric_of_its_checkpoint(tiny_spec, tmp_path: Path) -> None:
+def test_evaluate_adapter_reproduces_every_metric_of_its_checkpoint(tiny_spec, tmp_path: Path, monkeypatch) -> None:
     """A saved adapter re-scored by evaluate_adapter gives the trial's numbers at that checkpoint, including the
-    weighted task metric, the multiple-choice forgetting measures and the objective."""
+    weighted task metric, the multiple-choice forgetting measures and the objective; its base is prepared as the
+    trial's was (float16 compute upcasts a 4-bit base's norms: on CPU they are float32 already, so it is counted)."""
+    import importlib
+
+    import trainables.model
     from forgetting import cached_baselines
     from trainables.qlora_sft import compute_baselines, evaluate_adapter
+
+    prepared: list[str] = []
+    real_prepare = trainables.model.prepare_base
+
+    def prepare(base, model):
+        prepared.append(model.name)
+        return real_prepare(base, model)
+
+    monkeypatch.setattr(trainables.model, "prepare_base", prepare)
+    # the module (the package exports its function under the same name)
+    monkeypatch.setattr(importlib.import_module("trainables.qlora_sft"), "prepare_base", prepare)
 
     spec = _trial(tiny_spec).model_copy(deep=True)
     spec = spec.with_params(
@@ -146,7 +161,9 @@ def test_evaluate_adapter_reproduces_every_metric_of_its_checkpoint(tiny_spec, t
     base = cached_baselines(spec, compute_baselines)[0]
     saved = tmp_path / "ckpt"
     reported = run(spec, base, lambda m, d: shutil.copytree(d, saved, dirs_exist_ok=True))
+    prepared.clear()
     again = evaluate_adapter(spec, saved / "adapter")  # base scores from the cache, as a user would
+    assert prepared == [spec.model.name]
     keys = [k for k in reported if k.startswith(("task/", "forget/")) or k == "objective"]
     assert {
         "task/weighted",
