@@ -27,7 +27,8 @@ bench only (``bench/forced_samplers.py``).
     python bench/search_levers.py --stage screen --screen-table bench/replay/table_ungrouped.csv
     python bench/search_levers.py --stage confirm    # the saved screen's pick, on table.csv
 
-Merges ``default_goal`` into ``bench/results/search_efficiency.json``.
+Merges ``default_goal`` into ``bench/results/search_efficiency.json`` (``--key`` another name: e.g. the same stages on
+``table_eval128.csv``, the grid recorded with 128 eval prompts, under ``default_goal_eval128``).
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def noise_floor(table: Table, spec: Any, target: float, grid: int, default_runs:
     k = statistics.median(trials)
     out: dict[str, Any] = {
         "tolerance": round(TOLERANCE * abs(best), 4),
-        "format_success_step": 1 / spec.data.eval_size,
+        "format_success_step": 1 / _eval_prompts(table),
         "configs_within_2pct": [str(c) for c in hits],
         "prior_share_within_2pct": round(p, 4),
         "trials_started_by_15pct_grid": _percentiles([float(t) for t in trials]),
@@ -252,6 +253,11 @@ def noise_floor(table: Table, spec: Any, target: float, grid: int, default_runs:
     out["same_grid_other_batch_order"] = _paired(table, target)
     out["demo_values_by_tolerance"] = _tolerances(table)
     return out
+
+
+def _eval_prompts(table: Table) -> int:
+    """The eval prompts a recording scored each round (``data/eval_samples``)."""
+    return int(float(next(iter(table.values()))[0]["data/eval_samples"]))
 
 
 def _tolerances(table: Table) -> dict[str, Any]:
@@ -281,6 +287,8 @@ def _paired(table: Table, target: float) -> dict[str, Any]:
     if not PREVIOUS.is_file():
         return {"note": f"{PREVIOUS.name} missing"}
     prev = load_table(PREVIOUS)
+    if _eval_prompts(prev) != _eval_prompts(table):  # another eval set: the difference would not be a re-run's
+        return {"note": f"{PREVIOUS.name} scored {_eval_prompts(prev)} eval prompts, this table {_eval_prompts(table)}"}
     pairs = {k: (max(r["objective"] for r in rows), max(r["objective"] for r in prev[k])) for k, rows in table.items()}
     learned = {k: v for k, v in pairs.items() if max(v) > 0.5}  # configs that learn the format in either recording
     diffs = [abs(a - b) for a, b in learned.values()]
@@ -310,9 +318,12 @@ def _trials_by(spec: Any, table: Table, budget: float) -> list[int]:
 
 def _reruns(table: Table, target: float) -> dict[str, Any]:
     """Re-runs of top configs with other training seeds: their best objective, and whether it is within 2%."""
-    files = sorted(RERUNS.glob("seed*.csv"))
+    files = [f for f in sorted(RERUNS.glob("seed*.csv")) if _eval_prompts(load_table(f)) == _eval_prompts(table)]
     if not files:
-        return {"note": "none recorded (bench/replay/record.py --set train.seed=K --only ... --out reruns/seedK.csv)"}
+        return {
+            "note": f"none recorded with {_eval_prompts(table)} eval prompts (bench/replay/record.py --set "
+            "train.seed=K --only ... --out reruns/seedK.csv)"
+        }
     runs: dict[str, dict[str, float]] = {}
     for f in files:
         with f.open() as fh:
@@ -351,6 +362,7 @@ def main() -> None:
         help="confirm: the saved screens' picks; bound: a sampler that knows the best cell after its startup trials",
     )
     ap.add_argument("--out", type=Path, default=RESULTS / "search_efficiency.json")
+    ap.add_argument("--key", default="default_goal", help="the key of --out the stages merge into")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--levers", choices=["all", "samplers"], default="all", help="samplers: SAMPLER_LEVERS only")
     args = ap.parse_args()
@@ -360,7 +372,7 @@ def main() -> None:
     t0 = time.perf_counter()
     done = json.loads(args.out.read_text()) if args.out.is_file() else {}
     # merged into what earlier stages wrote: the sampler screen and the TPE/ASHA one are kept side by side
-    out = done.get("default_goal", {})
+    out = done.get(args.key, {})
     screen_key = "screen" if args.levers == "all" else "sampler_screen"
     out["goal"] = f"within {TOLERANCE:.0%} of the table's best in >= {GOAL:.0%} of seeds by {LIMIT} of grid compute"
     if args.stage in ("all", "screen"):
@@ -413,7 +425,7 @@ def main() -> None:
         }
     out[f"wall_s_{screen_key if args.stage == 'screen' else args.stage}"] = round(time.perf_counter() - t0, 1)
     done = json.loads(args.out.read_text()) if args.out.is_file() else {}  # read again: others may have written
-    done["default_goal"] = _finite(out)
+    done[args.key] = _finite(out)
     args.out.write_text(json.dumps(done, indent=2) + "\n")
     print(json.dumps(_finite({k: v for k, v in out.items() if k != "screen"}), indent=1))
     print(f"picks on the tuning seeds: {[out[k]['pick'] for k in SCREENS if k in out]}; wrote {args.out}")

@@ -9,6 +9,7 @@ curve is recorded to its end, so any scheduler can be replayed over it. Each eva
 
     python bench/replay/record.py                      # the committed grid (about 30 minutes on 2 cores)
     python bench/replay/record.py --limit 2 --out /tmp/t.csv   # time two configs first
+    python bench/replay/record.py --set data.eval_size=128 --out bench/replay/table_eval128.csv  # 128 eval prompts
     python bench/replay/record.py --set train.seed=1 --only '[{"train.lr": 0.0008326, "lora.r": 16,
         "data.sample_ratio": 0.625}]' --out bench/replay/reruns/seed1.csv   # re-runs with another training seed
 """
@@ -152,18 +153,20 @@ def main() -> None:
     todo = [c for c in configs if (c["train.lr"], c["lora.r"], c["data.sample_ratio"]) not in done]
     todo.sort(key=lambda c: -c["data.sample_ratio"])  # the long ones first: the pool ends with short ones
     todo = todo[: args.limit] if args.limit else todo
+    meta = {
+        "spec": "search_spaces/forgetting.yaml",
+        "overrides": [*OVERRIDES, *args.extra],
+        "baseline": baseline.to_json(),
+        "grid": {"train.lr": [float(f"{x:.4g}") for x in LRS], "lora.r": RANKS, "data.sample_ratio": RATIOS},
+    }
     if args.out == HERE / "table.csv":
         (HERE / "record_spec.yaml").write_text(
             "# written by bench/replay/record.py: the demo spec with its overrides; the grid is in record_meta.json\n"
             + __import__("yaml").safe_dump(spec.model_dump(mode="json"), sort_keys=False)
         )
-        meta = {
-            "spec": "search_spaces/forgetting.yaml",
-            "overrides": [*OVERRIDES, *args.extra],
-            "baseline": baseline.to_json(),
-        }
-        meta["grid"] = {"train.lr": [float(f"{x:.4g}") for x in LRS], "lora.r": RANKS, "data.sample_ratio": RATIOS}
         (HERE / "record_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    elif not args.only:  # another recording of the grid (e.g. --set data.eval_size=128): its overrides beside it
+        args.out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     print(f"[record] {len(todo)} configs to run ({len(done)} done), {args.workers} at a time", flush=True)
     new = not args.out.is_file()
