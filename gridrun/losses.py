@@ -53,16 +53,34 @@ def _inner(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _head(model: Any) -> tuple[Any, Any]:
-    """(the LM head module, a function applying the model's post-processing of logits to the head's output)."""
+def _head(model: Any, float32: bool = False) -> tuple[Any, Any]:
+    """(the LM head module, a function applying the model's post-processing of logits to the head's output).
+
+    ``float32``: a plain ``nn.Linear`` head computes in float32 even where it would not (under a 16-bit autocast,
+    or a 16-bit head): its input upcast, its weight upcast once (kept for the caller's chunks), autocast off for
+    its matmul. Elsewhere (float32 already, or a head peft wraps) it is the head itself."""
+    import torch
+
     inner = _inner(model)
     head = inner.get_output_embeddings()
     cfg = inner.config
     cap = getattr(cfg, "final_logit_softcapping", None)  # Gemma 2/3
     scale = getattr(cfg, "logit_scale", None)  # Cohere
+    upcast: list[Any] = []  # the head's float32 weight and bias, made at the first call that needs them
+
+    def project(h: Any) -> Any:
+        plain = float32 and type(head) is torch.nn.Linear
+        if not plain or (
+            h.dtype == head.weight.dtype == torch.float32 and not torch.is_autocast_enabled(h.device.type)
+        ):
+            return head(h)
+        if not upcast:
+            upcast.extend([head.weight.float(), None if head.bias is None else head.bias.float()])
+        with torch.autocast(h.device.type, enabled=False):
+            return torch.nn.functional.linear(h.float(), *upcast)
 
     def logits(h: Any) -> Any:
-        out = head(h)
+        out = project(h)
         if scale is not None:
             out = out * scale
         if cap is not None:
@@ -152,7 +170,9 @@ def forward_kl_sum(model: Any, inputs: Mapping[str, Any], mask: Any, chunk: int 
         with model.disable_adapter():
             base = hidden_states(model, inputs)[where]
         tuned = hidden_states(model, inputs)[where]
-        head, logits = _head(model)
+        # the head in float32 under a 16-bit autocast too: 16-bit logits round each by up to 2^-9 of its size
+        # (0.03 at a logit of 16), which puts a positive floor under the KL far above a lightly trained adapter's
+        head, logits = _head(model, float32=True)
         # the head's own adapter off too, where LoRA targets lm_head; a plain Linear head has none, and switching
         # the adapter off walks the whole model, so it is done per chunk only where the head has one
         off = nullcontext if type(head) is torch.nn.Linear else model.disable_adapter

@@ -310,7 +310,9 @@ def _eval_bytes(shape: ModelShape, spec: ExperimentSpec, act: int) -> tuple[int,
         steps["mc"] = scoring(MC_BATCH * MC_TOKENS)
     if "kl" in fg.measures:  # base and tuned hidden states and rows, one chunk of both in float64 (five copies)
         tokens = KL_BATCH * max(seq, fg.seq_len)
-        steps["kl"] = tokens * 2 * (2 * h * act + 8) + max(forward(tokens), min(KL_CHUNK, tokens) * v * (40 + act))
+        # the head computes in float32 here (losses._head): a 16-bit head's weight is upcast once, logits are float32
+        head32 = 0 if act == 4 else v * h * 4
+        steps["kl"] = tokens * 2 * (2 * h * act + 8) + head32 + max(forward(tokens), min(KL_CHUNK, tokens) * v * 44)
     kind = max(steps, key=lambda k: steps[k])
     return steps[kind], kind
 

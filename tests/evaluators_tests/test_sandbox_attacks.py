@@ -258,7 +258,8 @@ def g():
     page = os.sysconf("SC_PAGE_SIZE")
     # many small files fill the 1 MiB folder a page each; fallocate past file_mb, or past what is left, fails
     assert observe(code, Limits(file_mb=1)) == [(1 << 20) // page, "ENOSPC", "EFBIG", "ok", "ENOSPC"]
-    assert {x for x in set(os.listdir(tempfile.gettempdir())) - before if x.startswith("gridrun")} == set()
+    # the sandbox's own folders only: the suite's other worker writes trials' checkpoint folders there meanwhile
+    assert {x for x in set(os.listdir(tempfile.gettempdir())) - before if x.startswith("gridrun-sandbox-")} == set()
 
 
 # ---- raw system calls ----

@@ -110,3 +110,26 @@ def test_a_model_without_an_adapter_is_one_line(kl_spec) -> None:
     base, tok = load_base(kl_spec.model, "cpu")
     with pytest.raises(GridrunError, match=r"forgetting.kl: the model has no peft adapter"):
         mean_forward_kl(base, _sequences(tok), tok.eos_token_id)
+
+
+def test_under_a_16_bit_autocast_the_kl_head_computes_in_float32(kl_spec) -> None:
+    """On a GPU the eval round runs under bfloat16 autocast: the KL's logits are the head's float32 product of the
+    hidden states (not 16-bit logits, whose rounding puts a floor under the KL), and an untrained adapter is still
+    exactly 0."""
+    from gridrun.losses import _head, hidden_states
+    from trainables.qlora_sft import setup_model
+
+    model, tok, _ = setup_model(kl_spec)
+    ids = torch.tensor([_sequences(tok)[1]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        h = hidden_states(model, {"input_ids": ids})[0]
+        head, exact = _head(model, float32=True)
+        native = _head(model)[1](h)
+        got = exact(h)
+    with torch.no_grad():
+        want = torch.nn.functional.linear(h.float(), head.weight.float())
+    assert native.dtype == torch.bfloat16 and got.dtype == torch.float32
+    assert torch.equal(got, want)  # bit for bit the float32 product
+    assert not torch.equal(native.float(), want)  # the 16-bit one is rounded
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mean_forward_kl(model, _sequences(tok), tok.eos_token_id) == 0.0

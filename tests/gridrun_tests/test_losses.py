@@ -163,15 +163,33 @@ def test_token_logprobs_and_nll_equal_full_logits(model: Any, chunk: int, make: 
     assert _rel(total, float(want)) < 1e-6
 
 
+def _float32_logits(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    """The full logits with the head's product in float32 (as the KL computes it): the decoder's final (normed)
+    hidden states, which the model feeds its head, times the head's weight, both upcast, outside any autocast (a
+    head with its own adapter as it is). For a float32 head it is ``model(...).logits`` itself (checked below)."""
+    inner = model.get_base_model()
+    with torch.no_grad():
+        h = inner.get_decoder()(**inputs, use_cache=False).last_hidden_state
+        head = inner.get_output_embeddings()
+        if type(head) is not torch.nn.Linear:  # a head peft wraps (LoRA on lm_head) computes as it does
+            return head(h)
+        with torch.autocast("cpu", enabled=False):
+            return torch.nn.functional.linear(h.float(), head.weight.float())
+
+
 @pytest.mark.parametrize("chunk", CHUNKS)
 def test_forward_kl_equals_full_logits_kl(model: Any, chunk: int) -> None:
+    """Against kl over the full logits, each position's the head's float32 product (16-bit logits would round
+    each by up to 2^-9 of its size, a floor under a small KL); in float32 compute that is the model's own logits."""
     model.eval()
     batch = _padded()
     mask = batch["attention_mask"]
     with torch.no_grad():
         with model.disable_adapter():
-            lp = torch.log_softmax(model(**_inputs(batch)).logits.double(), -1)
-        lq = torch.log_softmax(model(**_inputs(batch)).logits.double(), -1)
+            lp = torch.log_softmax(_float32_logits(model, _inputs(batch)).double(), -1)
+        lq = torch.log_softmax(_float32_logits(model, _inputs(batch)).double(), -1)
+        if model.get_output_embeddings().weight.dtype == torch.float32:
+            assert torch.equal(_float32_logits(model, _inputs(batch)), model(**_inputs(batch)).logits)
     want = float(((lp.exp() * (lp - lq)).sum(-1) * mask).sum())
     got = forward_kl_sum(model, _inputs(batch), mask, chunk)
     assert want > 1e-3  # the adapter changed the model: a real number is compared
@@ -290,8 +308,9 @@ def test_scaled_chunked_loss_under_bf16_autocast_gives_the_scaled_full_logits_gr
 
 @pytest.mark.parametrize("name", ["untied", "nf4_bf16"])
 def test_chunked_scoring_under_bf16_autocast_equals_full_logits_under_it(name: str, request) -> None:
-    """Eval rounds score under the trial's autocast: the chunked log-likelihoods and KL then equal the full
-    logits' computed under the same autocast (bfloat16 head, float32/float64 softmax)."""
+    """Eval rounds score under the trial's autocast: the chunked log-likelihoods then equal the full logits'
+    computed under the same autocast (bfloat16 head, float32 softmax), and the KL the full float32 head products
+    of the hidden states computed under it (float64 softmax)."""
     model = request.getfixturevalue(name)
     model.eval()
     batch = _padded()
@@ -300,8 +319,8 @@ def test_chunked_scoring_under_bf16_autocast_equals_full_logits_under_it(name: s
         got = target_logprobs(model, _inputs(batch), shift_targets(batch["labels"]), 7)
         with torch.no_grad():
             with model.disable_adapter():
-                lp = torch.log_softmax(model(**_inputs(batch)).logits.double(), -1)
-            lq = torch.log_softmax(model(**_inputs(batch)).logits.double(), -1)
+                lp = torch.log_softmax(_float32_logits(model, _inputs(batch)).double(), -1)
+            lq = torch.log_softmax(_float32_logits(model, _inputs(batch)).double(), -1)
         kl = forward_kl_sum(model, _inputs(batch), batch["attention_mask"], 7)
     want_kl = float(((lp.exp() * (lp - lq)).sum(-1) * batch["attention_mask"]).sum())
     # each position's bfloat16 logits come from the same head on the same row: equal to float32 rounding
