@@ -64,9 +64,23 @@ def transient(e: BaseException) -> bool:
     if isinstance(e, MlflowException):  # MLflow wraps connection failures as INTERNAL_ERROR (HTTP 500)
         code = e.get_http_status_code()
         return code >= 500 or code in (408, 429)
+    # an answer from a server decides: requests' HTTPError (an OSError) from an artifact upload through a proxy (413
+    # past nginx's body limit, 403), botocore's ClientError from an S3 artifact store; 4xx will not change on retry
+    status = _http_status(e)
+    if status is not None:
+        return status >= 500 or status in (408, 429)
     if isinstance(e, FileNotFoundError):
         return False
     return isinstance(e, OSError | TimeoutError) or type(e).__module__.startswith("sqlalchemy")
+
+
+def _http_status(e: BaseException) -> int | None:
+    """The HTTP status a server answered with, where the error carries one (requests, botocore)."""
+    response = getattr(e, "response", None)
+    status = getattr(response, "status_code", None)  # requests
+    if status is None and isinstance(response, dict):  # botocore: response["ResponseMetadata"]["HTTPStatusCode"]
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status if isinstance(status, int) else None
 
 
 class RunWriter:
@@ -195,6 +209,10 @@ class RunWriter:
                         tags["gridrun.artifact_error"] = f"checkpoint {saved.path} has no adapter/"
             except FileNotFoundError:
                 tags["gridrun.artifact_error"] = f"checkpoint {saved.path} is gone from storage"
+            except Exception as e:  # an upload refused for good never costs the run its record
+                if transient(e):
+                    raise  # retried with the whole write: the server may take it later
+                tags["gridrun.artifact_error"] = f"adapter not logged: {type(e).__name__}: {e}"[:500]
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.set_terminated(run_id, op["status"])
 

@@ -356,6 +356,56 @@ def test_the_tracker_uploads_the_best_checkpoint_from_storage(store, parent, tmp
     assert linked == [{"name": "adapters-linked", "version": version}]
 
 
+def test_an_adapter_upload_a_server_refuses_is_recorded_and_the_run_still_closed(store, parent, tmp_path: Path) -> None:
+    """A 413 from a proxy in front of the tracking server (nginx's default body limit) or a 403 from an S3
+    artifact store will not change on retry: the run is closed with the refusal as a tag, and the writes behind
+    it go on (retried forever, it would have held every later MLflow write)."""
+    import requests
+    from botocore.exceptions import ClientError
+    from pyarrow.fs import LocalFileSystem, SubTreeFileSystem
+    from ray.tune import Checkpoint
+
+    refusal = requests.Response()
+    refusal.status_code = 413
+    too_large = requests.HTTPError("413 Client Error: Request Entity Too Large", response=refusal)
+    forbidden = ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "Put")
+    assert isinstance(too_large, OSError) and not transient(too_large) and not transient(forbidden)
+    refusal.status_code = 503
+    assert transient(requests.HTTPError("503", response=refusal))  # a server away: retried as before
+    refusal.status_code = 413
+
+    _, real = store
+    (tmp_path / "ckpt" / "adapter").mkdir(parents=True)
+    (tmp_path / "ckpt" / "adapter" / "adapter_config.json").write_text("{}")
+    (tmp_path / "ckpt" / "gridrun_card.json").write_text("{}")
+    keeper = CheckpointKeeper(1)
+
+    class Refusing(Failing):
+        def __getattr__(self, name: str) -> Any:
+            if name == "log_artifacts":
+
+                def refuse(*args: Any, **kwargs: Any) -> None:
+                    raise too_large
+
+                return refuse
+            return super().__getattr__(name)
+
+    t = _tracker(store, parent, Refusing(real, "log_batch", 0), keeper=keeper, log_adapters=True)
+    a, b = SimpleNamespace(trial_id="a", config={}, last_result={}, status="RUNNING"), _trial("b")
+    a.last_result = {"objective": 0.5, "samples_seen": 8}
+    keeper.on_checkpoint(0, [a], a, Checkpoint("ckpt", filesystem=SubTreeFileSystem(str(tmp_path), LocalFileSystem())))
+    t.on_trial_start(0, [a, b], a)
+    a.status, a.last_result = "TERMINATED", {"progress": 1}
+    t.on_trial_complete(0, [a, b], a)
+    t.on_trial_start(0, [a, b], b)
+    t.on_trial_result(0, [a, b], b, {"objective": 0.7, "samples_seen": 8})
+    assert t.flush(5) and t.queue.dropped == 0
+    run = real.get_run(t.runs["a"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["gridrun.artifact_error"].startswith("adapter not logged: HTTPError: 413 Client Error")
+    assert _history(real, t.runs["b"], "objective") == [(8, 0.7)]  # the writes behind it were not held
+
+
 def test_flatten() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": [1], "f": {}}) == {"a.b": 1, "a.c.d": 2, "e": [1], "f": {}}
 
