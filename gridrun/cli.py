@@ -33,11 +33,13 @@ def _load(args: argparse.Namespace):
     if getattr(args, "tracking_uri", None):
         overrides.append(f"tracking.uri={args.tracking_uri}")
     spec = load_spec(args.spec, overrides)
+    from gridrun.sources import absolute_sources
     from gridrun.validate import absolute_uri
 
-    # shown and recorded absolute: the same store wherever a later command (report, ui, resume) runs
+    # shown and recorded absolute: the same store wherever a later command (report, ui, resume) runs, and the
+    # same inputs wherever a trial runs (Ray runs each in its own folder)
     tracking = spec.tracking.model_copy(update={"uri": absolute_uri(spec.tracking.uri)})
-    return spec.model_copy(update={"tracking": tracking})
+    return absolute_sources(spec.model_copy(update={"tracking": tracking}))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -93,8 +95,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _exit_code(summary: dict) -> int:
-    """130 (as for Ctrl-C) when the experiment was interrupted: its summary says how to continue."""
-    return 130 if summary.get("interrupted") else 0
+    """130 (as for Ctrl-C) when the experiment was interrupted: its summary says how to continue; 1 when every
+    trial failed (a script or CI job must not read that as success; the table above says why each failed)."""
+    if summary.get("interrupted"):
+        return 130
+    trials = summary.get("trials") or []
+    if trials and all(t.get("status") == "ERROR" for t in trials):
+        print(f"gridrun: every trial failed ({len(trials)}): see the stopped-by column and the trials' errors above")
+        return 1
+    return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

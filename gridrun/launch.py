@@ -22,7 +22,7 @@ from gridrun.errors import GridrunError
 from gridrun.experiment import ExperimentMeta, MlflowIds
 from gridrun.finish import fit_and_report
 from gridrun.ray_start import other_local_rays, start_ray
-from gridrun.sources import hub_offline
+from gridrun.sources import absolute_sources, hub_offline
 from gridrun.spec import ExperimentSpec
 from gridrun.validate import check_address, check_tracking_uri, gpu_memory_bytes, preflight
 
@@ -129,6 +129,7 @@ def _searcher(spec: ExperimentSpec, searched: dict[str, Any], warm: list[Any] | 
 
 def launch(spec: ExperimentSpec, spec_yaml: str | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run the experiment; returns the summary (also written as ``gridrun_summary.json`` in the experiment dir)."""
+    spec = absolute_sources(spec)  # trials run in their own folders: a relative input path would name nothing there
     preflight(spec, resolve_hub=not hub_offline())
 
     import ray

@@ -13,7 +13,15 @@ from gridrun.builtin import builtin_name
 from gridrun.errors import GridrunError
 from gridrun.spec import ExperimentSpec
 
-__all__ = ["Source", "check_hub_cache", "hub_offline", "input_sources", "is_hub_id", "resolve_hub_ids"]
+__all__ = [
+    "Source",
+    "absolute_sources",
+    "check_hub_cache",
+    "hub_offline",
+    "input_sources",
+    "is_hub_id",
+    "resolve_hub_ids",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,39 @@ def is_hub_id(source: str) -> bool:
     if builtin_name(source) is not None or source.startswith((".", "/", "~")):
         return False
     return not Path(source).expanduser().exists()
+
+
+def _absolute(source: str | None) -> str | None:
+    """A local file or folder as an absolute path; a builtin name or a hub id as it is."""
+    if not source or builtin_name(source) is not None or is_hub_id(source):
+        return source
+    return os.path.abspath(os.path.expanduser(source))
+
+
+def absolute_sources(spec: ExperimentSpec) -> ExperimentSpec:
+    """``spec`` with every local input made absolute against this directory: the model folder, the task and eval
+    data, the probe, the benchmarks' sources, the judge's questions. Ray runs each trial in its own trial folder
+    (it changes the working directory there), where a relative path names nothing, and a resumed experiment
+    reads its recorded spec from wherever the command runs."""
+    d, f = spec.data, spec.forgetting
+    options = dict(f.options)
+    judge = options.get("judge")
+    if isinstance(judge, dict) and isinstance(judge.get("questions"), str):
+        options["judge"] = {**judge, "questions": _absolute(judge["questions"])}
+    forgetting = f.model_copy(
+        update={
+            "probe": _absolute(f.probe),
+            "mc": [m.model_copy(update={"source": _absolute(m.source)}) for m in f.mc],
+            "options": options,
+        }
+    )
+    return spec.model_copy(
+        update={
+            "model": spec.model.model_copy(update={"name": _absolute(spec.model.name)}),
+            "data": d.model_copy(update={"task": _absolute(d.task), "eval": _absolute(d.eval)}),
+            "forgetting": forgetting,
+        }
+    )
 
 
 def hub_offline() -> bool:

@@ -206,10 +206,20 @@ def check_address(address: str) -> None:
     """Fail fast (one line) when a Ray cluster address is malformed or nothing answers there."""
     if address == "auto":
         return
-    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if address.startswith("ray://"):
+        # under Ray Client, Tune runs its controller, and so gridrun's callbacks, in a task on the head node: the
+        # driver's tracker, checkpoint keeper and summary would never see a result
+        raise GridrunError(
+            f"resources.address: {address} is a Ray Client address, which gridrun does not support (Tune would run "
+            "its MLflow, checkpoint and summary callbacks on the head, not here); run gridrun on a node of the "
+            "cluster and give the head's host:port (e.g. 10.0.0.5:6379)"
+        )
+    parsed = urlparse(f"tcp://{address}")
     host, port = parsed.hostname, parsed.port
-    if not host or not port:
-        raise GridrunError(f"resources.address: expected host:port or ray://host:port, got {address!r}")
+    if not host or not port or "://" in address:
+        raise GridrunError(
+            f"resources.address: expected host:port (the head's GCS, e.g. 10.0.0.5:6379), got {address!r}"
+        )
     try:
         with socket.create_connection((host, port), timeout=3):
             pass

@@ -208,7 +208,7 @@ class ResourcesSpec(_Section):
         description="memory of one GPU in GiB (80 for an H100 80GB): what `gridrun validate` checks a trial's "
         "estimated memory against without a GPU; default: this machine's GPU, or the cluster's at launch",
     )
-    address: str | None = Field(None, description="Ray cluster address (host:port or ray://...); none = local")
+    address: str | None = Field(None, description="Ray cluster address (the head's host:port, or auto); none = local")
     max_failures: int = Field(
         3,
         ge=0,

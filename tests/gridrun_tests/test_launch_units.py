@@ -6,6 +6,7 @@ No Ray cluster: the searcher is built and asked for configs directly.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -228,3 +229,69 @@ def test_a_cluster_on_loopback_is_joined_on_loopback(address: str, loopback: boo
     from gridrun.ray_start import _on_loopback
 
     assert _on_loopback(address) is loopback
+
+
+def test_a_ray_client_address_is_refused_in_one_line() -> None:
+    """Under Ray Client, Tune runs its controller (and gridrun's tracker, keeper and summary callbacks) on the head:
+    the driver would record nothing. Refused before anything starts, saying what to give instead."""
+    from gridrun.errors import GridrunError
+    from gridrun.validate import check_address
+
+    with pytest.raises(GridrunError) as e:
+        check_address("ray://127.0.0.1:10001")
+    line = str(e.value)
+    assert line.startswith("resources.address: ray://127.0.0.1:10001 is a Ray Client address") and "\n" not in line
+    assert "give the head's host:port" in line
+    for bad in ("http://10.0.0.5:6379", "10.0.0.5", "head-only"):
+        with pytest.raises(GridrunError, match=r"^resources.address: expected host:port"):
+            check_address(bad)
+
+
+def test_local_inputs_are_made_absolute_for_trials_that_run_in_their_own_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray runs each trial in its own trial folder (it changes the working directory there): the README's
+    ``--set data.task=./my_chats.jsonl`` named nothing inside a trial. Every local input is made absolute where the
+    command runs; builtin names and hub ids stay as they are."""
+    import argparse
+
+    from gridrun.cli import _load
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_chats.jsonl").write_text('{"prompt": "hi", "answer": "hello"}\n')
+    (tmp_path / "probe.txt").write_text("general text\n")
+    (tmp_path / "mc.jsonl").write_text("")
+    (tmp_path / "questions.jsonl").write_text("")
+    spec_file = ROOT / "search_spaces" / "forgetting.yaml"
+    sets = [
+        "data.task=./my_chats.jsonl",
+        "data.eval=my_chats.jsonl",
+        "forgetting.probe=probe.txt",
+        'forgetting.mc=[{"benchmark": "custom", "source": "./mc.jsonl"}]',
+        "forgetting.measures=[judge]",
+        'forgetting.options={"judge": {"url": "http://127.0.0.1:9/v1", "model": "j", "questions": "questions.jsonl"}}',
+    ]
+    args = argparse.Namespace(spec=str(spec_file), overrides=sets)
+    spec = _load(args)
+    assert spec.data.task == spec.data.eval == str(tmp_path / "my_chats.jsonl")
+    assert spec.forgetting.probe == str(tmp_path / "probe.txt")
+    assert spec.forgetting.mc[0].source == str(tmp_path / "mc.jsonl")
+    assert spec.forgetting.options["judge"]["questions"] == str(tmp_path / "questions.jsonl")
+    assert spec.model.name == "builtin:tiny-general"  # builtin names and hub ids stay as they are
+    hub = _load(argparse.Namespace(spec=str(spec_file), overrides=["model.name=Qwen/Qwen2.5-0.5B-Instruct"]))
+    assert hub.model.name == "Qwen/Qwen2.5-0.5B-Instruct" and hub.data.task == "builtin:json-format"
+
+
+def test_the_exit_code_says_when_every_trial_failed(capsys: pytest.CaptureFixture[str]) -> None:
+    """0 when a trial finished, 130 when interrupted (resumable), 1 when every trial failed: a CI job running a
+    launch whose trials all errored (a data file a worker cannot read) must not pass."""
+    from gridrun.cli import _exit_code
+
+    ok, failed = {"status": "TERMINATED"}, {"status": "ERROR"}
+    assert _exit_code({"trials": [failed, ok]}) == 0
+    assert _exit_code({"trials": [failed, failed], "interrupted": True}) == 130
+    assert capsys.readouterr().out == ""
+    assert _exit_code({"trials": [failed, failed]}) == 1
+    assert capsys.readouterr().out.startswith("gridrun: every trial failed (2)")
+    assert _exit_code({"trials": []}) == 0  # nothing ran (a time budget spent before the first trial)
