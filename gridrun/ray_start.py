@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 from gridrun.errors import GridrunError
 from gridrun.spec import ExperimentSpec
 
-__all__ = ["other_local_rays", "start_ray"]
+__all__ = ["check_inputs_on_nodes", "local_inputs", "other_local_rays", "start_ray"]
 
 log = logging.getLogger("gridrun")
 
@@ -120,4 +120,67 @@ def start_ray(spec: ExperimentSpec) -> dict[str, float]:
             f"resources.cpu: {spec.resources.cpu} CPUs per trial requested, but the Ray cluster "
             f"has {total.get('CPU', 0):g}"
         )
+    if spec.resources.address:
+        try:
+            check_inputs_on_nodes(spec)
+        except GridrunError:
+            ray.shutdown()
+            raise
     return total
+
+
+def local_inputs(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """(field, path) of every input the spec reads from a local file or folder (made absolute at load)."""
+    from gridrun.builtin import builtin_name
+    from gridrun.sources import input_sources, is_hub_id
+
+    def local(source: str | None) -> bool:
+        return bool(source) and builtin_name(source) is None and not is_hub_id(source)  # type: ignore[arg-type]
+
+    out = [(s.field, s.source) for s in input_sources(spec) if local(s.source)]
+    judge = spec.forgetting.options.get("judge") or {}
+    if "judge" in spec.forgetting.measures and isinstance(judge.get("questions"), str) and local(judge["questions"]):
+        out.append(("forgetting.options.judge.questions", judge["questions"]))
+    return out
+
+
+def check_inputs_on_nodes(spec: ExperimentSpec, timeout_s: float = 60.0) -> None:
+    """One line naming a local input that a node of the Ray cluster cannot read: every node reads a trial's
+    inputs (model folder, data files, probe, benchmarks) from its own disk, and gridrun ships none of them. Checked
+    on each alive node by a zero-CPU task pinned there, before anything is recorded; a node that does not answer
+    in ``timeout_s`` is skipped with a warning."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    inputs = local_inputs(spec)
+    if not inputs:
+        return
+    paths = sorted({p for _, p in inputs})
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def missing(ps: list[str]) -> list[str]:
+        return [p for p in ps if not os.path.exists(p)]
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    pinned = {
+        n["NodeID"]: missing.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+        for n in nodes
+    }
+    refs = {node: task.remote(paths) for node, task in pinned.items()}
+    lacking: dict[str, list[str]] = {}
+    for n in nodes:
+        try:
+            lacking[n["NodeID"]] = ray.get(refs[n["NodeID"]], timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            address = n["NodeManagerAddress"]
+            log.warning("Ray node %s did not say within %g s whether it has the inputs", address, timeout_s)
+    for field, path in inputs:
+        where = [
+            f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in nodes if path in lacking.get(n["NodeID"], [])
+        ]
+        if where:
+            raise GridrunError(
+                f"{field}: {path} is not on {len(where)} of {len(nodes)} Ray nodes ({', '.join(where)}); each node "
+                "reads a trial's inputs from its own disk: put it on a filesystem every node mounts at that path, "
+                "or copy it to each node"
+            )

@@ -295,3 +295,46 @@ def test_the_exit_code_says_when_every_trial_failed(capsys: pytest.CaptureFixtur
     assert _exit_code({"trials": [failed, failed]}) == 1
     assert capsys.readouterr().out.startswith("gridrun: every trial failed (2)")
     assert _exit_code({"trials": []}) == 0  # nothing ran (a time budget spent before the first trial)
+
+
+def test_an_input_a_cluster_node_cannot_read_is_one_line_before_anything_runs(ray_cluster: str, tmp_path: Path) -> None:
+    """On a cluster each node reads a trial's inputs from its own disk: a data file only the driver has failed in
+    every trial (after a model download). Each alive node is asked, by a task pinned there, before anything is
+    recorded. The session's cluster is one node on this machine: a file that exists passes, one that does not
+    is named with the node."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "hi", "answer": "{}"}\n')
+    code = f"""
+import json, ray
+from gridrun.errors import GridrunError
+from gridrun.ray_start import _loopback_only, check_inputs_on_nodes, local_inputs
+from gridrun.spec import load_spec
+with _loopback_only():  # the head listens on loopback only: joined there, as gridrun.start_ray joins it
+    ray.init(address={ray_cluster!r}, logging_level="ERROR")
+out = {{}}
+for name, path in (("present", {str(data)!r}), ("absent", {str(tmp_path / "gone.jsonl")!r})):
+    spec = load_spec({str(ROOT / "search_spaces" / "forgetting.yaml")!r}, [f"data.task={{path}}", "data.eval=null"])
+    out["inputs"] = local_inputs(spec)
+    try:
+        check_inputs_on_nodes(spec)
+        out[name] = "ok"
+    except GridrunError as e:
+        out[name] = str(e)
+print(json.dumps(out))
+"""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["present"] == "ok"
+    assert out["inputs"] == [["data.task", str(tmp_path / "gone.jsonl")]]
+    line = out["absent"]
+    assert line.startswith(f"data.task: {tmp_path / 'gone.jsonl'} is not on 1 of 1 Ray nodes (127.0.0.1 (")
+    assert "put it on a filesystem every node mounts at that path" in line and "\n" not in line
