@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -148,11 +149,32 @@ def check_inputs_on_nodes(spec: ExperimentSpec, timeout_s: float = 60.0) -> None
     """One line naming a local input that a node of the Ray cluster cannot read: every node reads a trial's
     inputs (model folder, data files, probe, benchmarks) from its own disk, and gridrun ships none of them. Checked
     on each alive node by a zero-CPU task pinned there, before anything is recorded; a node that does not answer
-    in ``timeout_s`` is skipped with a warning."""
+    in ``timeout_s`` is skipped with a warning. A local ``tracking.storage`` folder is checked the same way: a
+    file made in it here must be visible on every node (a filesystem they all mount)."""
+    from gridrun import storage as store
+
+    inputs = local_inputs(spec)
+    marker = None
+    if not store.is_uri(spec.tracking.storage):  # a folder: it must be the same one on every node (Tune writes
+        # each trial's checkpoints on the node it runs on, and a trial moved to another node reads them back)
+        folder = store.location(spec.tracking.storage)
+        marker = os.path.join(folder, f".gridrun-shared-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.makedirs(folder, exist_ok=True)
+        with open(marker, "w"):
+            pass
+        inputs.append(("tracking.storage", marker))
+    try:
+        _check_on_nodes(inputs, timeout_s)
+    finally:
+        if marker is not None:
+            with contextlib.suppress(OSError):
+                os.remove(marker)
+
+
+def _check_on_nodes(inputs: list[tuple[str, str]], timeout_s: float) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    inputs = local_inputs(spec)
     if not inputs:
         return
     paths = sorted({p for _, p in inputs})
@@ -178,6 +200,12 @@ def check_inputs_on_nodes(spec: ExperimentSpec, timeout_s: float = 60.0) -> None
         where = [
             f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in nodes if path in lacking.get(n["NodeID"], [])
         ]
+        if where and field == "tracking.storage":
+            raise GridrunError(
+                f"tracking.storage: {os.path.dirname(path)} is a folder {len(where)} of {len(nodes)} Ray nodes do "
+                f"not share ({', '.join(where)}); trials write checkpoints on the node they run on and a trial moved "
+                "to another node reads them back: use an object store (s3://...) or a filesystem every node mounts"
+            )
         if where:
             raise GridrunError(
                 f"{field}: {path} is not on {len(where)} of {len(nodes)} Ray nodes ({', '.join(where)}); each node "

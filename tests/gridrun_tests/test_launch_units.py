@@ -300,8 +300,8 @@ def test_the_exit_code_says_when_every_trial_failed(capsys: pytest.CaptureFixtur
 def test_an_input_a_cluster_node_cannot_read_is_one_line_before_anything_runs(ray_cluster: str, tmp_path: Path) -> None:
     """On a cluster each node reads a trial's inputs from its own disk: a data file only the driver has failed in
     every trial (after a model download). Each alive node is asked, by a task pinned there, before anything is
-    recorded. The session's cluster is one node on this machine: a file that exists passes, one that does not
-    is named with the node."""
+    recorded; a local storage folder too (a marker file made here must be visible there). The session's cluster
+    is one node on this machine: a file that exists passes, one that does not is named with the node."""
     import json
     import os
     import subprocess
@@ -320,7 +320,8 @@ with _loopback_only():  # the head listens on loopback only: joined there, as gr
     ray.init(address={ray_cluster!r}, logging_level="ERROR")
 out = {{}}
 for name, path in (("present", {str(data)!r}), ("absent", {str(tmp_path / "gone.jsonl")!r})):
-    spec = load_spec({str(ROOT / "search_spaces" / "forgetting.yaml")!r}, [f"data.task={{path}}", "data.eval=null"])
+    sets = [f"data.task={{path}}", "data.eval=null", "tracking.storage={tmp_path / "results"}"]
+    spec = load_spec({str(ROOT / "search_spaces" / "forgetting.yaml")!r}, sets)
     out["inputs"] = local_inputs(spec)
     try:
         check_inputs_on_nodes(spec)
@@ -338,3 +339,5 @@ print(json.dumps(out))
     line = out["absent"]
     assert line.startswith(f"data.task: {tmp_path / 'gone.jsonl'} is not on 1 of 1 Ray nodes (127.0.0.1 (")
     assert "put it on a filesystem every node mounts at that path" in line and "\n" not in line
+    # the storage folder was checked the same way (a marker file every node must see), and the marker removed
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == []
