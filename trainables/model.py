@@ -87,11 +87,15 @@ def cap_gpu_memory(spec: ExperimentSpec) -> int:
 
     from gridrun.gpu_share import allocator_fraction, engine_beside
     from gridrun.model_config import model_config
+    from gridrun.sources import hub_offline
 
     gpu = spec.resources.gpu
     total = int(torch.cuda.get_device_properties(0).total_memory)
     if gpu != "auto" and 0 < float(gpu) < 1:
-        beside = engine_beside(model_config(spec), spec)
+        config = model_config(spec)
+        if config is None and spec.evaluate.backend == "vllm" and not hub_offline():
+            config = model_config(spec, hub=True)  # a node that has not fetched the model yet: its config alone
+        beside = engine_beside(config, spec)
         torch.cuda.set_per_process_memory_fraction(allocator_fraction(float(gpu), total, beside))
     return total
 
