@@ -277,7 +277,8 @@ def generation_budgets(spec: ExperimentSpec) -> dict[str, int]:
     if any(e not in SCORING_EVALUATORS for e in spec.evaluate.evaluators):
         out["generation"] = spec.evaluate.max_new_tokens
     if "judge" in spec.forgetting.measures:
-        given = (spec.forgetting.options.get("judge") or {}).get("max_new_tokens", JUDGE_MAX_NEW_TOKENS)
+        options = spec.forgetting.options.get("judge")
+        given = options.get("max_new_tokens", JUDGE_MAX_NEW_TOKENS) if isinstance(options, dict) else None
         # a value that is no count is validate's to refuse (forgetting.options.judge.max_new_tokens), not this sum's
         out["judge"] = given if isinstance(given, int) and given > 0 else JUDGE_MAX_NEW_TOKENS
     return out

@@ -139,9 +139,10 @@ def local_inputs(spec: ExperimentSpec) -> list[tuple[str, str]]:
         return bool(source) and builtin_name(source) is None and not is_hub_id(source)  # type: ignore[arg-type]
 
     out = [(s.field, s.source) for s in input_sources(spec) if local(s.source)]
-    judge = spec.forgetting.options.get("judge") or {}
-    if "judge" in spec.forgetting.measures and isinstance(judge.get("questions"), str) and local(judge["questions"]):
-        out.append(("forgetting.options.judge.questions", judge["questions"]))
+    judge = spec.forgetting.options.get("judge")
+    questions = judge.get("questions") if isinstance(judge, dict) else None
+    if "judge" in spec.forgetting.measures and isinstance(questions, str) and local(questions):
+        out.append(("forgetting.options.judge.questions", questions))
     return out
 
 
