@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from forgetting._base import Measure, TaskPrompts, register_measure
 from forgetting.baseline import fingerprint
 from gridrun.errors import GridrunError
-from gridrun.memory import JUDGE_MAX_NEW_TOKENS
+from gridrun.eval_memory import JUDGE_MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
     from gridrun.spec import ExperimentSpec

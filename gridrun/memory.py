@@ -13,6 +13,7 @@ peft's ``prepare_model_for_kbit_training``, AdamW, and the evaluators' batch siz
 
 What a trial itself needs lives here too, below the driver side: where a model's config is read from, the cap of
 its allocator, and the line it fails with when it outgrows its share (``gridrun.packing`` is the driver's part).
+The model's sizes come from :mod:`gridrun.model_shape`, the eval round's working set from :mod:`gridrun.eval_memory`.
 """
 
 from __future__ import annotations
@@ -23,22 +24,20 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
-from gridrun.errors import GridrunError
-from gridrun.losses import CHUNK, KL_CHUNK
+from gridrun.eval_memory import eval_bytes
+from gridrun.losses import CHUNK
+from gridrun.model_shape import ModelShape
 from gridrun.precision import resolve_attn, resolve_dtype
 from gridrun.spec import ExperimentSpec
 
 __all__ = [
     "CUDA_CONTEXT_BYTES",
     "HEADROOM",
-    "JUDGE_MAX_NEW_TOKENS",
     "Estimate",
     "GiB",
-    "ModelShape",
     "estimate_memory",
     "estimate_trial_memory",
     "extreme_specs",
-    "generation_budgets",
     "gib",
     "loss_bytes",
 ]
@@ -53,90 +52,8 @@ CUDA_CONTEXT_BYTES = 512 * 2**20
 HEADROOM = 1.2
 #: Fractions ``gpu: auto`` chooses from: 1, 1/2, 1/3, ... 1/8 of a GPU.
 MAX_TRIALS_PER_GPU = 8
-#: forgetting.probe.probe_loss's, forgetting.mc.loglikelihoods' and forgetting.kl.mean_forward_kl's batches (fixed
-#: in the code, not the spec).
-PROBE_BATCH = 16
-MC_BATCH = 32
-KL_BATCH = 8
-#: Assumed longest multiple-choice request (context + choice): HellaSwag's, ARC's and WinoGrande's fit in it.
-MC_TOKENS = 256
-#: Evaluators that score teacher-forced answers instead of generating (no KV cache, full-length logits).
-SCORING_EVALUATORS = frozenset({"answer_loss"})
-#: New tokens the judge's answers may take where ``forgetting.options.judge.max_new_tokens`` is not set
-#: (``forgetting.judge.JudgeOptions`` defaults to it: the measure and the memory plans read one number).
-JUDGE_MAX_NEW_TOKENS = 256
 #: Per nf4 tensor besides its codes and scales: the nf4 code table, the absmax offset, the nested fp32 code table.
 _NF4_CONST = 64 + 4 + 1024
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The sizes of a dense decoder that memory depends on, from its Hugging Face config."""
-
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool
-    qkv_bias: bool
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
-        """Raises GridrunError naming what is missing (a config that is not a dense decoder's)."""
-        config = config.get("text_config") or config  # multimodal wrappers keep the language model's here
-        need = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-        missing = [k for k in need if not isinstance(config.get(k), int)]
-        if missing or config.get("num_local_experts") or config.get("num_experts"):
-            what = f"no {', '.join(missing)}" if missing else "a mixture of experts"
-            raise GridrunError(f"model.name: cannot estimate memory for this config ({what})")
-        heads = config["num_attention_heads"]
-        return cls(
-            hidden=config["hidden_size"],
-            intermediate=config["intermediate_size"],
-            layers=config["num_hidden_layers"],
-            heads=heads,
-            kv_heads=config.get("num_key_value_heads") or heads,
-            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-            vocab=config["vocab_size"],
-            tied=bool(config.get("tie_word_embeddings", False)),
-            qkv_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
-        )
-
-    def linears(self) -> dict[str, tuple[int, int]]:
-        """Each decoder layer's projections: name → (in features, out features)."""
-        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
-        return {
-            "q_proj": (h, q),
-            "k_proj": (h, kv),
-            "v_proj": (h, kv),
-            "o_proj": (q, h),
-            "gate_proj": (h, i),
-            "up_proj": (h, i),
-            "down_proj": (i, h),
-        }
-
-    def bias_params(self) -> int:
-        return self.layers * (self.heads + 2 * self.kv_heads) * self.head_dim if self.qkv_bias else 0
-
-    def float_params(self) -> int:
-        """Parameters bitsandbytes leaves unquantized: embeddings, lm_head (once if tied), norms, biases."""
-        norms = self.layers * 2 * self.hidden + self.hidden
-        return self.vocab * self.hidden * (1 if self.tied else 2) + norms + self.bias_params()
-
-    def linear_params(self) -> int:
-        return self.layers * sum(i * o for i, o in self.linears().values())
-
-    def params(self) -> int:
-        return self.linear_params() + self.float_params()
-
-    def lora_params(self, r: int, targets: list[str]) -> int:
-        """peft's LoRA: A (r x in) and B (out x r) per targeted linear per layer; lm_head once."""
-        per_layer = sum(r * (i + o) for name, (i, o) in self.linears().items() if name in targets)
-        head = r * (self.hidden + self.vocab) if "lm_head" in targets else 0
-        return self.layers * per_layer + head
 
 
 @dataclass(frozen=True)
@@ -260,64 +177,6 @@ def _layer_activation_bytes(
     return total + sum(size[g] for g in shared), first
 
 
-def _scoring_bytes(shape: ModelShape, tokens: int, act: int, forward: int) -> int:
-    """A scoring forward of ``tokens`` positions, every one scored at worst (gridrun.losses.target_logprobs): the
-    final hidden states with the token ids, targets and the result (int64, int64, fp32), then the larger of the
-    decoder's working set and the head's: the scored rows, their indices, targets and values, and one chunk's
-    logits in float32 with their log_softmax (a bf16 head's own logits are freed once cast)."""
-    chunk = min(CHUNK, tokens) * shape.vocab * 8
-    return tokens * (shape.hidden * act + 20) + max(forward, tokens * (shape.hidden * act + 28) + chunk)
-
-
-def generation_budgets(spec: ExperimentSpec) -> dict[str, int]:
-    """New tokens each generating part of an eval round may take, by name: the task's evaluators
-    (``evaluate.max_new_tokens``, where one of them generates) and the judge's answers (``forgetting.measures``
-    holding ``judge``: its ``max_new_tokens``). Their prompts are assumed no longer than ``data.max_seq_len``."""
-    out: dict[str, int] = {}
-    if any(e not in SCORING_EVALUATORS for e in spec.evaluate.evaluators):
-        out["generation"] = spec.evaluate.max_new_tokens
-    if "judge" in spec.forgetting.measures:
-        options = spec.forgetting.options.get("judge")
-        given = options.get("max_new_tokens", JUDGE_MAX_NEW_TOKENS) if isinstance(options, dict) else None
-        # a value that is no count is validate's to refuse (forgetting.options.judge.max_new_tokens), not this sum's
-        out["judge"] = given if isinstance(given, int) and given > 0 else JUDGE_MAX_NEW_TOKENS
-    return out
-
-
-def _eval_bytes(shape: ModelShape, spec: ExperimentSpec, act: int) -> tuple[int, str]:
-    """The eval round's largest working set (no gradients), beyond the static weights, and its name; the
-    logits are in ``act``'s dtype too (lm_head is fp32 under nf4/int8)."""
-    h, i, v, layers = shape.hidden, shape.intermediate, shape.vocab, shape.layers
-    kv = 2 * shape.kv_heads * shape.head_dim * act  # one token's K and V in one layer (fp32 under nf4/int8)
-
-    def forward(tokens: int) -> int:  # one layer's working set without autograd (MLP intermediates dominate)
-        return tokens * (4 * i + 6 * h) * act
-
-    def scoring(tokens: int) -> int:
-        return _scoring_bytes(shape, tokens, act, forward(tokens))
-
-    ev, fg, seq = spec.evaluate, spec.forgetting, spec.data.max_seq_len
-    steps = {"probe": scoring(PROBE_BATCH * fg.seq_len)}
-    # with evaluate.backend vllm the engine generates, in memory of its own (gridrun.vllm_memory)
-    for name, new_tokens in generation_budgets(spec).items() if ev.backend != "vllm" else ():
-        # prompts assumed no longer than training examples; greedy decoding keeps only the last position's logits;
-        # the judge's answers are generated in batches of evaluate.batch_size too
-        length = seq + new_tokens
-        cache, mask = length * layers * kv, seq * length * act  # the padding mask made additive, one layer's
-        steps[name] = ev.batch_size * (cache + mask) + forward(ev.batch_size * seq)
-    if SCORING_EVALUATORS & set(ev.evaluators):
-        steps["answer_loss"] = scoring(ev.batch_size * seq)
-    if fg.mc:
-        steps["mc"] = scoring(MC_BATCH * MC_TOKENS)
-    if "kl" in fg.measures:  # base and tuned hidden states and rows, one chunk of both in float64 (five copies)
-        tokens = KL_BATCH * max(seq, fg.seq_len)
-        # the head computes in float32 here (losses._head): a 16-bit head's weight is upcast once, logits are float32
-        head32 = 0 if act == 4 else v * h * 4
-        steps["kl"] = tokens * 2 * (2 * h * act + 8) + head32 + max(forward(tokens), min(KL_CHUNK, tokens) * v * 44)
-    kind = max(steps, key=lambda k: steps[k])
-    return steps[kind], kind
-
-
 def loss_bytes(shape: ModelShape, tokens: int, scored: int, act: int) -> tuple[int, int]:
     """(kept for backward, working set while it runs) of the chunked training loss (gridrun.losses.causal_lm_loss)
     over a micro-batch of ``tokens`` positions, ``scored`` of them with a target.
@@ -378,7 +237,7 @@ def estimate_trial_memory(config: Mapping[str, Any], spec: ExperimentSpec, devic
     # gradients through one layer: fp32 where they meet the norms' and peft's casts to fp32, whatever autocast does
     # (the loss's kept gradient is spent by then: the head's backward ran in its forward)
     layer_backward = recompute + tokens * (3 * shape.intermediate + 3 * h) * 4
-    ev, kind = _eval_bytes(shape, spec, act)
+    ev, kind = eval_bytes(shape, spec, act)
     return Estimate(
         weights=weights,
         float_weights=floats,

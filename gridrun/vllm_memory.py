@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gridrun.errors import GridrunError
-from gridrun.memory import CUDA_CONTEXT_BYTES, GiB, ModelShape, extreme_specs, generation_budgets, gib
+from gridrun.eval_memory import generation_budgets
+from gridrun.memory import CUDA_CONTEXT_BYTES, GiB, extreme_specs, gib
+from gridrun.model_shape import ModelShape
 from gridrun.precision import resolve_dtype
 from gridrun.spec import ExperimentSpec
 
@@ -116,8 +118,8 @@ def _context_length(config: Mapping[str, Any]) -> int | None:
 def engine_max_model_len(config: Mapping[str, Any], spec: ExperimentSpec, tokens: int | None = None) -> int:
     """The context vLLM is sized for: ``tokens`` (the longest prompt plus its generation budget, as the trial knows
     them), else ``data.max_seq_len`` plus the largest generation budget of an eval round (the task's
-    ``evaluate.max_new_tokens``, the judge's answers': :func:`gridrun.memory.generation_budgets`; prompts assumed no
-    longer than training examples, as the HF estimate assumes); never past the model's own context
+    ``evaluate.max_new_tokens``, the judge's answers': :func:`gridrun.eval_memory.generation_budgets`; prompts
+    assumed no longer than training examples, as the HF estimate assumes); never past the model's own context
     (``max_position_embeddings``)."""
     budget = max(generation_budgets(spec).values(), default=spec.evaluate.max_new_tokens)
     want = tokens if tokens is not None else spec.data.max_seq_len + budget

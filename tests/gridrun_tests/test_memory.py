@@ -19,13 +19,13 @@ from gridrun.gpu_share import allocator_fraction, oom_message
 from gridrun.losses import causal_lm_loss
 from gridrun.memory import (
     GiB,
-    ModelShape,
     estimate_memory,
     estimate_trial_memory,
     gib,
     loss_bytes,
 )
 from gridrun.model_config import model_config
+from gridrun.model_shape import ModelShape
 from gridrun.packing import check_fraction, pick_fraction, resolve_gpu
 from gridrun.spec import spec_from_dict, validate_dict
 from trainables.precision import autocast, resolved_spec
