@@ -212,8 +212,9 @@ def sync(experiment_dir: str | Path) -> dict[str, Any]:
 
     Returns ``{"written": writes made, "closed": whether the parent run was finished now}``.
     """
+    from gridrun.run_writer import mlflow_client
     from gridrun.validate import check_tracking_uri
-    from gridrun.writer import SPILL_FILE, mlflow_client, replay_spill
+    from gridrun.writer import SPILL_FILE, replay_spill
 
     exp_dir = store.location(experiment_dir)
     store.check_storage(exp_dir, "sync")

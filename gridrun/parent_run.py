@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gridrun.writer import mlflow_client as _client
+from gridrun.run_writer import mlflow_client as _client
 
 __all__ = [
     "close_parent",

@@ -35,8 +35,9 @@ from gridrun.parent_run import (
     register_adapters,
     summary_from_mlflow,
 )
+from gridrun.run_writer import RunWriter, mlflow_client
 from gridrun.storage import checkpoint_location
-from gridrun.writer import OpQueue, RunWriter, mlflow_client, write_spill
+from gridrun.writer import OpQueue, write_spill
 
 if TYPE_CHECKING:
     from gridrun.checkpoints import CheckpointKeeper

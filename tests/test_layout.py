@@ -20,6 +20,7 @@ DRIVER_SIDE = (
     "gridrun.finish",
     "gridrun.tracking",
     "gridrun.writer",
+    "gridrun.run_writer",
     "gridrun.report",
     "gridrun.progress",
     "gridrun.checkpoints",

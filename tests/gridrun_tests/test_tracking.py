@@ -22,10 +22,11 @@ import pytest
 from gridrun.checkpoints import CheckpointKeeper
 from gridrun.errors import GridrunError
 from gridrun.progress import ProgressPrinter
+from gridrun.run_writer import mlflow_client, transient
 from gridrun.spec import spec_from_dict
 from gridrun.tracking import MLflowTracker, flatten
 from gridrun.validate import check_tracking_uri
-from gridrun.writer import SPILL_FILE, mlflow_client, replay_spill, transient
+from gridrun.writer import SPILL_FILE, replay_spill
 from tests.conftest import ROOT
 
 
