@@ -132,17 +132,12 @@ def start_ray(spec: ExperimentSpec) -> dict[str, float]:
 
 def local_inputs(spec: ExperimentSpec) -> list[tuple[str, str]]:
     """(field, path) of every input the spec reads from a local file or folder (made absolute at load)."""
-    from gridrun.builtin import builtin_name
-    from gridrun.sources import input_sources, is_hub_id
+    from gridrun.sources import input_sources, is_local, judge_questions
 
-    def local(source: str | None) -> bool:
-        return bool(source) and builtin_name(source) is None and not is_hub_id(source)  # type: ignore[arg-type]
-
-    out = [(s.field, s.source) for s in input_sources(spec) if local(s.source)]
-    judge = spec.forgetting.options.get("judge")
-    questions = judge.get("questions") if isinstance(judge, dict) else None
-    if "judge" in spec.forgetting.measures and isinstance(questions, str) and local(questions):
-        out.append(("forgetting.options.judge.questions", questions))
+    out = [(s.field, s.source) for s in input_sources(spec) if is_local(s.source)]
+    questions = judge_questions(spec)
+    if "judge" in spec.forgetting.measures and is_local(questions):
+        out.append(("forgetting.options.judge.questions", questions))  # type: ignore[arg-type]
     return out
 
 
@@ -185,16 +180,21 @@ def _check_on_nodes(inputs: list[tuple[str, str]], timeout_s: float) -> None:
         return [p for p in ps if not os.path.exists(p)]
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    pinned = {
-        n["NodeID"]: missing.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+    refs = {
+        n["NodeID"]: missing.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(paths)
         for n in nodes
     }
-    refs = {node: task.remote(paths) for node, task in pinned.items()}
+    # one wait for all of them: a node that does not answer costs timeout_s once, not once per node
+    done, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    answered = {ref.hex() for ref in done}
     lacking: dict[str, list[str]] = {}
     for n in nodes:
-        try:
-            lacking[n["NodeID"]] = ray.get(refs[n["NodeID"]], timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
+        ref = refs[n["NodeID"]]
+        if ref.hex() in answered:
+            lacking[n["NodeID"]] = ray.get(ref)
+        else:
             address = n["NodeManagerAddress"]
             log.warning("Ray node %s did not say within %g s whether it has the inputs", address, timeout_s)
     for field, path in inputs:

@@ -20,6 +20,8 @@ __all__ = [
     "hub_offline",
     "input_sources",
     "is_hub_id",
+    "is_local",
+    "judge_questions",
     "resolve_hub_ids",
 ]
 
@@ -62,9 +64,21 @@ def is_hub_id(source: str) -> bool:
     return not Path(source).expanduser().exists()
 
 
+def is_local(source: str | None) -> bool:
+    """A local file or folder: neither empty, builtin nor a hub id."""
+    return bool(source) and builtin_name(source) is None and not is_hub_id(source)  # type: ignore[arg-type]
+
+
+def judge_questions(spec: ExperimentSpec) -> str | None:
+    """``forgetting.options.judge.questions`` where it is given as a string (validate refuses anything else)."""
+    judge = spec.forgetting.options.get("judge")
+    questions = judge.get("questions") if isinstance(judge, dict) else None
+    return questions if isinstance(questions, str) else None
+
+
 def _absolute(source: str | None) -> str | None:
     """A local file or folder as an absolute path; a builtin name or a hub id as it is."""
-    if not source or builtin_name(source) is not None or is_hub_id(source):
+    if source is None or not is_local(source):
         return source
     return os.path.abspath(os.path.expanduser(source))
 
@@ -76,9 +90,9 @@ def absolute_sources(spec: ExperimentSpec) -> ExperimentSpec:
     reads its recorded spec from wherever the command runs."""
     d, f = spec.data, spec.forgetting
     options = dict(f.options)
-    judge = options.get("judge")
-    if isinstance(judge, dict) and isinstance(judge.get("questions"), str):
-        options["judge"] = {**judge, "questions": _absolute(judge["questions"])}
+    questions = judge_questions(spec)
+    if questions is not None:
+        options["judge"] = {**options["judge"], "questions": _absolute(questions)}
     forgetting = f.model_copy(
         update={
             "probe": _absolute(f.probe),
