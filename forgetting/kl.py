@@ -32,13 +32,14 @@ def mean_forward_kl(
     with its peft adapter disabled; ``chunk`` positions of both at a time go through the LM head."""
     import torch
 
-    from gridrun.losses import forward_kl_sum, scoring
+    from gridrun.losses import forward_kl_sum, kl_head, scoring
 
     if not hasattr(model, "disable_adapter"):
         raise GridrunError("forgetting.kl: the model has no peft adapter to switch off for the base distribution")
     seqs = [s for s in sequences if s]
     total, count = 0.0, 0
     with scoring(model) as device:
+        head = kl_head(model)  # once: a 16-bit head's float32 copy serves every batch
         for b in range(0, len(seqs), batch_size):
             rows = seqs[b : b + batch_size]
             width = max(len(r) for r in rows)
@@ -48,7 +49,7 @@ def mean_forward_kl(
                 ids[k, : len(r)] = torch.tensor(r)
                 mask[k, : len(r)] = 1
             ids, mask = ids.to(device), mask.to(device)
-            total += forward_kl_sum(model, {"input_ids": ids}, mask, chunk)
+            total += forward_kl_sum(model, {"input_ids": ids}, mask, chunk, head)
             count += int(mask.sum())
     return total / max(1, count)
 

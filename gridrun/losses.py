@@ -32,6 +32,7 @@ __all__ = [
     "causal_lm_loss",
     "forward_kl_sum",
     "hidden_states",
+    "kl_head",
     "nll_sum",
     "scoring",
     "shift_targets",
@@ -160,9 +161,19 @@ def nll_sum(model: Any, inputs: Mapping[str, Any], labels: Any, chunk: int = CHU
     return -float(target_logprobs(model, inputs, targets, chunk).double().sum()), int((targets != IGNORE_INDEX).sum())
 
 
-def forward_kl_sum(model: Any, inputs: Mapping[str, Any], mask: Any, chunk: int = KL_CHUNK) -> float:
+def kl_head(model: Any) -> tuple[Any, Any]:
+    """The LM head as the KL computes with it: in float32 under a 16-bit autocast too, since 16-bit logits round
+    each by up to 2^-9 of its size (0.03 at a logit of 16), a positive floor under the KL far above a lightly
+    trained adapter's. Made once per measure: a 16-bit head's float32 weight is made at its first use and kept."""
+    return _head(model, float32=True)
+
+
+def forward_kl_sum(
+    model: Any, inputs: Mapping[str, Any], mask: Any, chunk: int = KL_CHUNK, head: tuple[Any, Any] | None = None
+) -> float:
     """Σ over positions where ``mask`` is set of KL(base ‖ tuned) between the next-token distributions of
-    ``model`` with its peft adapter switched off (base) and on (tuned)."""
+    ``model`` with its peft adapter switched off (base) and on (tuned); ``head``: :func:`kl_head`'s, made once by a
+    caller that sums over many batches."""
     import torch
 
     where = mask.bool().nonzero(as_tuple=True)
@@ -170,9 +181,7 @@ def forward_kl_sum(model: Any, inputs: Mapping[str, Any], mask: Any, chunk: int 
         with model.disable_adapter():
             base = hidden_states(model, inputs)[where]
         tuned = hidden_states(model, inputs)[where]
-        # the head in float32 under a 16-bit autocast too: 16-bit logits round each by up to 2^-9 of its size
-        # (0.03 at a logit of 16), which puts a positive floor under the KL far above a lightly trained adapter's
-        head, logits = _head(model, float32=True)
+        head, logits = head or kl_head(model)
         # the head's own adapter off too, where LoRA targets lm_head; a plain Linear head has none, and switching
         # the adapter off walks the whole model, so it is done per chunk only where the head has one
         off = nullcontext if type(head) is torch.nn.Linear else model.disable_adapter
