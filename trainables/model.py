@@ -92,10 +92,12 @@ def cap_gpu_memory(spec: ExperimentSpec) -> int:
     gpu = spec.resources.gpu
     total = int(torch.cuda.get_device_properties(0).total_memory)
     if gpu != "auto" and 0 < float(gpu) < 1:
-        config = model_config(spec)
-        if config is None and spec.evaluate.backend == "vllm" and not hub_offline():
-            config = model_config(spec, hub=True)  # a node that has not fetched the model yet: its config alone
-        beside = engine_beside(config, spec)
+        beside = 0
+        if spec.evaluate.backend == "vllm":  # the HF backend generates inside the capped process: nothing beside
+            config = model_config(spec)
+            if config is None and not hub_offline():
+                config = model_config(spec, hub=True)  # a node that has not fetched the model yet: its config alone
+            beside = engine_beside(config, spec)
         torch.cuda.set_per_process_memory_fraction(allocator_fraction(float(gpu), total, beside))
     return total
 
